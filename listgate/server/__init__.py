@@ -1,0 +1,1 @@
+"""The asyncio layer: listeners, per-connection pumps, limits, timeouts, drain."""
