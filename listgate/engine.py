@@ -1,0 +1,196 @@
+"""The posting decision: a pure function from (request, backend facts, reply texts) to a Decision.
+
+Invariants:
+- Pure: no I/O, no clock, no asyncio, no logging. Same inputs, same ``Decision``.
+- The null sender ("") is never a poster, whatever the backend says.
+- Rendered reply texts are single-line printable US-ASCII (RFC 5321 ``textstring``): every
+  character of the substituted sender/list outside 0x20..0x7E becomes ``?``, so CR, LF and
+  NUL can never reach the MTA. Each substituted value is cut to ``MAX_VALUE_CHARS`` and the
+  whole text to ``MAX_TEXT_CHARS`` (with "...").
+- Templates use only the ``{sender}`` and ``{list}`` placeholders; ``ReplyTexts`` refuses
+  anything else at construction (``reply_template_problem``), so rendering cannot fail.
+- The failure policy is *not* applied here: ``failure_decision``/``fail_open_decision`` build
+  the decisions, and ``listgate.gate.Gate`` is the one place that chooses between them.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import string
+from dataclasses import dataclass
+
+from listgate.model import Decision, PostingRequest, Verdict
+
+__all__ = [
+    "DSN_PATTERN",
+    "MAX_TEMPLATE_BYTES",
+    "MAX_TEXT_CHARS",
+    "MAX_VALUE_CHARS",
+    "NOT_A_LIST_REASON",
+    "NULL_SENDER_REASON",
+    "TEMPLATE_FIELDS",
+    "FailurePolicy",
+    "PostingFacts",
+    "ReplyTexts",
+    "decide",
+    "fail_open_decision",
+    "failure_decision",
+    "render_reply_text",
+    "reply_template_problem",
+    "sanitize_reply_value",
+]
+
+TEMPLATE_FIELDS: frozenset[str] = frozenset({"sender", "list"})
+"""The only placeholders a reply template may use."""
+MAX_TEMPLATE_BYTES = 900
+"""Longest reply template accepted, in UTF-8 bytes."""
+MAX_VALUE_CHARS = 200
+"""Longest sender/list address substituted into a reply; longer ones end in "..."."""
+MAX_TEXT_CHARS = 950
+"""Longest rendered reply text; longer ones end in "..."."""
+DSN_PATTERN = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+"""An RFC 3463 enhanced status code."""
+
+NOT_A_LIST_REASON = "not a list: not gated"
+NULL_SENDER_REASON = "null sender: never a poster"
+_NOT_A_POSTER_REASON = "not allowed to post"
+
+_ELLIPSIS = "..."
+# Everything outside printable US-ASCII (controls, DEL, non-ASCII) becomes "?".
+_UNSAFE = re.compile(r"[^\x20-\x7e]")
+
+
+class FailurePolicy(enum.Enum):
+    """What to answer when the backend cannot (outage, timeout, bug)."""
+
+    TEMPFAIL = "tempfail"
+    """Answer 4xx; the sending MTA retries later. The safe default."""
+    ACCEPT = "accept"
+    """Fail-open: let the recipient through ungated while the backend cannot answer."""
+
+
+def reply_template_problem(template: str) -> str | None:
+    """Return why *template* is not a usable reply template, or None when it is.
+
+    A usable template is non-empty printable US-ASCII of at most ``MAX_TEMPLATE_BYTES``
+    bytes whose only replacement fields are ``{sender}`` and ``{list}`` (no conversions or
+    format specs); literal braces are written ``{{`` and ``}}``.
+    """
+    if not template.strip():
+        return "must not be empty"
+    if _UNSAFE.search(template):
+        return "must be printable US-ASCII on one line (no control or non-ASCII characters)"
+    if len(template.encode()) > MAX_TEMPLATE_BYTES:
+        return f"must be at most {MAX_TEMPLATE_BYTES} bytes long, got {len(template.encode())}"
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"is not a valid template ({exc}; write literal braces as {{{{ and }}}})"
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "")
+            shown += (f":{spec}" if spec else "") + "}"
+            return f"unknown placeholder {shown} (only {{sender}} and {{list}} are allowed)"
+    return None
+
+
+def sanitize_reply_value(value: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """Return *value* made safe for an SMTP reply: printable ASCII, at most *limit* chars."""
+    safe = _UNSAFE.sub("?", value)
+    if len(safe) > limit:
+        safe = safe[: max(limit - len(_ELLIPSIS), 0)] + _ELLIPSIS
+    return safe
+
+
+def render_reply_text(template: str, sender: str, list_address: str) -> str:
+    """Render a validated *template*; the null sender "" shows as ``<>`` in ``<{sender}>``."""
+    text = template.format(
+        sender=sanitize_reply_value(sender), list=sanitize_reply_value(list_address)
+    )
+    return sanitize_reply_value(text, MAX_TEXT_CHARS)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTexts:
+    """The SMTP replies listgate gives; templates may use ``{sender}`` and ``{list}``."""
+
+    reject_code: int = 550
+    """SMTP code for a sender who may not post (5xx). Default: 550."""
+    reject_dsn: str = "5.7.1"
+    """Enhanced status code for a rejection ("5.x.y"). Default: "5.7.1"."""
+    reject_text: str = "<{sender}> is not allowed to post to <{list}>"
+    """Rejection text template."""
+    tempfail_code: int = 451
+    """SMTP code when the backend cannot answer (4xx). Default: 451."""
+    tempfail_dsn: str = "4.3.0"
+    """Enhanced status code for a temporary failure ("4.x.y"). Default: "4.3.0"."""
+    tempfail_text: str = "cannot check whether <{sender}> may post to <{list}> now, try again later"
+    """Temporary-failure text template."""
+
+    def __post_init__(self) -> None:
+        for name, template in (("reject_text", self.reject_text),
+                               ("tempfail_text", self.tempfail_text)):
+            problem = reply_template_problem(template)
+            if problem is not None:
+                raise ValueError(f"{name}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class PostingFacts:
+    """What a backend knows about one (sender, list) pair.
+
+    Kept deliberately small for the static backend. The Mailman backend (next issue) will
+    extend it with what Mailman decides from: the member's and list's moderation actions,
+    bans, emergency moderation, accept/hold/reject/discard-these-nonmembers patterns...
+    """
+
+    list_address: str
+    """The list's posting address (normalised)."""
+    may_post: bool
+    """True when the sender may post to the list."""
+    reasons: tuple[str, ...] = ()
+    """Why, most important first: ("static poster",), ("not in static posters of X",)."""
+
+
+def _accept(reasons: tuple[str, ...], list_address: str | None) -> Decision:
+    return Decision(Verdict.ACCEPT, None, None, "", reasons, list_address)
+
+
+def decide(request: PostingRequest, facts: PostingFacts | None, texts: ReplyTexts) -> Decision:
+    """Decide *request* from the backend's *facts* (None: the recipient is not a list)."""
+    if facts is None:
+        return _accept((NOT_A_LIST_REASON,), None)
+    null_sender = request.sender == ""
+    if facts.may_post and not null_sender:
+        return _accept(facts.reasons, facts.list_address)
+    reasons = facts.reasons if not facts.may_post else ()
+    if null_sender and NULL_SENDER_REASON not in reasons:
+        reasons = (NULL_SENDER_REASON, *reasons)
+    text = render_reply_text(texts.reject_text, request.sender, facts.list_address)
+    return Decision(
+        Verdict.REJECT,
+        texts.reject_code,
+        texts.reject_dsn,
+        text,
+        reasons or (_NOT_A_POSTER_REASON,),
+        facts.list_address,
+    )
+
+
+def failure_decision(
+    request: PostingRequest, list_address: str | None, texts: ReplyTexts, reason: str
+) -> Decision:
+    """The TEMPFAIL decision for *request* when the backend could not answer, for *reason*."""
+    text = render_reply_text(texts.tempfail_text, request.sender, list_address or request.recipient)
+    return Decision(
+        Verdict.TEMPFAIL, texts.tempfail_code, texts.tempfail_dsn, text, (reason,), list_address
+    )
+
+
+def fail_open_decision(request: PostingRequest, list_address: str | None, reason: str) -> Decision:
+    """The fail-open ACCEPT for *request* when the backend could not answer, for *reason*."""
+    del request  # same signature shape as failure_decision; nothing to render
+    return _accept((f"fail-open: {reason}",), list_address)

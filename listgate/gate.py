@@ -1,0 +1,109 @@
+"""``Gate``: backend lookup + engine decision, and the one place the failure policy is applied.
+
+Invariants:
+- Every request gets a ``Decision``: whatever the backend or the engine raises (an
+  ``Exception``) becomes the configured failure decision — TEMPFAIL by default, or a
+  fail-open ACCEPT under ``FailurePolicy.ACCEPT``. Nothing else in listgate applies it.
+- ``BaseException``s that are not ``Exception``s (``asyncio.CancelledError``,
+  ``KeyboardInterrupt``, ``SystemExit``) propagate untouched.
+- Successful decisions are not logged here (the caller logs decisions); failures are, on
+  ``listgate.gate``: a ``BackendError`` as one WARNING line, anything else as an ERROR with
+  its traceback (it is a bug).
+- No I/O of its own: ``decide_now`` is synchronous and never waits; ``decide`` awaits only
+  the backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from listgate.backends.base import PENDING, MembershipBackend
+from listgate.engine import (
+    FailurePolicy,
+    ReplyTexts,
+    decide,
+    fail_open_decision,
+    failure_decision,
+    sanitize_reply_value,
+)
+from listgate.errors import BackendError, BackendUnavailable
+from listgate.model import Decision, PostingRequest
+
+__all__ = ["FailurePolicy", "Gate"]
+
+log = logging.getLogger("listgate.gate")
+
+_FailureBuilder = Callable[[PostingRequest, ReplyTexts, str], Decision]
+
+_FAILURE_BUILDERS: dict[FailurePolicy, _FailureBuilder] = {
+    FailurePolicy.TEMPFAIL: lambda req, texts, reason: failure_decision(req, None, texts, reason),
+    FailurePolicy.ACCEPT: lambda req, texts, reason: fail_open_decision(req, None, reason),
+}
+"""How each failure policy turns (request, texts, reason) into a decision."""
+
+
+def _failure_reason(exc: Exception) -> str:
+    if isinstance(exc, BackendUnavailable):
+        return f"backend unavailable: {exc}"
+    if isinstance(exc, BackendError):
+        return f"backend error: {exc}"
+    return f"internal error: {type(exc).__name__}"
+
+
+class Gate:
+    """Decides posting requests with *backend* and *texts*, applying *failure_policy*."""
+
+    __slots__ = ("_backend", "_on_failure", "_texts", "failure_policy")
+
+    def __init__(
+        self,
+        backend: MembershipBackend,
+        texts: ReplyTexts,
+        failure_policy: FailurePolicy = FailurePolicy.TEMPFAIL,
+    ) -> None:
+        self._backend = backend
+        self._texts = texts
+        self.failure_policy = failure_policy
+        self._on_failure = _FAILURE_BUILDERS[failure_policy]
+
+    @property
+    def backend(self) -> MembershipBackend:
+        """The backend this gate asks."""
+        return self._backend
+
+    def decide_now(self, request: PostingRequest) -> Decision | None:
+        """Decide without waiting, or return None when the caller must await ``decide``."""
+        try:
+            facts = self._backend.lookup_now(request)
+            if facts is PENDING:
+                return None
+            return decide(request, facts, self._texts)
+        except Exception as exc:
+            return self._failed(request, exc)
+
+    async def decide(self, request: PostingRequest) -> Decision:
+        """Decide, awaiting the backend if needed; never raises an ``Exception``."""
+        try:
+            facts = await self._backend.lookup(request)
+            return decide(request, facts, self._texts)
+        except Exception as exc:
+            return self._failed(request, exc)
+
+    def _failed(self, request: PostingRequest, exc: Exception) -> Decision:
+        reason = _failure_reason(exc)
+        # Client-controlled addresses are made printable so they cannot forge log lines.
+        sender = sanitize_reply_value(request.sender) or "<>"
+        recipient = sanitize_reply_value(request.recipient)
+        if isinstance(exc, BackendError):
+            log.warning(
+                "cannot decide %s -> %s (%s): %s",
+                sender, recipient, self.failure_policy.value, reason,
+            )
+        else:
+            log.error(
+                "bug while deciding %s -> %s (%s)",
+                sender, recipient, self.failure_policy.value,
+                exc_info=exc,
+            )
+        return self._on_failure(request, self._texts, reason)
