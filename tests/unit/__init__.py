@@ -1,0 +1,1 @@
+"""Unit tests: pure functions, backends and config, no sockets."""
