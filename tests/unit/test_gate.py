@@ -21,7 +21,7 @@ TEXTS = ReplyTexts(tempfail_code=452, tempfail_dsn="4.4.3", tempfail_text="later
 class FakeBackend:
     """Answers lookup_now with *now* and lookup with *later*, raising them if exceptions."""
 
-    def __init__(self, now: LookupNow | BaseException, later: PostingFacts | None | BaseException):
+    def __init__(self, now: LookupNow | BaseException, later: PostingFacts | BaseException | None):
         self.now = now
         self.later = later
         self.lookups = 0
@@ -67,8 +67,10 @@ def test_static_backend_through_gate() -> None:
     gate = Gate(StaticBackend({LIST: ["boss@example.org"]}), ReplyTexts())
     ok = gate.decide_now(PostingRequest("boss@example.org", LIST))
     no = gate.decide_now(REQUEST)
-    assert ok is not None and ok.verdict is Verdict.ACCEPT
-    assert no is not None and no.smtp_reply == (
+    assert ok is not None
+    assert ok.verdict is Verdict.ACCEPT
+    assert no is not None
+    assert no.smtp_reply == (
         f"550 5.7.1 <eve@example.com> is not allowed to post to <{LIST}>"
     )
 

@@ -81,8 +81,9 @@ def test_lists_sorted_and_merged() -> None:
     """lists() is sorted and keys that normalise alike are merged."""
     b = StaticBackend({"b@x": ["p@x"], "a@x": [], "<B@X>": ["q@x"]})
     assert b.lists() == ("a@x", "b@x")
-    assert b.lookup_now(PostingRequest("q@x", "b@x")) == PostingFacts("b@x", True, ("static poster",))
-    assert b.lookup_now(PostingRequest("p@x", "b@x")) == PostingFacts("b@x", True, ("static poster",))
+    poster = PostingFacts("b@x", True, ("static poster",))
+    assert b.lookup_now(PostingRequest("q@x", "b@x")) == poster
+    assert b.lookup_now(PostingRequest("p@x", "b@x")) == poster
 
 
 @pytest.mark.parametrize(("posters", "count"), [({}, "0 lists"), ({"a@x": []}, "1 list"),
