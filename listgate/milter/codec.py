@@ -1,0 +1,124 @@
+"""Milter framing: ``uint32 length | command byte | data``, in both directions.
+
+Invariants:
+- The 4-byte length is checked *before* anything is allocated for the packet: 0 and
+  anything above ``max_packet_size`` raise ``RemoteProtocolError`` at once. The decoder
+  only ever holds bytes that were actually received, and never more than one incomplete
+  packet's worth plus what the peer sent ahead.
+- An unknown command byte is a protocol error, reported with the first bytes in hex so
+  that junk on the port (HTTP, TLS, RDP) is recognisable in the log.
+- ``FrameDecoder`` is incremental: feeding a stream whole or one byte at a time yields
+  the same messages.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+
+from listgate.milter.constants import DEFAULT_MAX_PACKET_SIZE
+from listgate.milter.errors import RemoteProtocolError
+from listgate.milter.messages import COMMANDS, REPLIES, Message
+
+__all__ = ["FrameDecoder", "command_decoder", "encode", "reply_decoder"]
+
+_LEN = struct.Struct(">I")
+_COMPACT_AT = 64 * 1024
+
+
+def encode(message: Message) -> bytes:
+    """The complete packet for *message*, length prefix included."""
+    payload = message.pack_payload()
+    return _LEN.pack(len(payload) + 1) + message.ident + payload
+
+
+def _describe_junk(head: bytes) -> str:
+    shown = head[:8]
+    text = "".join(chr(b) if 32 <= b < 127 else "." for b in shown)
+    hint = ""
+    if head[:1] == b"\x16" and head[1:2] == b"\x03":
+        hint = ", looks like a TLS ClientHello"
+    elif head[:4] in (b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI"):
+        hint = ", looks like HTTP"
+    elif head[:2] == b"\x03\x00":
+        hint = ", looks like RDP/TPKT"
+    return f"first bytes {shown.hex(' ')} {text!r}{hint}"
+
+
+class FrameDecoder:
+    """Incremental decoder of one direction of a milter stream."""
+
+    __slots__ = ("_buf", "_max", "_pos", "_table", "_what")
+
+    def __init__(
+        self,
+        table: Mapping[bytes, type[Message]],
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        what: str = "packet",
+    ) -> None:
+        if max_packet_size < 13:
+            raise ValueError("max_packet_size must allow at least an OPTNEG packet (13)")
+        self._buf = bytearray()
+        self._pos = 0
+        self._max = max_packet_size
+        self._table = table
+        self._what = what
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet decoded."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        """Add received bytes."""
+        if self._pos >= _COMPACT_AT:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_message(self) -> Message | None:
+        """The next complete message, or None if more bytes are needed.
+
+        Raises ``RemoteProtocolError`` for a bad length, an unknown command or malformed
+        data; the decoder must not be used after that.
+        """
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if avail < 4:
+            return None
+        (length,) = _LEN.unpack_from(buf, pos)
+        if length == 0:
+            head = bytes(buf[pos : pos + 8])
+            raise RemoteProtocolError(f"{self._what} length 0 ({_describe_junk(head)})")
+        if length > self._max:
+            raise RemoteProtocolError(
+                f"{self._what} length {length} exceeds the maximum {self._max} "
+                f"({_describe_junk(bytes(buf[pos : pos + 8]))})"
+            )
+        if avail < 5:
+            return None
+        ident = bytes(buf[pos + 4 : pos + 5])
+        cls = self._table.get(ident)
+        if cls is None:
+            raise RemoteProtocolError(
+                f"unknown {self._what} command {ident!r} ({_describe_junk(bytes(buf[pos : pos + 8]))})"
+            )
+        if avail < 4 + length:
+            return None
+        payload = bytes(buf[pos + 5 : pos + 4 + length])
+        self._pos = pos + 4 + length
+        if self._pos == len(buf):
+            buf.clear()
+            self._pos = 0
+        return cls.unpack(payload)
+
+
+def command_decoder(max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> FrameDecoder:
+    """A decoder for the MTA → milter direction."""
+    return FrameDecoder(COMMANDS, max_packet_size, "command")
+
+
+def reply_decoder(max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> FrameDecoder:
+    """A decoder for the milter → MTA direction."""
+    return FrameDecoder(REPLIES, max_packet_size, "reply")
+
