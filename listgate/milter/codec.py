@@ -100,8 +100,9 @@ class FrameDecoder:
         ident = bytes(buf[pos + 4 : pos + 5])
         cls = self._table.get(ident)
         if cls is None:
+            head = bytes(buf[pos : pos + 8])
             raise RemoteProtocolError(
-                f"unknown {self._what} command {ident!r} ({_describe_junk(bytes(buf[pos : pos + 8]))})"
+                f"unknown {self._what} command {ident!r} ({_describe_junk(head)})"
             )
         if avail < 4 + length:
             return None
@@ -121,4 +122,3 @@ def command_decoder(max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> FrameDeco
 def reply_decoder(max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> FrameDecoder:
     """A decoder for the milter → MTA direction."""
     return FrameDecoder(REPLIES, max_packet_size, "reply")
-

@@ -364,4 +364,3 @@ class MilterConnection:
         out = bytes(self._outbox)
         self._outbox.clear()
         return out
-

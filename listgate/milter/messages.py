@@ -767,8 +767,23 @@ class Quarantine(Reply):
 
 COMMANDS: dict[bytes, type[Command]] = {
     cls.ident: cls
-    for cls in (Abort, Body, Connect, Macro, EndOfMessage, Helo, QuitNoClose, Header,
-                EnvelopeFrom, EndOfHeaders, Negotiate, Quit, EnvelopeRecipient, Data, Unknown)
+    for cls in (
+        Abort,
+        Body,
+        Connect,
+        Macro,
+        EndOfMessage,
+        Helo,
+        QuitNoClose,
+        Header,
+        EnvelopeFrom,
+        EndOfHeaders,
+        Negotiate,
+        Quit,
+        EnvelopeRecipient,
+        Data,
+        Unknown,
+    )
 }
 """Wire identifier → command class, for every SMFIC_* the MTA may send."""
 
@@ -778,10 +793,28 @@ _NOT_MACRO_STAGES = frozenset({b"D", b"O", b"A", b"Q", b"K"})
 
 REPLIES: dict[bytes, type[Reply]] = {
     cls.ident: cls
-    for cls in (NegotiateReply, Continue, Accept, Reject, TempFail, Discard, Skip, Progress,
-                ConnectionFail, Shutdown, ReplyCode, AddRecipient, DeleteRecipient,
-                AddRecipientWithArgs, ChangeSender, AddHeader, InsertHeader, ChangeHeader,
-                ReplaceBody, Quarantine)
+    for cls in (
+        NegotiateReply,
+        Continue,
+        Accept,
+        Reject,
+        TempFail,
+        Discard,
+        Skip,
+        Progress,
+        ConnectionFail,
+        Shutdown,
+        ReplyCode,
+        AddRecipient,
+        DeleteRecipient,
+        AddRecipientWithArgs,
+        ChangeSender,
+        AddHeader,
+        InsertHeader,
+        ChangeHeader,
+        ReplaceBody,
+        Quarantine,
+    )
 }
 """Wire identifier → reply class, for every SMFIR_* a milter may send. (SMFIR_SETSYMLIST
 ``l`` is not a packet: macro lists travel inside ``NegotiateReply``.)"""
