@@ -81,8 +81,9 @@ def reply_template_problem(template: str) -> str | None:
         return "must not be empty"
     if _UNSAFE.search(template):
         return "must be printable US-ASCII on one line (no control or non-ASCII characters)"
-    if len(template.encode()) > MAX_TEMPLATE_BYTES:
-        return f"must be at most {MAX_TEMPLATE_BYTES} bytes long, got {len(template.encode())}"
+    size = len(template.encode())
+    if size > MAX_TEMPLATE_BYTES:
+        return f"must be at most {MAX_TEMPLATE_BYTES} bytes long (this one is {size})"
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
