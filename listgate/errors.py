@@ -27,7 +27,9 @@ class ConfigError(ListgateError):
     """The configuration is unusable. Each problem names the dotted key it is about."""
 
     def __init__(self, problems: list[str] | str, source: str | None = None) -> None:
-        self.problems: tuple[str, ...] = (problems,) if isinstance(problems, str) else tuple(problems)
+        self.problems: tuple[str, ...] = (
+            (problems,) if isinstance(problems, str) else tuple(problems)
+        )
         self.source = source
         where = f"{source}: " if source else ""
         super().__init__(where + "; ".join(self.problems))
