@@ -8,7 +8,8 @@ Invariants:
   NUL can never reach the MTA. Each substituted value is cut to ``MAX_VALUE_CHARS`` and the
   whole text to ``MAX_TEXT_CHARS`` (with "...").
 - Templates use only the ``{sender}`` and ``{list}`` placeholders; ``ReplyTexts`` refuses
-  anything else at construction (``reply_template_problem``), so rendering cannot fail.
+  anything else at construction (``reply_template_problem``), so rendering cannot fail, and
+  refuses reject codes outside 5xx/"5.X.Y" and tempfail codes outside 4xx/"4.X.Y".
 - The failure policy is *not* applied here: ``failure_decision``/``fail_open_decision`` build
   the decisions, and ``listgate.gate.Gate`` is the one place that chooses between them.
 """
@@ -132,6 +133,13 @@ class ReplyTexts:
     """Temporary-failure text template."""
 
     def __post_init__(self) -> None:
+        # listgate.config reports these per key first; this keeps hand-built texts sane too.
+        for name, code, dsn, klass in (("reject", self.reject_code, self.reject_dsn, 5),
+                                       ("tempfail", self.tempfail_code, self.tempfail_dsn, 4)):
+            if isinstance(code, bool) or not isinstance(code, int) or code // 100 != klass:
+                raise ValueError(f"{name}_code: must be {klass}xx, got {code!r}")
+            if not DSN_PATTERN.match(dsn) or dsn[0] != str(klass):
+                raise ValueError(f"{name}_dsn: must look like {klass}.X.Y, got {dsn!r}")
         for name, template in (("reject_text", self.reject_text),
                                ("tempfail_text", self.tempfail_text)):
             problem = reply_template_problem(template)

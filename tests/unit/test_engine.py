@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+import listgate.engine
 from listgate.engine import (
     MAX_TEXT_CHARS,
     MAX_VALUE_CHARS,
@@ -238,3 +241,32 @@ def test_reply_texts_refuse_bad_template() -> None:
     """ReplyTexts cannot be built with a template that rendering could choke on."""
     with pytest.raises(ValueError, match="reject_text: unknown placeholder"):
         ReplyTexts(reject_text="{recipient}")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"reject_code": 451}, "reject_code: must be 5xx", id="reject-4xx"),
+        pytest.param({"reject_code": True}, "reject_code: must be 5xx", id="reject-bool"),
+        pytest.param({"tempfail_code": 550}, "tempfail_code: must be 4xx", id="tempfail-5xx"),
+        pytest.param({"reject_dsn": "4.7.1"}, "reject_dsn: must look like 5.X.Y", id="dsn-class"),
+        pytest.param({"tempfail_dsn": "4.7"}, "tempfail_dsn: must look like 4.X.Y",
+                     id="dsn-shape"),
+    ],
+)
+def test_reply_texts_refuse_bad_codes(kwargs: dict[str, object], message: str) -> None:
+    """ReplyTexts refuses codes and DSNs of the wrong class or shape."""
+    with pytest.raises(ValueError, match=message):
+        ReplyTexts(**kwargs)  # type: ignore[arg-type]
+
+
+def test_engine_is_pure() -> None:
+    """engine.py imports nothing that does I/O or concurrency (asyncio, socket, os, logging...)."""
+    tree = ast.parse(Path(listgate.engine.__file__).read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    assert imported <= {"__future__", "enum", "re", "string", "dataclasses", "listgate.model"}
