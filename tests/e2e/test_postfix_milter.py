@@ -1,0 +1,275 @@
+"""listgate behind a real Postfix: SMTP replies at RCPT time and what gets delivered.
+
+Postfix (private instance, see conftest.py) talks to listgate over the milter protocol and
+delivers accepted mail over LMTP to an aiosmtpd sink. Run with ``-s`` to see the SMTP
+transcripts; they are also saved as ``smtp-transcripts.txt`` in each test's tmp dir.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import PostfixEnv
+from .harness import (
+    ANNOUNCE,
+    LIST,
+    MEMBER,
+    OUTSIDER,
+    ListgateProcess,
+    LmtpSink,
+    RecordingSMTP,
+    accepts_connections,
+    ipv6_loopback_available,
+    message_bytes,
+    new_token,
+)
+
+pytestmark = pytest.mark.postfix
+
+ALICE = "alice@example.org"
+BOB = "bob@example.org"
+MAIL_OK = "250 2.1.0 Ok"
+RCPT_OK = "250 2.1.5 Ok"
+NO_VALID_RCPT = "554 5.5.1 Error: no valid recipients"
+TEMPFAIL = "451 4.7.1 Service unavailable - try again later"
+
+Smtp = Callable[[str, str], RecordingSMTP]
+
+
+def rejection(sender: str, lst: str = LIST) -> str:
+    """The exact reply line listgate must produce for a sender who may not post."""
+    return f"550 5.7.1 <{sender}> is not allowed to post to <{lst}>"
+
+
+def send_and_check_delivery(
+    client: RecordingSMTP,
+    env: PostfixEnv,
+    sink: LmtpSink,
+    sender: str,
+    header_to: list[str],
+    expect_delivered: list[str],
+) -> str:
+    """DATA with a fresh token after MAIL/RCPT; wait until delivered; return the token."""
+    token = new_token()
+    first, final = client.data_message(message_bytes(sender, header_to, token))
+    assert first.code == 354, first
+    assert final is not None, "no reply after the message body"
+    assert final.code == 250, final
+    assert final.text.startswith("2.0.0 Ok: queued as "), final
+    sink.wait_for(token, expect_delivered)
+    env.postfix.wait_queue_empty()
+    assert sink.recipients_for(token) == sorted(expect_delivered), "wrong or duplicate delivery"
+    assert all(d.mail_from == sender for d in sink.deliveries_for(token))
+    return token
+
+
+def test_member_is_accepted_and_delivered_once(
+    postfix_env: PostfixEnv, listgate_main: ListgateProcess, sink: LmtpSink, smtp: Smtp
+) -> None:
+    """A member gets 250 at RCPT and the message reaches the sink exactly once, for the list."""
+    c = smtp("main", "member posts to the list")
+    assert c.hello().code == 250
+    assert c.mail(MEMBER).line == MAIL_OK
+    assert c.rcpt(LIST).line == RCPT_OK
+    send_and_check_delivery(c, postfix_env, sink, MEMBER, [LIST], [LIST])
+
+
+def test_non_member_is_rejected_and_nothing_is_delivered(
+    postfix_env: PostfixEnv, listgate_main: ListgateProcess, sink: LmtpSink, smtp: Smtp
+) -> None:
+    """A non-member gets listgate's exact 550 at RCPT and Postfix queues nothing for it."""
+    mark = postfix_env.postfix.log_mark()
+    c = smtp("main", "non-member posts to the list")
+    assert c.hello().code == 250
+    assert c.mail(OUTSIDER).line == MAIL_OK
+    assert c.rcpt(LIST).line == rejection(OUTSIDER)
+    outsider_token = new_token()
+    first, final = c.data_message(message_bytes(OUTSIDER, [LIST], outsider_token))
+    assert first.line == NO_VALID_RCPT
+    assert final is None
+    assert c.reset().code == 250
+    # A second message in the same session is delivered; once it is, and the queue is
+    # empty, the first one can no longer show up.
+    assert c.mail(MEMBER).line == MAIL_OK
+    assert c.rcpt(LIST).line == RCPT_OK
+    send_and_check_delivery(c, postfix_env, sink, MEMBER, [LIST], [LIST])
+    assert sink.deliveries_for(outsider_token) == []
+    assert not [d for d in sink.deliveries if d.mail_from == OUTSIDER and LIST in d.rcpt_tos]
+    postfix_env.postfix.wait_for_log(
+        r"postfix-e2e/main/smtpd\[\d+\]: NOQUEUE: milter-reject: RCPT from \S+: "
+        + rejection(OUTSIDER).replace(".", r"\.")
+        + r"; from=<outsider@example\.net> to=<list@example\.org>",
+        since=mark,
+    )
+
+
+def test_multi_recipient_only_the_list_is_refused(
+    postfix_env: PostfixEnv, listgate_main: ListgateProcess, sink: LmtpSink, smtp: Smtp
+) -> None:
+    """alice, list, bob from a non-member: 250/550/250, and DATA reaches alice and bob only."""
+    c = smtp("main", "non-member to alice, list, bob")
+    assert c.hello().code == 250
+    assert c.mail(OUTSIDER).line == MAIL_OK
+    assert c.rcpt(ALICE).line == RCPT_OK
+    assert c.rcpt(LIST).line == rejection(OUTSIDER)
+    assert c.rcpt(BOB).line == RCPT_OK
+    send_and_check_delivery(c, postfix_env, sink, OUTSIDER, [ALICE, LIST, BOB], [ALICE, BOB])
+
+
+@pytest.mark.parametrize(
+    "order",
+    ["outsider-then-member", "member-delivered-then-outsider", "member-rset-then-outsider"],
+)
+def test_two_transactions_in_one_session(
+    order: str,
+    postfix_env: PostfixEnv,
+    listgate_main: ListgateProcess,
+    sink: LmtpSink,
+    smtp: Smtp,
+) -> None:
+    """Two transactions split by RSET in one SMTP session are each decided on their own sender."""
+    c = smtp("main", order)
+    assert c.hello().code == 250
+    if order == "outsider-then-member":
+        assert c.mail(OUTSIDER).line == MAIL_OK
+        assert c.rcpt(LIST).line == rejection(OUTSIDER)
+        assert c.reset().code == 250
+        assert c.mail(MEMBER).line == MAIL_OK
+        assert c.rcpt(LIST).line == RCPT_OK
+        send_and_check_delivery(c, postfix_env, sink, MEMBER, [LIST], [LIST])
+    else:
+        assert c.mail(MEMBER).line == MAIL_OK
+        assert c.rcpt(LIST).line == RCPT_OK
+        if order == "member-delivered-then-outsider":
+            send_and_check_delivery(c, postfix_env, sink, MEMBER, [LIST], [LIST])
+        assert c.reset().code == 250
+        assert c.mail(OUTSIDER).line == MAIL_OK
+        assert c.rcpt(LIST).line == rejection(OUTSIDER)
+        assert c.command("DATA").line == NO_VALID_RCPT
+
+
+def test_listgate_stopped_gives_451(
+    postfix_env: PostfixEnv,
+    start_listgate: Callable[..., ListgateProcess],
+    smtp: Smtp,
+) -> None:
+    """With listgate terminated (nothing on its port), Postfix answers 451 4.7.1, not 250/550."""
+    lg = start_listgate([postfix_env.down_milter])
+    up = smtp("down", "listgate running")
+    assert up.hello().code == 250
+    assert up.mail(OUTSIDER).line == MAIL_OK
+    assert up.rcpt(LIST).line == rejection(OUTSIDER)  # this listener really uses this listgate
+    up.close_politely()
+
+    rc = lg.stop()
+    assert rc is not None
+    assert not accepts_connections(postfix_env.down_milter), "something still listens"
+
+    mark = postfix_env.postfix.log_mark()
+    down = smtp("down", "listgate stopped")
+    assert down.hello().code == 250
+    mail = down.mail(MEMBER)
+    # Postfix answers at MAIL (smtpd_delay_reject = yes) or at RCPT; either is fine.
+    decisive = down.rcpt(LIST) if mail.code == 250 else mail
+    assert decisive.line == TEMPFAIL
+    port = postfix_env.down_milter.rsplit(":", 1)[1]
+    postfix_env.postfix.wait_for_log(
+        rf"warning: connect to Milter service inet:127\.0\.0\.1:{port}: Connection refused",
+        since=mark,
+    )
+
+
+@pytest.mark.parametrize("transport", ["unix", "inet6"])
+def test_other_socket_families(
+    transport: str,
+    postfix_env: PostfixEnv,
+    start_listgate: Callable[..., ListgateProcess],
+    sink: LmtpSink,
+    smtp: Smtp,
+) -> None:
+    """listgate on a unix: socket and on inet6:[::1] decides correctly through Postfix."""
+    if transport == "unix":
+        # Postfix's smtpd runs as user postfix; it needs write permission on the socket.
+        start_listgate([postfix_env.unix_milter], socket_mode="0666")
+    else:
+        assert ipv6_loopback_available(), (
+            "::1 is not available on this machine (IPv6 disabled?); the inet6 test needs it"
+        )
+        start_listgate([postfix_env.inet6_milter])
+    c = smtp(transport, f"listgate on {transport}")
+    assert c.hello().code == 250
+    assert c.mail(OUTSIDER).line == MAIL_OK
+    assert c.rcpt(LIST).line == rejection(OUTSIDER)
+    assert c.reset().code == 250
+    assert c.mail(MEMBER).line == MAIL_OK
+    assert c.rcpt(LIST).line == RCPT_OK
+    send_and_check_delivery(c, postfix_env, sink, MEMBER, [LIST], [LIST])
+
+
+def test_postfix_milter_protocol_2(
+    postfix_env: PostfixEnv, listgate_main: ListgateProcess, sink: LmtpSink, smtp: Smtp
+) -> None:
+    """With Postfix speaking milter protocol version 2, the decisions are the same."""
+    c = smtp("v2", "milter_protocol = 2")
+    assert c.hello().code == 250
+    assert c.mail(OUTSIDER).line == MAIL_OK
+    assert c.rcpt(ALICE).line == RCPT_OK
+    assert c.rcpt(LIST).line == rejection(OUTSIDER)
+    assert c.reset().code == 250
+    assert c.mail(MEMBER).line == MAIL_OK
+    assert c.rcpt(LIST).line == RCPT_OK
+    send_and_check_delivery(c, postfix_env, sink, MEMBER, [LIST], [LIST])
+
+
+def test_membership_is_per_list(
+    postfix_env: PostfixEnv, listgate_main: ListgateProcess, smtp: Smtp
+) -> None:
+    """A member of one list is refused by another list, with that list in the reply text."""
+    c = smtp("main", "member of list posts to announce")
+    assert c.hello().code == 250
+    assert c.mail(MEMBER).line == MAIL_OK
+    assert c.rcpt(ANNOUNCE).line == rejection(MEMBER, ANNOUNCE)
+    assert c.rcpt(LIST).line == RCPT_OK
+
+
+def test_addresses_are_case_insensitive(
+    postfix_env: PostfixEnv, listgate_main: ListgateProcess, smtp: Smtp
+) -> None:
+    """Upper-case spellings of the member and the list address are matched case-insensitively."""
+    c = smtp("main", "mixed case")
+    assert c.hello().code == 250
+    assert c.mail("Member@Example.COM").line == MAIL_OK
+    assert c.rcpt("LIST@Example.Org").line == RCPT_OK
+    assert c.reset().code == 250
+    assert c.mail("Outsider@Example.NET").line == MAIL_OK
+    refused = c.rcpt("List@EXAMPLE.org")
+    assert refused.code == 550, refused
+    assert refused.text.startswith("5.7.1 <"), refused
+    assert refused.text.lower() == rejection(OUTSIDER).lower()[4:], refused
+
+
+def test_null_sender_is_never_a_poster(
+    postfix_env: PostfixEnv, listgate_main: ListgateProcess, smtp: Smtp
+) -> None:
+    """MAIL FROM:<> (bounces) is refused by the list but not by an ungated recipient."""
+    c = smtp("main", "null sender")
+    assert c.hello().code == 250
+    assert c.command("MAIL FROM:<>").line == MAIL_OK
+    refused = c.rcpt(LIST)
+    assert refused.code == 550, refused
+    assert refused.text.startswith("5.7.1 "), refused
+    assert refused.text.endswith(f"is not allowed to post to <{LIST}>"), refused
+    assert c.rcpt(ALICE).line == RCPT_OK
+
+
+def test_without_milter_postfix_accepts_everyone(
+    postfix_env: PostfixEnv, sink: LmtpSink, smtp: Smtp
+) -> None:
+    """Control: with smtpd_milters empty the same non-member post is accepted and delivered."""
+    c = smtp("nomilter", "no milter")
+    assert c.hello().code == 250
+    assert c.mail(OUTSIDER).line == MAIL_OK
+    assert c.rcpt(LIST).line == RCPT_OK
+    send_and_check_delivery(c, postfix_env, sink, OUTSIDER, [LIST], [LIST])
