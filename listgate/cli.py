@@ -1,0 +1,162 @@
+"""The ``listgate`` command line.
+
+Invariants:
+- ``main(argv)`` returns the exit status instead of exiting, so tests call it directly.
+- Configuration problems print one line per problem, each naming its key, and exit 2
+  (``serve``) or 1 (``config check``); they never print a traceback.
+- ``check`` exits 0 for accept, 1 for reject, 2 for tempfail or error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from listgate import __version__
+from listgate.config import EXAMPLE_CONFIG_PATH, Config, config_to_dict, load_config
+from listgate.errors import ConfigError, ListgateError
+from listgate.log import setup_logging
+from listgate.model import Decision, PostingRequest, Verdict, normalize_address
+
+__all__ = ["build_parser", "main"]
+
+EXIT_FOR_VERDICT = {Verdict.ACCEPT: 0, Verdict.REJECT: 1, Verdict.TEMPFAIL: 2}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (kept separate so docs can be generated from it)."""
+    parser = argparse.ArgumentParser(
+        prog="listgate",
+        description="Decide Mailman list postings at SMTP RCPT time (milter).",
+    )
+    parser.add_argument("--version", action="version", version=f"listgate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config_help = f"TOML configuration file (default: the shipped example, {EXAMPLE_CONFIG_PATH})"
+    p = sub.add_parser("serve", help="run the milter daemon in the foreground")
+    p.add_argument("--config", "-c", type=Path, help=config_help)
+
+    p = sub.add_parser("check", help="explain the verdict for SENDER posting to LIST")
+    p.add_argument("sender", metavar="SENDER", help="envelope sender ('<>' = null sender)")
+    p.add_argument("list", metavar="LIST", help="recipient address (a list posting address)")
+    p.add_argument("--config", "-c", type=Path, help=config_help)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument(
+        "--via",
+        metavar="SOCKETSPEC",
+        help="ask a running daemon over the milter protocol (e.g. inet:127.0.0.1:8890)",
+    )
+
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    c = csub.add_parser("check", help="validate a config file and print the effective config")
+    c.add_argument("file", nargs="?", type=Path, help=config_help)
+    return parser
+
+
+def _load(path: Path | None) -> Config:
+    return load_config(path if path is not None else EXAMPLE_CONFIG_PATH)
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    where = f"{exc.source}: " if exc.source else ""
+    for problem in exc.problems:
+        print(f"listgate: {where}{problem}", file=sys.stderr)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from listgate.app import run
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 2
+    setup_logging(config.log.level_number)
+    return run(config)
+
+
+def _decision_dict(decision: Decision) -> dict[str, object]:
+    return {
+        "verdict": decision.verdict.value,
+        "smtp_reply": decision.smtp_reply,
+        "list": decision.list_address,
+        "reasons": list(decision.reasons),
+    }
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from listgate.app import build_gate
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 2
+    setup_logging(config.log.level_number)
+    if args.via:
+        return _check_via(args)
+    request = PostingRequest(normalize_address(args.sender), normalize_address(args.list))
+    gate = build_gate(config)
+
+    async def ask() -> Decision:
+        try:
+            return await gate.decide(request)
+        finally:
+            await gate.backend.aclose()
+
+    decision = asyncio.run(ask())
+    if args.json:
+        print(json.dumps(_decision_dict(decision), indent=2))
+    else:
+        print(f"verdict: {decision.verdict.value}")
+        print(f"reply:   {decision.smtp_reply or '250 (continue: the MTA accepts)'}")
+        print("reasons:")
+        for reason in decision.reasons:
+            print(f"  - {reason}")
+    return EXIT_FOR_VERDICT[decision.verdict]
+
+
+def _check_via(args: argparse.Namespace) -> int:
+    from listgate.server.client import ask_daemon
+
+    try:
+        reply = asyncio.run(ask_daemon(args.via, args.sender, args.list))
+    except (ListgateError, OSError, TimeoutError) as exc:
+        print(f"listgate: cannot ask {args.via}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"via": args.via, **reply.as_dict()}, indent=2))
+    else:
+        print(f"verdict: {reply.verdict.value}")
+        print(f"reply:   {reply.smtp_reply or '250 (continue: the MTA accepts)'}")
+        print(f"via:     {args.via} (milter reply {reply.packet})")
+    return EXIT_FOR_VERDICT[reply.verdict]
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.file)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 1
+    print(f"# {config.source}: OK")
+    print(json.dumps(config_to_dict(config), indent=2, default=str))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _cmd_serve(args)
+        if args.command == "check":
+            return _cmd_check(args)
+        return _cmd_config_check(args)
+    except KeyboardInterrupt:
+        return 130

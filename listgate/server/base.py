@@ -1,0 +1,184 @@
+"""Listening sockets and the connections they accept, with limits and a drain.
+
+Invariants:
+- Every accepted connection is registered here and unregistered exactly once when it is
+  lost; ``active`` is the truth about what is open.
+- Above ``max_connections`` a new connection is refused cleanly: closed at once, before
+  a byte is read, with a rate-limited WARNING. The ones already open are unaffected.
+- ``stop()`` first stops listening, then asks every connection to drain (finish the
+  command in flight, then close), waits up to ``shutdown_timeout``, and aborts the rest.
+  Unix socket files it created are removed.
+- Socket errors at start-up become ``ListgateError`` naming the listen spec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from listgate.errors import ListgateError
+from listgate.server.spec import ListenSpec
+
+__all__ = ["ManagedConnection", "StreamService"]
+
+log = logging.getLogger("listgate.server")
+
+
+class ManagedConnection(Protocol):
+    """What the service needs from each connection's protocol object."""
+
+    conn_id: str
+
+    def drain(self) -> None:
+        """Close as soon as no command is in flight."""
+
+    def abort(self) -> None:
+        """Close now."""
+
+
+class StreamService:
+    """A set of listeners sharing one connection limit and one lifecycle."""
+
+    def __init__(
+        self,
+        name: str,
+        specs: Sequence[ListenSpec],
+        protocol_factory: Callable[[StreamService], asyncio.Protocol],
+        *,
+        max_connections: int,
+        socket_mode: int = 0o660,
+        shutdown_timeout: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.specs = tuple(specs)
+        self.max_connections = max_connections
+        self.socket_mode = socket_mode
+        self.shutdown_timeout = shutdown_timeout
+        self.active: set[ManagedConnection] = set()
+        self.refused = 0
+        self.accepted = 0
+        self._factory = protocol_factory
+        self._servers: list[asyncio.Server] = []
+        self._unix_paths: list[str] = []
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._last_refusal_log = 0.0
+        self._refused_since_log = 0
+        self.addresses: list[str] = []
+        """What is actually bound, as listen specs (port 0 resolved)."""
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Bind every listen spec; on any failure close what was bound and raise."""
+        loop = asyncio.get_running_loop()
+        try:
+            for spec in self.specs:
+                server = await self._listen(loop, spec)
+                self._servers.append(server)
+        except BaseException:
+            await self._close_listeners()
+            raise
+        log.info("%s listening on %s", self.name, ", ".join(self.addresses))
+
+    async def _listen(self, loop: asyncio.AbstractEventLoop, spec: ListenSpec) -> asyncio.Server:
+        def factory() -> asyncio.Protocol:
+            return self._factory(self)
+
+        try:
+            if spec.family == "unix":
+                self._remove_stale_socket(spec)
+                server = await loop.create_unix_server(factory, spec.path, backlog=1024)
+                self._unix_paths.append(spec.path)
+                os.chmod(spec.path, self.socket_mode)
+                self.addresses.append(str(spec))
+                return server
+            family = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
+            server = await loop.create_server(
+                factory, spec.host, spec.port, family=family, reuse_address=True, backlog=1024
+            )
+        except OSError as exc:
+            raise ListgateError(f"{self.name}: cannot listen on {spec}: {exc}") from None
+        for sock in server.sockets:
+            host, port = sock.getsockname()[:2]
+            bound = ListenSpec(spec.family, host, port, "")
+            self.addresses.append(str(bound))
+        return server
+
+    def _remove_stale_socket(self, spec: ListenSpec) -> None:
+        try:
+            st = os.lstat(spec.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ListgateError(f"{self.name}: {spec.path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(spec.path)
+        except OSError:
+            os.unlink(spec.path)  # nobody answers: a stale socket from an earlier run
+        else:
+            raise ListgateError(f"{self.name}: {spec.path} is in use by another process")
+        finally:
+            probe.close()
+
+    async def _close_listeners(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+        for path in self._unix_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._unix_paths.clear()
+
+    async def stop(self) -> None:
+        """Stop listening, drain the connections, abort stragglers after the timeout."""
+        await self._close_listeners()
+        if self.active:
+            log.info("%s draining %d connection(s)", self.name, len(self.active))
+        for conn in list(self.active):
+            conn.drain()
+        try:
+            await asyncio.wait_for(self._empty.wait(), self.shutdown_timeout)
+        except TimeoutError:
+            log.warning(
+                "%s: %d connection(s) still busy after %.1f s; closing them",
+                self.name, len(self.active), self.shutdown_timeout,
+            )
+            for conn in list(self.active):
+                conn.abort()
+        # Give transports one loop turn to run their connection_lost callbacks.
+        await asyncio.sleep(0)
+
+    # --------------------------------------------------------------- registry
+
+    def admit(self, conn: ManagedConnection) -> bool:
+        """Register a new connection; False means refuse it (limit reached)."""
+        if len(self.active) >= self.max_connections:
+            self.refused += 1
+            self._refused_since_log += 1
+            now = asyncio.get_running_loop().time()
+            if now - self._last_refusal_log >= 10.0:
+                log.warning(
+                    "%s: refused %d connection(s): max_connections=%d reached",
+                    self.name, self._refused_since_log, self.max_connections,
+                )
+                self._last_refusal_log = now
+                self._refused_since_log = 0
+            return False
+        self.active.add(conn)
+        self.accepted += 1
+        self._empty.clear()
+        return True
+
+    def release(self, conn: ManagedConnection) -> None:
+        """Unregister a connection that was lost."""
+        self.active.discard(conn)
+        if not self.active:
+            self._empty.set()

@@ -1,0 +1,332 @@
+"""The milter listener: one ``asyncio.Protocol`` per MTA connection.
+
+Invariants:
+- Bytes go into a sans-IO ``MilterConnection``; replies come out of it. This module adds
+  only I/O, time and the gate: it never builds a packet itself.
+- A decision that the gate can make without waiting (static map, warm cache) is answered
+  inside ``data_received``, with no task and no extra write. Otherwise one task per
+  connection awaits the gate; reading pauses if the MTA sends ahead meanwhile.
+- A protocol violation closes that connection only, with one WARNING line naming the
+  connection id, the peer and the defect. Nothing a peer sends can stop the daemon.
+- Timeouts: ``idle_timeout`` between commands, ``command_timeout`` from the first byte of
+  a packet to its last (so a trickling client is cut even if it sends a byte a second).
+  No timeout runs while the gate decides: the gate bounds its own time.
+- ``drain()`` closes the connection as soon as no command is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from listgate.frontends.milter import MilterSession, milter_options, reply_for
+from listgate.gate import Gate
+from listgate.log import next_conn_id, printable
+from listgate.milter import (
+    NEED_DATA,
+    Abort,
+    Continue,
+    EnvelopeFrom,
+    EnvelopeRecipient,
+    MilterConnection,
+    MilterOptions,
+    MilterProtocolError,
+    Quit,
+    QuitNoClose,
+)
+from listgate.model import Decision, PostingRequest, Verdict
+from listgate.server.base import StreamService
+from listgate.server.spec import ListenSpec
+
+__all__ = ["MilterLimits", "MilterProtocol", "MilterService"]
+
+log = logging.getLogger("listgate.milter")
+decisions_log = logging.getLogger("listgate.decision")
+
+_CONTINUE = Continue()
+
+
+@dataclass(frozen=True, slots=True)
+class MilterLimits:
+    """Per-connection limits (seconds and bytes)."""
+
+    idle_timeout: float = 300.0
+    command_timeout: float = 30.0
+    max_packet_size: int = 1024 * 1024
+
+
+class MilterService(StreamService):
+    """Milter listeners sharing one gate, one set of limits and one connection cap."""
+
+    def __init__(
+        self,
+        specs: tuple[ListenSpec, ...],
+        gate: Gate,
+        limits: MilterLimits,
+        *,
+        max_connections: int,
+        socket_mode: int = 0o660,
+        shutdown_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(
+            "milter",
+            specs,
+            _protocol_factory,
+            max_connections=max_connections,
+            socket_mode=socket_mode,
+            shutdown_timeout=shutdown_timeout,
+        )
+        self.gate = gate
+        """Swappable: a reload replaces it; connections read it for each decision."""
+        self.limits = limits
+        self.options: MilterOptions = milter_options(limits.max_packet_size)
+
+
+def _protocol_factory(service: StreamService) -> asyncio.Protocol:
+    assert isinstance(service, MilterService)
+    return MilterProtocol(service)
+
+
+class MilterProtocol(asyncio.Protocol):
+    """One milter conversation with an MTA."""
+
+    __slots__ = (
+        "_closing",
+        "_draining",
+        "_last",
+        "_loop",
+        "_partial_since",
+        "_pending",
+        "_reading_paused",
+        "_service",
+        "_timer",
+        "conn",
+        "conn_id",
+        "peer",
+        "session",
+        "transport",
+    )
+
+    def __init__(self, service: MilterService) -> None:
+        self._service = service
+        self._loop = asyncio.get_running_loop()
+        self.conn_id = ""
+        self.peer = "-"
+        self.transport: asyncio.Transport | None = None
+        self.conn = MilterConnection(service.options)
+        self.session = MilterSession()
+        self._pending: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self._partial_since: float | None = None
+        self._draining = False
+        self._closing = False
+        self._reading_paused = False
+
+    # --------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self._service.admit(self):
+            self._closing = True
+            transport.abort()
+            return
+        self.conn_id = next_conn_id()
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        self._last = self._loop.time()
+        self._arm_timer(self._last + self._service.limits.idle_timeout)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("[%s] connection from %s", self.conn_id, self.peer)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.conn.receive_data(data)
+        self._last = self._loop.time()
+        if self._pending is None:
+            self._pump()
+        elif self.conn.buffered > self._service.limits.max_packet_size and self.transport:
+            self.transport.pause_reading()  # the MTA is sending ahead of our answer
+            self._reading_paused = True
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        if self.conn_id:
+            self._service.release(self)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("[%s] closed%s", self.conn_id, f": {exc}" if exc else "")
+
+    # --------------------------------------------------------------- service interface
+
+    def drain(self) -> None:
+        """Close once the command in flight (if any) has been answered."""
+        self._draining = True
+        if self._pending is None:
+            self._close()
+
+    def abort(self) -> None:
+        """Close now, dropping anything in flight."""
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --------------------------------------------------------------- the pump
+
+    def _pump(self) -> None:
+        """Handle every complete command buffered, then write all replies at once."""
+        conn = self.conn
+        progressed = False
+        try:
+            while True:
+                event = conn.next_event()
+                if event is NEED_DATA:
+                    break
+                progressed = True
+                kind = type(event)
+                if kind is EnvelopeRecipient:
+                    assert isinstance(event, EnvelopeRecipient)
+                    request = self.session.request_for(event, conn)
+                    started = self._loop.time()
+                    decision = self._service.gate.decide_now(request)
+                    if decision is None:
+                        self._pending = self._loop.create_task(self._decide_later(request, started))
+                        break
+                    self._answer(request, decision, started)
+                elif kind is EnvelopeFrom:
+                    assert isinstance(event, EnvelopeFrom)
+                    self.session.on_mail(event, conn)
+                elif kind is Abort:
+                    self.session.on_abort()
+                elif kind is QuitNoClose:
+                    self.session = MilterSession()
+                elif kind is Quit:
+                    self._flush()
+                    self._close()
+                    return
+                elif conn.awaiting_reply is not None:  # a wanted step we do not judge
+                    conn.send(_CONTINUE)
+        except MilterProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        self._flush()
+        if conn.buffered:
+            if progressed or self._partial_since is None:
+                self._partial_since = self._loop.time()
+        else:
+            self._partial_since = None
+        if self._draining and self._pending is None:
+            self._close()
+
+    async def _decide_later(self, request: PostingRequest, started: float) -> None:
+        decision = await self._service.gate.decide(request)
+        self._pending = None
+        if self._closing:
+            return
+        try:
+            self._answer(request, decision, started)
+        except MilterProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._pump()
+
+    def _answer(self, request: PostingRequest, decision: Decision, started: float) -> None:
+        self.conn.send(reply_for(decision))
+        if decision.list_address is not None or decision.verdict is not Verdict.ACCEPT:
+            self._log_decision(request, decision, started)
+        elif decisions_log.isEnabledFor(logging.DEBUG):
+            self._log_decision(request, decision, started, logging.DEBUG)
+
+    def _log_decision(
+        self, request: PostingRequest, decision: Decision, started: float, level: int = logging.INFO
+    ) -> None:
+        decisions_log.log(
+            level,
+            "[%s] queue=%s client=%s from=<%s> to=<%s> list=%s verdict=%s reply=%s "
+            "reason=%s latency=%.2fms",
+            self.conn_id,
+            printable(request.queue_id),
+            printable(request.client_address),
+            printable(request.sender),
+            printable(request.recipient),
+            printable(decision.list_address),
+            decision.verdict.value,
+            printable(decision.smtp_reply or "continue"),
+            printable("; ".join(decision.reasons)),
+            (self._loop.time() - started) * 1000.0,
+        )
+
+    # --------------------------------------------------------------- plumbing
+
+    def _flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out and self.transport is not None and not self._closing:
+            self.transport.write(out)
+
+    def _close(self) -> None:
+        if not self._closing and self.transport is not None:
+            self._closing = True
+            self.transport.close()  # flushes what was written, then closes
+
+    def _protocol_error(self, exc: MilterProtocolError) -> None:
+        log.warning("[%s] closing connection from %s: %s", self.conn_id, self.peer, exc)
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _arm_timer(self, when: float) -> None:
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closing:
+            return
+        limits = self._service.limits
+        now = self._loop.time()
+        if self._pending is not None:
+            deadline = now + limits.idle_timeout  # the gate bounds its own time
+        elif self._partial_since is not None:
+            deadline = self._partial_since + limits.command_timeout
+            if now >= deadline:
+                log.warning(
+                    "[%s] closing connection from %s: incomplete packet for %.0f s "
+                    "(command_timeout)",
+                    self.conn_id, self.peer, now - self._partial_since,
+                )
+                self._close_now()
+                return
+        else:
+            deadline = self._last + limits.idle_timeout
+            if now >= deadline:
+                log.info(
+                    "[%s] closing idle connection from %s after %.0f s (idle_timeout)",
+                    self.conn_id, self.peer, now - self._last,
+                )
+                self._close_now()
+                return
+        self._arm_timer(deadline)
+
+    def _close_now(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def make_protocol_factory(service: MilterService) -> Callable[[], asyncio.Protocol]:
+    """A zero-argument factory, for callers that create servers themselves."""
+    return lambda: MilterProtocol(service)
