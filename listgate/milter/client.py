@@ -24,6 +24,8 @@ from listgate.milter.constants import (
     DEFAULT_MAX_PACKET_SIZE,
     MAX_VERSION,
     MIN_VERSION,
+    V1_ACTIONS,
+    V1_PROTOCOL,
     ActionFlag,
     ProtocolFlag,
 )
@@ -149,17 +151,19 @@ class MtaConnection:
 
     def _check_negotiation(self, reply: NegotiateReply) -> Negotiated:
         offer = self._offer
+        offered_actions = offer.actions or V1_ACTIONS
+        offered_protocol = offer.protocol or V1_PROTOCOL
         if not MIN_VERSION <= reply.version <= offer.version:
             raise RemoteProtocolError(
                 f"milter chose version {reply.version}; offered {MIN_VERSION}..{offer.version}"
             )
-        if reply.actions & ~offer.actions:
+        if reply.actions & ~offered_actions:
             raise RemoteProtocolError(
-                f"milter wants actions 0x{reply.actions:x} beyond the offer 0x{offer.actions:x}"
+                f"milter wants actions 0x{reply.actions:x} beyond the offer 0x{offered_actions:x}"
             )
-        if reply.protocol & ~offer.protocol:
+        if reply.protocol & ~offered_protocol:
             raise RemoteProtocolError(
-                f"milter wants steps 0x{reply.protocol:x} beyond the offer 0x{offer.protocol:x}"
+                f"milter wants steps 0x{reply.protocol:x} beyond the offer 0x{offered_protocol:x}"
             )
         if reply.macros and not reply.actions & ActionFlag.SETSYMLIST:
             raise RemoteProtocolError("macro lists without SMFIF_SETSYMLIST")

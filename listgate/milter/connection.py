@@ -44,6 +44,8 @@ from listgate.milter.constants import (
     MAX_VERSION,
     MIN_VERSION,
     STAGE_OF_COMMAND,
+    V1_ACTIONS,
+    V1_PROTOCOL,
     ActionFlag,
     MacroStage,
     ProtocolFlag,
@@ -95,8 +97,6 @@ class Signal(enum.Enum):
 NEED_DATA = Signal.NEED_DATA
 PAUSED = Signal.PAUSED
 
-_V1_ACTIONS = 0x0F  # libmilter: an offer of 0 actions means SMFI_V1_ACTS
-_V1_PROTOCOL = 0x3F  # and an offer of 0 steps means SMFI_V1_PROT
 _CONTINUE = encode(Continue())
 
 
@@ -156,8 +156,8 @@ def negotiate(offer: Negotiate, options: MilterOptions) -> Negotiated:
     """Choose version, actions, steps and macros for an MTA's offer (rule 1)."""
     if offer.version < MIN_VERSION:
         raise RemoteProtocolError(f"OPTNEG: MTA protocol version {offer.version} is below 2")
-    offered_actions = offer.actions or _V1_ACTIONS
-    offered = ProtocolFlag(offer.protocol or _V1_PROTOCOL)
+    offered_actions = offer.actions or V1_ACTIONS
+    offered = ProtocolFlag(offer.protocol or V1_PROTOCOL)
     missing = options.actions & ~offered_actions
     if missing:
         raise RemoteProtocolError(

@@ -13,6 +13,8 @@ __all__ = [
     "MAX_REPLY_TEXT",
     "MAX_VERSION",
     "MIN_VERSION",
+    "V1_ACTIONS",
+    "V1_PROTOCOL",
     "OPTNEG_LEN",
     "STAGE_OF_COMMAND",
     "ActionFlag",
@@ -29,6 +31,10 @@ OPTNEG_LEN = 12
 DEFAULT_MAX_PACKET_SIZE = 1024 * 1024
 """Largest packet (length field) accepted by default. Postfix sends unchunked headers of up
 to ``header_size_limit`` (100 KiB), so libmilter's 64 KiB is too small."""
+V1_ACTIONS = 0x0F
+"""libmilter: an OPTNEG offer of 0 actions means SMFI_V1_ACTS."""
+V1_PROTOCOL = 0x3F
+"""libmilter: an OPTNEG offer of 0 steps means SMFI_V1_PROT."""
 MAX_REPLY_TEXT = 980
 """libmilter's MAXREPLYLEN: the longest SMTP reply text in a REPLYCODE packet."""
 

@@ -225,6 +225,7 @@ class MilterProtocol(asyncio.Protocol):
         if conn.buffered:
             if progressed or self._partial_since is None:
                 self._partial_since = self._loop.time()
+                self._arm_timer_by(self._partial_since + self._service.limits.command_timeout)
         else:
             self._partial_since = None
         if self._draining and self._pending is None:
@@ -291,6 +292,15 @@ class MilterProtocol(asyncio.Protocol):
 
     def _arm_timer(self, when: float) -> None:
         self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _arm_timer_by(self, when: float) -> None:
+        """Make sure the timer fires no later than *when*."""
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._arm_timer(when)
 
     def _on_timer(self) -> None:
         self._timer = None
