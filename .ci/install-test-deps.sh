@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Install everything listgate's test suite needs on a fresh Debian machine (as root):
 # Postfix (private instances are started by the tests), OpenDKIM's miltertest, swaks,
-# and listgate itself with its test extras. Idempotent; safe to run again.
+# and listgate itself with its test extras (into ./.venv). Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-command -v postfix >/dev/null 2>&1 || need_apt+=(postfix)
-command -v miltertest >/dev/null 2>&1 || need_apt+=(miltertest)
-command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
-command -v script >/dev/null 2>&1 || need_apt+=(bsdutils)
+[ -x /usr/sbin/postfix ] || need_apt+=(postfix)
+[ -x /usr/bin/miltertest ] || need_apt+=(miltertest)
+[ -x /usr/bin/swaks ] || need_apt+=(swaks)
+[ -x /usr/bin/script ] || need_apt+=(bsdutils)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Postfix asks debconf questions on install; answer "No configuration": the tests
@@ -21,4 +22,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${need_apt[@]}"
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# listgate and its test tools go into a project venv (.venv), never the system Python.
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
