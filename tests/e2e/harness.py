@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import json
 import os
 import re
@@ -369,7 +370,7 @@ class PostfixInstance:
         self._started = True
         for lst in self.listeners.values():
             wait_until(
-                lambda port=lst.port: _smtp_banner(port),
+                functools.partial(_smtp_banner, lst.port),
                 10.0,
                 f"Postfix listener {lst.name} on 127.0.0.1:{lst.port} to send 220",
                 interval=0.05,
