@@ -22,6 +22,8 @@ import string
 from dataclasses import dataclass
 
 from listgate.model import Decision, PostingRequest, Verdict
+from listgate.recipients import NOT_A_LIST, Resolution, Target
+from listgate.rules import Action, ListPolicy, SenderFacts, mailman_outcome
 
 __all__ = [
     "DSN_PATTERN",
@@ -29,14 +31,18 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "MAX_VALUE_CHARS",
     "NOT_A_LIST_REASON",
-    "NULL_SENDER_REASON",
     "TEMPLATE_FIELDS",
+    "DecideAt",
     "FailurePolicy",
-    "PostingFacts",
+    "GateMode",
+    "HoldPolicy",
+    "ListFacts",
+    "ListOverrides",
     "ReplyTexts",
     "decide",
     "fail_open_decision",
     "failure_decision",
+    "not_a_list",
     "render_reply_text",
     "reply_template_problem",
     "sanitize_reply_value",
@@ -53,9 +59,7 @@ MAX_TEXT_CHARS = 950
 DSN_PATTERN = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 """An RFC 3463 enhanced status code."""
 
-NOT_A_LIST_REASON = "not a list: not gated"
-NULL_SENDER_REASON = "null sender: never a poster"
-_NOT_A_POSTER_REASON = "not allowed to post"
+NOT_A_LIST_REASON = NOT_A_LIST.reason
 
 _ELLIPSIS = "..."
 # Everything outside printable US-ASCII (controls, DEL, non-ASCII) becomes "?".
@@ -147,45 +151,142 @@ class ReplyTexts:
                 raise ValueError(f"{name}: {problem}")
 
 
+class GateMode(enum.Enum):
+    """How a list's verdicts are applied (per-list ``mode``)."""
+
+    ENFORCE = "enforce"
+    """Reject what Mailman would reject or discard."""
+    MONITOR = "monitor"
+    """Decide and log what would be rejected, but accept."""
+    OFF = "off"
+    """Do not gate this list at all."""
+
+
+class DecideAt(enum.Enum):
+    """When a list's posting decision is taken (per-list ``decide_at``)."""
+
+    RCPT = "rcpt"
+    """At RCPT, on the envelope sender alone."""
+    HEADERS = "headers"
+    """Mailman-faithful: accept at RCPT if the envelope sender may post, otherwise wait
+    for the end of headers and judge every address Mailman would (From:, envelope,
+    Reply-To:, Sender:)."""
+
+
+class HoldPolicy(enum.Enum):
+    """What listgate does with a post Mailman would hold for moderation."""
+
+    ACCEPT = "accept"
+    """Let it through: the moderator chose to review such posts. The default."""
+    REJECT = "reject"
+    """Reject it at SMTP (no hold notice backscatter; moderators never see it)."""
+
+
 @dataclass(frozen=True, slots=True)
-class PostingFacts:
-    """What a backend knows about one (sender, list) pair.
+class ListOverrides:
+    """Per-list settings from listgate's own config (``[lists."addr"]``), for any backend."""
 
-    Kept deliberately small for the static backend. The Mailman backend (next issue) will
-    extend it with what Mailman decides from: the member's and list's moderation actions,
-    bans, emergency moderation, accept/hold/reject/discard-these-nonmembers patterns...
-    """
+    allow: tuple[str, ...] = ()
+    """Senders always allowed: exact addresses, ``@domain`` or ``^regex`` (case-insensitive)."""
+    mode: GateMode = GateMode.ENFORCE
+    reject_text: str | None = None
+    """Overrides ``[reply] reject_text`` for this list."""
+    decide_at: DecideAt = DecideAt.RCPT
+    hold: HoldPolicy = HoldPolicy.ACCEPT
+    trust_approved: bool = True
+    """Never reject on a list with a moderator_password (an Approved: header can admit
+    anyone). Set False only if the password is never used to approve posts by mail."""
 
-    list_address: str
-    """The list's posting address (normalised)."""
-    may_post: bool
-    """True when the sender may post to the list."""
-    reasons: tuple[str, ...] = ()
-    """Why, most important first: ("static poster",), ("not in static posters of X",)."""
+    def allows(self, address: str) -> str | None:
+        """The allow entry that admits *address*, or None."""
+        if not address:
+            return None
+        for entry in self.allow:
+            if entry.startswith("^"):
+                try:
+                    if re.match(entry, address, re.IGNORECASE):
+                        return entry
+                except re.error:
+                    continue
+            elif entry.startswith("@"):
+                if address.endswith(entry.lower()) and address.count("@") == 1:
+                    return entry
+            elif entry.lower() == address:
+                return entry
+        return None
+
+
+DEFAULT_OVERRIDES = ListOverrides()
+
+
+@dataclass(frozen=True, slots=True)
+class ListFacts:
+    """Everything a backend found out for one request: how the recipient resolves and,
+    for a posting address, the list's policy and what Mailman knows of each sender."""
+
+    resolution: Resolution
+    policy: ListPolicy | None = None
+    """Present for a POSTING resolution."""
+    senders: tuple[SenderFacts, ...] = ()
+    """In Mailman's order (From:, envelope, Reply-To:, Sender:; at RCPT the envelope)."""
+    hints: tuple[SenderFacts, ...] = ()
+    """Other spellings of the envelope sender (SRS, BATV, +tag): may only accept."""
+
+
+def not_a_list() -> ListFacts:
+    """Facts for a recipient that is no list."""
+    return ListFacts(NOT_A_LIST)
 
 
 def _accept(reasons: tuple[str, ...], list_address: str | None) -> Decision:
     return Decision(Verdict.ACCEPT, None, None, "", reasons, list_address)
 
 
-def decide(request: PostingRequest, facts: PostingFacts | None, texts: ReplyTexts) -> Decision:
-    """Decide *request* from the backend's *facts* (None: the recipient is not a list)."""
-    if facts is None:
-        return _accept((NOT_A_LIST_REASON,), None)
-    null_sender = request.sender == ""
-    if facts.may_post and not null_sender:
-        return _accept(facts.reasons, facts.list_address)
-    reasons = facts.reasons if not facts.may_post else ()
-    if null_sender and NULL_SENDER_REASON not in reasons:
-        reasons = (NULL_SENDER_REASON, *reasons)
-    text = render_reply_text(texts.reject_text, request.sender, facts.list_address)
+_REFUSED = frozenset({Action.REJECT, Action.DISCARD})
+
+
+def decide(
+    request: PostingRequest,
+    facts: ListFacts,
+    texts: ReplyTexts,
+    overrides: ListOverrides = DEFAULT_OVERRIDES,
+) -> Decision:
+    """Decide *request* from the backend's *facts* and the list's *overrides*."""
+    resolution = facts.resolution
+    list_address = resolution.list_address
+    if resolution.target is not Target.POSTING or facts.policy is None:
+        return _accept((resolution.reason,), list_address)
+    if overrides.mode is GateMode.OFF:
+        return _accept(("gate is off for this list (mode=off)",), list_address)
+    addresses = [s.address for s in facts.senders] or [request.sender]
+    for address in addresses:
+        entry = overrides.allows(address)
+        if entry is not None:
+            return _accept((f"override allow {entry} admits <{address}>",), list_address)
+    outcome = mailman_outcome(
+        facts.policy, facts.senders, facts.hints, trust_approved=overrides.trust_approved
+    )
+    refused = outcome.action in _REFUSED or (
+        outcome.action is Action.HOLD and overrides.hold is HoldPolicy.REJECT
+    )
+    reasons = outcome.reasons
+    if outcome.action is Action.HOLD:
+        reasons = (*reasons, f"Mailman would hold it; hold={overrides.hold.value}")
+    if not refused:
+        return _accept(reasons, list_address)
+    if overrides.mode is GateMode.MONITOR:
+        return _accept(("monitor mode: would reject", *reasons), list_address)
+    text = render_reply_text(
+        overrides.reject_text or texts.reject_text, request.sender, list_address or ""
+    )
     return Decision(
         Verdict.REJECT,
         texts.reject_code,
         texts.reject_dsn,
         text,
-        reasons or (_NOT_A_POSTER_REASON,),
-        facts.list_address,
+        reasons,
+        list_address,
+        provisional=overrides.decide_at is DecideAt.HEADERS and not request.header_senders,
     )
 
 

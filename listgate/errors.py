@@ -38,6 +38,11 @@ class ConfigError(ListgateError):
 class BackendError(ListgateError):
     """A membership backend could not answer."""
 
+    def __init__(self, message: str, list_address: str | None = None) -> None:
+        super().__init__(message)
+        self.list_address = list_address
+        """The list the failed lookup was for, when the backend knows it."""
+
 
 class BackendUnavailable(BackendError):
     """The backend is down, slow past its timeout, or answered with a server error."""

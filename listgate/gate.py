@@ -16,11 +16,14 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from listgate.backends.base import PENDING, MembershipBackend
 from listgate.engine import (
+    DEFAULT_OVERRIDES,
     FailurePolicy,
+    ListFacts,
+    ListOverrides,
     ReplyTexts,
     decide,
     fail_open_decision,
@@ -34,11 +37,11 @@ __all__ = ["FailurePolicy", "Gate"]
 
 log = logging.getLogger("listgate.gate")
 
-_FailureBuilder = Callable[[PostingRequest, ReplyTexts, str], Decision]
+_FailureBuilder = Callable[[PostingRequest, str | None, ReplyTexts, str], Decision]
 
 _FAILURE_BUILDERS: dict[FailurePolicy, _FailureBuilder] = {
-    FailurePolicy.TEMPFAIL: lambda req, texts, reason: failure_decision(req, None, texts, reason),
-    FailurePolicy.ACCEPT: lambda req, texts, reason: fail_open_decision(req, None, reason),
+    FailurePolicy.TEMPFAIL: failure_decision,
+    FailurePolicy.ACCEPT: lambda req, lst, texts, reason: fail_open_decision(req, lst, reason),
 }
 """How each failure policy turns (request, texts, reason) into a decision."""
 
@@ -54,18 +57,30 @@ def _failure_reason(exc: Exception) -> str:
 class Gate:
     """Decides posting requests with *backend* and *texts*, applying *failure_policy*."""
 
-    __slots__ = ("_backend", "_on_failure", "_texts", "failure_policy")
+    __slots__ = ("_backend", "_on_failure", "_overrides", "_texts", "failure_policy")
 
     def __init__(
         self,
         backend: MembershipBackend,
         texts: ReplyTexts,
         failure_policy: FailurePolicy = FailurePolicy.TEMPFAIL,
+        overrides: Mapping[str, ListOverrides] | None = None,
     ) -> None:
         self._backend = backend
         self._texts = texts
+        self._overrides: Mapping[str, ListOverrides] = overrides or {}
         self.failure_policy = failure_policy
         self._on_failure = _FAILURE_BUILDERS[failure_policy]
+
+    def overrides_for(self, list_address: str | None) -> ListOverrides:
+        """The per-list overrides for *list_address* (defaults when none are configured)."""
+        if list_address is None:
+            return DEFAULT_OVERRIDES
+        return self._overrides.get(list_address, DEFAULT_OVERRIDES)
+
+    def _decide(self, request: PostingRequest, facts: ListFacts) -> Decision:
+        overrides = self.overrides_for(facts.resolution.list_address)
+        return decide(request, facts, self._texts, overrides)
 
     @property
     def backend(self) -> MembershipBackend:
@@ -78,7 +93,7 @@ class Gate:
             facts = self._backend.lookup_now(request)
             if facts is PENDING:
                 return None
-            return decide(request, facts, self._texts)
+            return self._decide(request, facts)
         except Exception as exc:
             return self._failed(request, exc)
 
@@ -86,7 +101,7 @@ class Gate:
         """Decide, awaiting the backend if needed; never raises an ``Exception``."""
         try:
             facts = await self._backend.lookup(request)
-            return decide(request, facts, self._texts)
+            return self._decide(request, facts)
         except Exception as exc:
             return self._failed(request, exc)
 
@@ -106,4 +121,5 @@ class Gate:
                 sender, recipient, self.failure_policy.value,
                 exc_info=exc,
             )
-        return self._on_failure(request, self._texts, reason)
+        list_address = exc.list_address if isinstance(exc, BackendError) else None
+        return self._on_failure(request, list_address, self._texts, reason)

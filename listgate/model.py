@@ -10,6 +10,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -31,16 +32,34 @@ class Verdict(enum.Enum):
     """Refuse for now (4xx); the sending MTA retries later."""
 
 
-def normalize_address(raw: str) -> str:
-    """Return *raw* as listgate compares it: trimmed, unbracketed, lower-cased.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
 
-    ``"<Boss@Example.ORG>"`` becomes ``"boss@example.org"``; ``"<>"`` and ``""`` become ``""``
-    (the null sender, which is never a poster).
+
+def normalize_address(raw: str) -> str:
+    """Return *raw* as listgate compares it: the mailbox an MTA would deliver to, lower-cased.
+
+    Like Postfix's own parsing of a ``MAIL FROM``/``RCPT TO`` path: surrounding whitespace
+    and one pair of angle brackets go, an RFC 5321 source route (``@relay:``) goes, a
+    quoted local part is unquoted when its content is a plain dot-atom (``"list"@x`` is
+    ``list@x``), and a trailing dot on the domain goes. ``"<Boss@Example.ORG>"`` becomes
+    ``"boss@example.org"``; ``"<>"`` and ``""`` become ``""`` (the null sender, which is
+    never a poster). Anything that cannot be parsed is returned trimmed and lower-cased,
+    so it matches no list and no member.
     """
     addr = raw.strip()
     if addr.startswith("<") and addr.endswith(">"):
         addr = addr[1:-1].strip()
-    return addr.lower()
+    if addr.startswith("@") and ":" in addr:  # source route: @a,@b:user@domain
+        addr = addr.split(":", 1)[1]
+    local, at, domain = addr.rpartition("@")
+    if not at:
+        return addr.lower()
+    if len(local) >= 2 and local[0] == '"' and local[-1] == '"':
+        inner = re.sub(r"\\(.)", r"\1", local[1:-1])
+        if _DOT_ATOM.match(inner):
+            local = inner
+    domain = domain.rstrip(".")
+    return f"{local}@{domain}".lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +74,13 @@ class PostingRequest:
     queue_id: str | None = None
     auth_user: str | None = None
     header_senders: tuple[str, ...] = ()
-    """Normalised header sender addresses (From:, Sender:, Reply-To:) when known."""
+    """At end of headers: every sender Mailman would consider, in its order (From:,
+    envelope, Reply-To:, Sender:), normalised. Empty at RCPT time."""
+
+    @property
+    def senders(self) -> tuple[str, ...]:
+        """The senders to judge: the header senders once known, else the envelope."""
+        return self.header_senders or (self.sender,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +98,9 @@ class Decision:
     """Why, most important first: e.g. ("not a list: not gated",)."""
     list_address: str | None = None
     """The list posting address the recipient resolved to, if any."""
+    provisional: bool = False
+    """A REJECT taken at RCPT for a list that decides at end of headers: the header
+    senders may still admit the post, so the front end must wait for them."""
 
     @property
     def smtp_reply(self) -> str | None:

@@ -3,8 +3,12 @@
 Invariants:
 - ``lookup_now`` never does I/O and never blocks: it answers from memory or returns
   ``PENDING``, and then the caller awaits ``lookup`` for the same request.
-- ``None`` from either lookup means "the recipient is not a list" (not gated); a
-  ``PostingFacts`` means it is a list, with the backend's view of the sender.
+- A lookup answers with ``ListFacts``: how the recipient resolves (not a list, a list's
+  service address, a posting address) and, for a posting address, the list's policy and
+  the facts of every sender in ``request.senders``.
+- A backend raises ``BackendUnavailable`` only for recipients it knows to be lists (it
+  resolves recipients from its cached list directory first), so mail to anyone else is
+  never delayed by a backend outage.
 - Backends raise only ``BackendError`` (``BackendUnavailable``, ``ListNotFound``) on purpose;
   the library errors they see are translated at their boundary. The failure policy is not
   theirs to apply: ``listgate.gate.Gate`` does it.
@@ -16,7 +20,7 @@ from __future__ import annotations
 import enum
 from typing import Protocol, TypeAlias
 
-from listgate.engine import PostingFacts
+from listgate.engine import ListFacts
 from listgate.model import PostingRequest
 
 __all__ = ["PENDING", "LookupNow", "MembershipBackend", "Pending"]
@@ -31,7 +35,7 @@ class Pending(enum.Enum):
 PENDING = Pending.PENDING
 """The one value of ``Pending``."""
 
-LookupNow: TypeAlias = PostingFacts | Pending | None
+LookupNow: TypeAlias = ListFacts | Pending
 """What ``MembershipBackend.lookup_now`` returns."""
 
 
@@ -39,10 +43,10 @@ class MembershipBackend(Protocol):
     """Answers "may this sender post to this recipient, and is it a list at all?"."""
 
     def lookup_now(self, request: PostingRequest) -> LookupNow:
-        """Answer from memory: facts, None (not a list), or ``PENDING`` when I/O is needed."""
+        """Answer from memory, or ``PENDING`` when I/O is needed."""
         ...
 
-    async def lookup(self, request: PostingRequest) -> PostingFacts | None:
+    async def lookup(self, request: PostingRequest) -> ListFacts:
         """Answer, doing I/O if needed; may raise ``BackendUnavailable``/``BackendError``."""
         ...
 
@@ -52,4 +56,8 @@ class MembershipBackend(Protocol):
 
     def describe(self) -> str:
         """One line for logs, e.g. "static map, 3 lists"."""
+        ...
+
+    def known_lists(self) -> tuple[str, ...]:
+        """The posting addresses the backend currently knows, sorted."""
         ...

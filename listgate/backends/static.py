@@ -1,9 +1,16 @@
 """``StaticBackend``: posting rights from an in-memory map, the default that needs no Mailman.
 
+The map is read as the simplest Mailman list there is: the configured posters are its
+members (``default_member_action = accept``) and everyone else is a nonmember
+(``default_nonmember_action = reject``). So the same engine, reasons and overrides apply
+to a static list as to a Mailman one.
+
 Invariants:
 - Keys are list posting addresses, values the addresses allowed to post. Both sides are
-  normalised with ``normalize_address`` at construction (case and one pair of angle brackets
-  do not matter) and stored as frozensets; the map never changes afterwards.
+  normalised with ``normalize_address`` at construction and stored as frozensets; the map
+  never changes afterwards.
+- Recipients resolve like Mailman's: case-insensitive, ``list+anything@`` is the list
+  (else the gate would be trivially bypassed). Static lists have no service addresses.
 - The null sender is never a poster, even if "" or "<>" was configured (it is dropped).
 - ``lookup_now`` always answers (never ``PENDING``); ``lookup`` never raises.
 """
@@ -12,19 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from listgate.backends.base import LookupNow
-from listgate.engine import NULL_SENDER_REASON, PostingFacts
+from listgate.engine import ListFacts
 from listgate.model import PostingRequest, normalize_address
+from listgate.recipients import ListDirectory, Target, resolve
+from listgate.rules import Action, ListPolicy, Membership, SenderFacts
 
 __all__ = ["StaticBackend"]
-
-STATIC_POSTER_REASON = "static poster"
 
 
 class StaticBackend:
     """Posting rights from a ``{list address: allowed posters}`` map."""
 
-    __slots__ = ("_posters",)
+    __slots__ = ("_directory", "_policies", "_posters")
 
     def __init__(self, posters: Mapping[str, Iterable[str]]) -> None:
         merged: dict[str, set[str]] = {}
@@ -40,30 +46,35 @@ class StaticBackend:
         self._posters: dict[str, frozenset[str]] = {
             key: frozenset(allowed - {""}) for key, allowed in merged.items()
         }
+        self._policies = {
+            key: ListPolicy(
+                key,
+                default_member_action=Action.ACCEPT,
+                default_nonmember_action=Action.REJECT,
+            )
+            for key in self._posters
+        }
+        self._directory = ListDirectory(frozenset(self._posters), service_addresses=False)
 
-    def lists(self) -> tuple[str, ...]:
+    def known_lists(self) -> tuple[str, ...]:
         """The gated list posting addresses, sorted."""
         return tuple(sorted(self._posters))
 
-    def lookup_now(self, request: PostingRequest) -> LookupNow:
-        """Answer from the map: None when the recipient is not a list."""
-        return self._facts(request)
+    def lookup_now(self, request: PostingRequest) -> ListFacts:
+        """Answer from the map."""
+        resolution = resolve(request.recipient, self._directory)
+        if resolution.target is not Target.POSTING or resolution.list_address is None:
+            return ListFacts(resolution)
+        allowed = self._posters[resolution.list_address]
+        senders = tuple(
+            SenderFacts(s, Membership(s) if s and s in allowed else None)
+            for s in request.senders
+        )
+        return ListFacts(resolution, self._policies[resolution.list_address], senders)
 
-    def _facts(self, request: PostingRequest) -> PostingFacts | None:
-        list_address = normalize_address(request.recipient)
-        allowed = self._posters.get(list_address)
-        if allowed is None:
-            return None
-        sender = normalize_address(request.sender)
-        if not sender:
-            return PostingFacts(list_address, False, (NULL_SENDER_REASON,))
-        if sender in allowed:
-            return PostingFacts(list_address, True, (STATIC_POSTER_REASON,))
-        return PostingFacts(list_address, False, (f"not in static posters of {list_address}",))
-
-    async def lookup(self, request: PostingRequest) -> PostingFacts | None:
-        """The same answer as ``lookup_now`` (which never returns ``PENDING`` here)."""
-        return self._facts(request)
+    async def lookup(self, request: PostingRequest) -> ListFacts:
+        """The same answer as ``lookup_now``."""
+        return self.lookup_now(request)
 
     async def aclose(self) -> None:
         """Nothing to release."""

@@ -1,0 +1,140 @@
+"""Recipient → list resolution and sender address forms, as Mailman's LMTP runner sees them.
+
+Invariants:
+- Pure: the caller supplies the ``ListDirectory`` (the set of lists, the alias domains
+  and the VERP delimiter); nothing here does I/O.
+- ``resolve`` follows ``runners/lmtp.py:split_recipient``: lower-case; map an
+  ``alias_domain`` to its ``mail_host``; strip everything from the first VERP delimiter
+  ("+") in the local part; a local part that is itself a list is that list's posting
+  address (a list may be called ``foo-join``); otherwise ``-bounces``, ``-confirm``,
+  ``-join``, ``-leave``, ``-owner``, ``-request``, ``-subscribe`` and ``-unsubscribe``
+  name a list's service address, which is never gated.
+- ``sender_hints`` only ever produces *other spellings* of a sender (SRS, BATV, +tag);
+  callers use them to accept, never to reject.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "SUBADDRESSES",
+    "ListDirectory",
+    "Resolution",
+    "Target",
+    "is_lookup_safe",
+    "resolve",
+    "sender_hints",
+]
+
+SUBADDRESSES: frozenset[str] = frozenset(
+    {"bounces", "confirm", "join", "leave", "owner", "request", "subscribe", "unsubscribe"}
+)
+"""Mailman's ``SUBADDRESS_NAMES``: service addresses that never go through the posting chain."""
+
+
+class Target(enum.Enum):
+    """What a recipient address is, for the gate."""
+
+    NOT_A_LIST = "not a list"
+    POSTING = "posting address"
+    SERVICE = "service address"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """A recipient, resolved."""
+
+    target: Target
+    list_address: str | None = None
+    """The list's posting address (``fqdn_listname``) for POSTING and SERVICE."""
+    subaddress: str | None = None
+    """``owner``, ``request``, ... for SERVICE."""
+
+    @property
+    def reason(self) -> str:
+        """Why this recipient is or is not gated, for the reason chain."""
+        if self.target is Target.POSTING:
+            return f"posting address of {self.list_address}"
+        if self.target is Target.SERVICE:
+            return f"list-{self.subaddress} address of {self.list_address}: not gated"
+        return "not a list: not gated"
+
+
+NOT_A_LIST = Resolution(Target.NOT_A_LIST)
+
+
+@dataclass(frozen=True, slots=True)
+class ListDirectory:
+    """The lists a backend knows, and how Mailman spells their addresses."""
+
+    lists: frozenset[str] = field(default_factory=frozenset)
+    """Posting addresses (``fqdn_listname``), lower-case."""
+    alias_domains: Mapping[str, str] = field(default_factory=dict)
+    """``alias_domain`` → ``mail_host``."""
+    verp_delimiter: str = "+"
+    """Mailman's ``[mta] verp_delimiter``; "" disables stripping."""
+    service_addresses: bool = True
+    """Whether ``list-owner@`` and friends exist (Mailman lists: yes; a static map: no)."""
+
+
+def resolve(recipient: str, directory: ListDirectory) -> Resolution:
+    """Which list, if any, *recipient* (already bracket-free) addresses, and how."""
+    address = recipient.strip().lower()
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return NOT_A_LIST
+    domain = directory.alias_domains.get(domain, domain)
+    if directory.verp_delimiter:
+        local = local.split(directory.verp_delimiter, 1)[0]
+        if not local:
+            return NOT_A_LIST
+    whole = f"{local}@{domain}"
+    if whole in directory.lists:
+        return Resolution(Target.POSTING, whole)
+    if directory.service_addresses:
+        name, dash, sub = local.rpartition("-")
+        if dash and name and sub in SUBADDRESSES:
+            owner = f"{name}@{domain}"
+            if owner in directory.lists:
+                return Resolution(Target.SERVICE, owner, sub)
+    return NOT_A_LIST
+
+
+_SRS0 = re.compile(r"srs0[=+-][^=]*=[^=]*=([^=]+)=(.+)@[^@]+\Z", re.IGNORECASE)
+_SRS1 = re.compile(r"srs1[=+-].*==[^=]*=[^=]*=([^=]+)=(.+)@[^@]+\Z", re.IGNORECASE)
+_BATV = re.compile(r"(?:prvs|msprvs\d*)=[^=]+=(.+)@([^@]+)\Z", re.IGNORECASE)
+_BTV1 = re.compile(r"btv1==[^=]*==(.+)@([^@]+)\Z", re.IGNORECASE)
+
+
+def sender_hints(sender: str, verp_delimiter: str = "+") -> tuple[str, ...]:
+    """Other spellings of an envelope sender that Mailman itself would not try: the
+    original address inside SRS0/SRS1 and BATV (``prvs=``, ``btv1==``) forms, and the
+    address without its ``+tag``. For accepting only."""
+    if not sender or "@" not in sender:
+        return ()
+    found: list[str] = []
+    m = _SRS0.match(sender) or _SRS1.match(sender)
+    if m:
+        found.append(f"{m.group(2)}@{m.group(1)}".lower())
+    m = _BATV.match(sender) or _BTV1.match(sender)
+    if m:
+        found.append(f"{m.group(1)}@{m.group(2)}".lower())
+    for candidate in [sender, *found]:
+        local, _, domain = candidate.rpartition("@")
+        if verp_delimiter and verp_delimiter in local:
+            base = local.split(verp_delimiter, 1)[0]
+            if base:
+                found.append(f"{base}@{domain}".lower())
+    return tuple(dict.fromkeys(a for a in found if a != sender))
+
+
+def is_lookup_safe(address: str) -> bool:
+    """Whether *address* may be sent to Mailman's ``members/find``: an address with ``*``
+    switches it to a SQL LIKE match (``*`` → ``%``, and ``%``/``_`` become live), so it
+    could match other members. Such a sender is a nonmember (Mailman's own exact match
+    agrees), and callers still check that every returned email equals the one asked."""
+    return bool(address) and "*" not in address
