@@ -25,3 +25,18 @@ fi
 # listgate and its test tools go into a project venv (.venv), never the system Python.
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# GNU Mailman 3 core for tests/mailman: a separate venv (default .venv-mailman, override with
+# LISTGATE_MAILMAN_VENV), so Mailman's pinned dependency set never mixes with listgate's.
+# Rebuilt from scratch only when missing or when .ci/requirements-mailman.txt changed (its
+# sha256 is stored in the venv after a successful install); otherwise this is a no-op.
+mm_venv="${LISTGATE_MAILMAN_VENV:-.venv-mailman}"
+mm_req=.ci/requirements-mailman.txt
+mm_hash="$(sha256sum "$mm_req" | cut -d' ' -f1)"
+mm_stamp="$mm_venv/.listgate-requirements.sha256"
+if [ ! -x "$mm_venv/bin/runner" ] || [ "$(cat "$mm_stamp" 2>/dev/null)" != "$mm_hash" ]; then
+  rm -f "$mm_stamp"
+  python3 -m venv --clear "$mm_venv"
+  "$mm_venv/bin/python" -m pip install -q --disable-pip-version-check -r "$mm_req"
+  printf '%s\n' "$mm_hash" > "$mm_stamp"
+fi
