@@ -44,6 +44,7 @@ __all__ = [
     "Membership",
     "Outcome",
     "SenderFacts",
+    "is_banned",
     "mailman_outcome",
     "matches_nonmember_entry",
 ]
@@ -134,6 +135,24 @@ def _regex_match(pattern: str, address: str) -> bool:
         return re.match(pattern, address) is not None
     except re.error:
         return False  # Mailman logs a bad pattern and skips it
+
+
+def is_banned(address: str, list_bans: Sequence[str], global_bans: Sequence[str]) -> bool:
+    """Mailman's ``IBanManager.is_banned``: exact entries compare case-sensitively (SQL
+    equality), ``^`` entries are ``re.match``-ed case-insensitively; the list's entries
+    and the site's both apply."""
+    for entries in (list_bans, global_bans):
+        if address in entries:
+            return True
+    for entries in (list_bans, global_bans):
+        for entry in entries:
+            if entry.startswith("^"):
+                try:
+                    if re.match(entry, address, re.IGNORECASE):
+                        return True
+                except re.error:
+                    continue
+    return False
 
 
 def matches_nonmember_entry(entry: str, address: str, member_of: frozenset[str]) -> bool:

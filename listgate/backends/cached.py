@@ -1,0 +1,443 @@
+"""Caching in front of a Mailman fact source, and assembly of the facts the engine reads.
+
+``FactCache`` caches *results* (never coroutines) of one kind of REST answer, keyed by
+list or address, with:
+
+- **TTL by value**: the caller says how old a cached value may be, and may decide it from
+  the value itself (a sender who is a member of the list is trusted for ``ttl``; one who
+  is not, and so might be rejected, only for ``negative_ttl``, so a new subscriber's
+  first post is not refused for long);
+- **single-flight**: concurrent misses for one key share one fetch, which runs as its own
+  task so that one caller going away does not cancel it for the others;
+- **stale-if-error**: when a fetch fails, a value up to ``stale_if_error`` seconds past
+  its age limit is served instead;
+- a bounded number of entries (``cachetools.LRUCache``) and an injectable clock.
+
+``CachedBackend`` implements the ``MembershipBackend`` protocol on top of a
+``FactSource`` (``backends.mailman.MailmanSource``). It caches apart, each with its own
+lifetime: the list directory (all lists, alias domains, the VERP delimiter; persisted
+to disk so a restart during a Mailman outage still knows which addresses are lists),
+each list's policy (config and bans), the site's bans, each address's memberships on
+every list, and each address's linked addresses (its Mailman user's other addresses).
+Per-sender facts are per *address*, not per (list, address): one REST call answers for
+every list.
+
+Invariants:
+- ``lookup_now`` never waits: it runs the same assembly as ``lookup`` and returns
+  ``PENDING`` the moment an answer is missing (having started its fetch, which
+  ``lookup`` then joins).
+- A recipient that is not a list is answered from the directory alone, so a Mailman
+  outage delays no mail but list mail. ``BackendUnavailable`` carries the list address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from cachetools import LRUCache
+
+from listgate.backends.base import PENDING, LookupNow
+from listgate.backends.mailman import Directory, MembershipRecord, PolicyRecord
+from listgate.engine import ListFacts
+from listgate.errors import BackendError, BackendUnavailable
+from listgate.model import PostingRequest
+from listgate.recipients import ListDirectory, Target, resolve, sender_hints
+from listgate.rules import Membership, SenderFacts, is_banned
+
+__all__ = ["CacheSettings", "CachedBackend", "FactCache", "FactSource"]
+
+log = logging.getLogger("listgate.cache")
+
+K = TypeVar("K")
+V = TypeVar("V")
+T = TypeVar("T")
+
+
+class _Missing:
+    """No usable cached value."""
+
+
+MISSING = _Missing()
+
+
+class NotCached(Exception):
+    """Raised by ``FactCache.get(..., wait=False)`` on a miss (after starting the fetch)."""
+
+
+@dataclass(slots=True)
+class _Entry(Generic[V]):
+    value: V
+    fetched_at: float
+
+
+class FactCache(Generic[K, V]):
+    """One kind of cached answer; see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        maxsize: int,
+        clock: Callable[[], float],
+        stale_if_error: float,
+    ) -> None:
+        self.name = name
+        self._entries: LRUCache[K, _Entry[V]] = LRUCache(maxsize)
+        self._inflight: dict[K, asyncio.Task[V]] = {}
+        self._clock = clock
+        self.stale_if_error = stale_if_error
+        self.hits = 0
+        self.misses = 0
+        self.stale = 0
+        self.errors = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def peek(self, key: K, max_age: Callable[[V], float]) -> V | _Missing:
+        """The cached value if it is fresh enough, else ``MISSING``; counts a hit."""
+        entry = self._entries.get(key)
+        if entry is not None and self._clock() - entry.fetched_at <= max_age(entry.value):
+            self.hits += 1
+            return entry.value
+        return MISSING
+
+    def put(self, key: K, value: V) -> None:
+        """Store *value* as fetched now."""
+        self._entries[key] = _Entry(value, self._clock())
+
+    def clear(self) -> None:
+        """Forget every entry (not the fetches in flight)."""
+        self._entries.clear()
+
+    async def get(
+        self,
+        key: K,
+        max_age: Callable[[V], float],
+        fetch: Callable[[], Awaitable[V]],
+        *,
+        wait: bool = True,
+    ) -> V:
+        """The value for *key*: cached if fresh, else fetched once for all callers.
+
+        With ``wait=False`` a miss starts (or joins) the fetch and raises ``NotCached``
+        instead of waiting, so the caller never suspends.
+        """
+        value = self.peek(key, max_age)
+        if not isinstance(value, _Missing):
+            return value
+        task = self._inflight.get(key)
+        if task is None:
+            self.misses += 1
+            task = asyncio.ensure_future(self._fetch(key, max_age, fetch))
+            self._inflight[key] = task
+            task.add_done_callback(self._fetched(key))
+        if not wait:
+            raise NotCached(self.name)
+        return await asyncio.shield(task)
+
+    def _fetched(self, key: K) -> Callable[[asyncio.Task[V]], None]:
+        def done(task: asyncio.Task[V]) -> None:
+            self._inflight.pop(key, None)
+            if not task.cancelled():
+                task.exception()  # retrieved: waiters get it through the shield
+
+        return done
+
+    async def _fetch(
+        self, key: K, max_age: Callable[[V], float], fetch: Callable[[], Awaitable[V]]
+    ) -> V:
+        try:
+            value = await fetch()
+        except BackendError:
+            entry = self._entries.get(key)
+            if entry is not None and self.stale_if_error > 0:
+                age = self._clock() - entry.fetched_at
+                if age <= max_age(entry.value) + self.stale_if_error:
+                    self.stale += 1
+                    return entry.value
+            self.errors += 1
+            raise
+        self._entries[key] = _Entry(value, self._clock())
+        return value
+
+
+class FactSource(Protocol):
+    """Where the cached facts come from (``backends.mailman.MailmanSource``)."""
+
+    calls: int
+
+    async def directory(self) -> Directory: ...
+    async def policy(self, fqdn: str, list_id: str) -> PolicyRecord: ...
+    async def global_bans(self) -> tuple[str, ...]: ...
+    async def memberships(self, address: str) -> tuple[MembershipRecord, ...]: ...
+    async def linked_addresses(self, address: str) -> tuple[str, ...]: ...
+    async def aclose(self) -> None: ...
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """Lifetimes (seconds) and size; see ``[cache]`` in the configuration."""
+
+    ttl: float = 60.0
+    negative_ttl: float = 10.0
+    policy_ttl: float = 120.0
+    directory_ttl: float = 300.0
+    max_entries: int = 100_000
+    stale_if_error: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class _DirectoryView:
+    directory: Directory
+    resolver: ListDirectory
+    fqdn_by_id: dict[str, str]
+
+
+def _view(directory: Directory) -> _DirectoryView:
+    return _DirectoryView(
+        directory,
+        ListDirectory(
+            frozenset(directory.lists),
+            dict(directory.alias_domains),
+            directory.verp_delimiter,
+        ),
+        {list_id: fqdn for fqdn, list_id in directory.lists.items()},
+    )
+
+
+class CachedBackend:
+    """A ``MembershipBackend`` over a ``FactSource`` with per-kind caches."""
+
+    def __init__(
+        self,
+        source: FactSource,
+        settings: CacheSettings = CacheSettings(),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        directory_file: Path | None = None,
+    ) -> None:
+        self.source = source
+        self.settings = settings
+        s = settings
+        self._directory: FactCache[str, _DirectoryView] = FactCache(
+            "directory", 1, clock, s.stale_if_error
+        )
+        self._policies: FactCache[str, PolicyRecord] = FactCache(
+            "policy", max(16, s.max_entries // 100), clock, s.stale_if_error
+        )
+        self._global_bans: FactCache[str, tuple[str, ...]] = FactCache(
+            "global_bans", 1, clock, s.stale_if_error
+        )
+        self._members: FactCache[str, tuple[MembershipRecord, ...]] = FactCache(
+            "memberships", s.max_entries, clock, s.stale_if_error
+        )
+        self._linked: FactCache[str, tuple[str, ...]] = FactCache(
+            "linked", s.max_entries, clock, s.stale_if_error
+        )
+        self.caches: tuple[FactCache[Any, Any], ...] = (
+            self._directory,
+            self._policies,
+            self._global_bans,
+            self._members,
+            self._linked,
+        )
+        self._directory_file = directory_file
+        self._directory_failed = False
+        self._persisted: _DirectoryView | None = None
+        if directory_file is not None:
+            self._persisted = self._load_directory(directory_file)
+
+    # ------------------------------------------------------------------ protocol
+
+    def describe(self) -> str:
+        """For logs."""
+        view = self._persisted
+        known = f", {len(view.directory.lists)} lists known from disk" if view else ""
+        return f"{self.source.describe()}, cached{known}"
+
+    def known_lists(self) -> tuple[str, ...]:
+        """The posting addresses in the newest directory this backend has."""
+        entry = self._directory.peek("d", lambda _: float("inf"))
+        view = entry if isinstance(entry, _DirectoryView) else self._persisted
+        return tuple(sorted(view.directory.lists)) if view else ()
+
+    async def aclose(self) -> None:
+        """Close the source."""
+        await self.source.aclose()
+
+    def lookup_now(self, request: PostingRequest) -> LookupNow:
+        """Answer from the caches alone, or ``PENDING`` (having started the fetches)."""
+        coro = self._assemble(request, wait=False)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            facts: ListFacts = done.value
+            return facts
+        except NotCached:
+            return PENDING
+        coro.close()  # pragma: no cover - wait=False never suspends
+        raise AssertionError("cache assembly suspended without waiting")
+
+    async def lookup(self, request: PostingRequest) -> ListFacts:
+        """Answer, fetching what is missing; ``BackendUnavailable`` if Mailman cannot."""
+        return await self._assemble(request, wait=True)
+
+    # ------------------------------------------------------------------ assembly
+
+    def _assemble(self, request: PostingRequest, wait: bool) -> Coroutine[Any, Any, ListFacts]:
+        """One assembly for both paths: with ``wait=False`` every cache miss raises
+        ``NotCached`` (after starting its fetch) instead of suspending."""
+        return self._assemble_async(request, wait)
+
+    async def _assemble_async(self, request: PostingRequest, wait: bool) -> ListFacts:
+        view = await self._directory_view(wait)
+        resolution = resolve(request.recipient, view.resolver)
+        if resolution.target is not Target.POSTING or resolution.list_address is None:
+            return ListFacts(resolution)
+        fqdn = resolution.list_address
+        list_id = view.directory.lists[fqdn]
+        try:
+            record = await self._policies.get(
+                fqdn,
+                lambda _: self.settings.policy_ttl,
+                lambda: self.source.policy(fqdn, list_id),
+                wait=wait,
+            )
+            global_bans = await self._global_bans.get(
+                "*", lambda _: self.settings.policy_ttl, self.source.global_bans, wait=wait
+            )
+            senders = []
+            for address in request.senders:
+                senders.append(
+                    await self._sender(address, list_id, record, global_bans, view, wait)
+                )
+            hints = []
+            for address in sender_hints(request.sender, view.directory.verp_delimiter):
+                hints.append(await self._sender(address, list_id, record, global_bans, view, wait))
+        except BackendError as exc:
+            raise BackendUnavailable(str(exc), list_address=fqdn) from None
+        return ListFacts(resolution, record.policy, tuple(senders), tuple(hints))
+
+    async def _sender(
+        self,
+        address: str,
+        list_id: str,
+        record: PolicyRecord,
+        global_bans: tuple[str, ...],
+        view: _DirectoryView,
+        wait: bool,
+    ) -> SenderFacts:
+        if not address:
+            return SenderFacts("")
+        banned = is_banned(address, record.list_bans, global_bans)
+        rows = await self._memberships(address, list_id, wait)
+        member: Membership | None = None
+        nonmember_action = None
+        member_of: set[str] = set()
+        for row in rows:
+            if row.role == "member":
+                fqdn = view.fqdn_by_id.get(row.list_id)
+                if fqdn is not None:
+                    member_of.add(fqdn)
+                if row.list_id == list_id and member is None:
+                    member = Membership(row.email, row.moderation_action)
+            elif row.role == "nonmember" and row.list_id == list_id:
+                nonmember_action = row.moderation_action
+        if member is None:
+            member = await self._linked_member(address, list_id, wait)
+        return SenderFacts(address, member, nonmember_action, banned, frozenset(member_of))
+
+    def _max_age_for(self, list_id: str) -> Callable[[tuple[MembershipRecord, ...]], float]:
+        ttl, negative = self.settings.ttl, self.settings.negative_ttl
+
+        def max_age(rows: tuple[MembershipRecord, ...]) -> float:
+            for row in rows:
+                if row.list_id == list_id and row.role == "member":
+                    return ttl
+            return negative
+
+        return max_age
+
+    async def _memberships(
+        self, address: str, list_id: str, wait: bool
+    ) -> tuple[MembershipRecord, ...]:
+        return await self._members.get(
+            address,
+            self._max_age_for(list_id),
+            lambda: self.source.memberships(address),
+            wait=wait,
+        )
+
+    async def _linked_member(self, address: str, list_id: str, wait: bool) -> Membership | None:
+        s = self.settings
+        others = await self._linked.get(
+            address,
+            lambda found: s.ttl if found else s.negative_ttl,
+            lambda: self.source.linked_addresses(address),
+            wait=wait,
+        )
+        for other in others:
+            for row in await self._memberships(other, list_id, wait):
+                if row.list_id == list_id and row.role == "member":
+                    return Membership(row.email, row.moderation_action, via=address)
+        return None
+
+    # ------------------------------------------------------------------ directory
+
+    async def _directory_view(self, wait: bool) -> _DirectoryView:
+        try:
+            return await self._directory.get(
+                "d", lambda _: self.settings.directory_ttl, self._fetch_directory, wait=wait
+            )
+        except NotCached:
+            if self._persisted is not None and self._directory_failed:
+                return self._persisted  # Mailman is down: the last known lists will do
+            raise
+        except BackendError as exc:
+            self._directory_failed = True
+            if self._persisted is not None:
+                return self._persisted
+            raise BackendUnavailable(f"no list directory yet: {exc}") from None
+
+    async def _fetch_directory(self) -> _DirectoryView:
+        view = _view(await self.source.directory())
+        self._directory_failed = False
+        self._persisted = view
+        if self._directory_file is not None:
+            self._save_directory(self._directory_file, view.directory)
+        return view
+
+    @staticmethod
+    def _load_directory(path: Path) -> _DirectoryView | None:
+        try:
+            with path.open(encoding="utf-8") as fh:
+                return _view(Directory.from_json(json.load(fh)))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring list directory file %s: %s", path, exc)
+            return None
+
+    @staticmethod
+    def _save_directory(path: Path, directory: Directory) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".lists.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(directory.to_json(), fh, sort_keys=True)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot persist the list directory to %s: %s", path, exc)
+            with contextlib.suppress(OSError, UnboundLocalError):
+                os.unlink(tmp)
