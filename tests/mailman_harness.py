@@ -480,6 +480,11 @@ recipient: devnull@example.invalid
         bans = self.client().bans if mlist is None else mlist.bans
         bans.add(email_or_pattern)
 
+    def unban(self, mlist: MailingList | None, email_or_pattern: str) -> None:
+        """Remove a ban entry added by :meth:`ban` (list or, with None, global)."""
+        bans = self.client().bans if mlist is None else mlist.bans
+        bans.remove(email_or_pattern)
+
     def link_address(
         self, user_email: str, other_email: str, *, display_name: str = "Linked User"
     ) -> User:
