@@ -11,12 +11,21 @@ Invariants:
 - TOML types are checked strictly: a bool is not an integer, a string is not a list.
 - ``config_to_dict`` gives back TOML-shaped data that ``parse_config`` accepts and that
   yields an equal ``Config`` (apart from ``source``).
-- No I/O except in ``load_config``, which reads one file.
+- ``config_to_dict`` never shows a secret: ``mailman.password`` is rendered as ``"***"``
+  (or ``""`` when unset or read from ``mailman.password_file``), so that one key does not
+  round-trip; everything else does. ``Secret`` keeps the password out of ``repr``/``str``.
+- ``[gate]`` holds the defaults of every ``ListOverrides`` field except ``allow`` and
+  ``reject_text``; each ``[lists."addr"]`` table is merged over it, so ``Config.lists``
+  holds complete overrides keyed by normalised posting address.
+- No I/O except in ``load_config``, which reads one file, and in reading
+  ``mailman.password_file`` (at parse time, so the password is checked at startup).
 """
 
 from __future__ import annotations
 
 import difflib
+import enum
+import hmac
 import json
 import logging
 import math
@@ -24,13 +33,18 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
 from listgate.engine import (
     DSN_PATTERN,
+    DecideAt,
     FailurePolicy,
+    GateMode,
+    HoldPolicy,
+    ListOverrides,
     ReplyTexts,
     reply_template_problem,
 )
@@ -41,10 +55,13 @@ from listgate.server.spec import ListenSpec, parse_listen_spec
 __all__ = [
     "EXAMPLE_CONFIG_PATH",
     "BackendConfig",
+    "CacheConfig",
     "Config",
     "FailureConfig",
     "LogConfig",
+    "MailmanConfig",
     "MilterConfig",
+    "Secret",
     "StaticConfig",
     "config_to_dict",
     "load_config",
@@ -59,7 +76,10 @@ LOG_LEVELS: Mapping[str, int] = MappingProxyType(
     {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
      "error": logging.ERROR}
 )
-BACKEND_TYPES = ("static",)
+BACKEND_TYPES = ("static", "mailman")
+MAX_REST_TIMEOUT = 30.0
+"""``mailman.timeout`` must stay below Postfix's ``milter_command_timeout`` (30 s)."""
+DEFAULT_GATE = ListOverrides()
 MIN_PACKET_SIZE = 65_536
 """A milter body chunk is up to 65535 bytes plus the command byte."""
 MAX_PACKET_SIZE = 1 << 30
@@ -90,7 +110,76 @@ class BackendConfig:
     """``[backend]``: where posting rights come from."""
 
     type: str = "static"
-    """Backend kind: "static" (the ``[static]`` map). "mailman" comes next. Default: "static"."""
+    """Backend kind: "static" (the ``[static]`` map) or "mailman" (Mailman core's REST API,
+    ``[mailman]``). Default: "static"."""
+
+
+class Secret:
+    """A secret string that never shows itself in ``repr``/``str`` (both are ``'***'``)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself; call only where it is sent (the HTTP Authorization header)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+
+@dataclass(frozen=True, slots=True)
+class MailmanConfig:
+    """``[mailman]``: how to reach Mailman core's REST API (used when backend.type = "mailman")."""
+
+    url: str = "http://127.0.0.1:8001/3.1"
+    """http(s) URL of the REST API, with its version. Default: "http://127.0.0.1:8001/3.1"."""
+    user: str = "restadmin"
+    """REST admin user (``[webservice] admin_user``). Default: "restadmin"."""
+    password: Secret | None = None
+    """REST admin password, from ``password`` or read (stripped) from ``password_file``.
+    Exactly one of the two is required when backend.type = "mailman". Default: unset."""
+    password_file: str = ""
+    """File holding the password, read at load time; "" = use ``password``. Default: ""."""
+    timeout: float = 5.0
+    """Seconds per REST call; > 0 and < 30 (Postfix's milter_command_timeout). Default: 5."""
+    max_connections: int = 10
+    """HTTP connection pool size (>= 1). Default: 10."""
+    directory_file: str = ""
+    """Where the last known set of lists is persisted; "" = do not persist. Default: ""."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """``[cache]``: how long the Mailman backend trusts what it learned."""
+
+    ttl: float = 60.0
+    """Seconds a positive answer (may post) is reused. Default: 60."""
+    negative_ttl: float = 10.0
+    """Seconds an answer that would reject is reused; keep it short, so a new subscriber's
+    first post is not refused for long. Default: 10."""
+    policy_ttl: float = 120.0
+    """Seconds a list's policy (config, nonmember patterns) is reused. Default: 120."""
+    directory_ttl: float = 300.0
+    """Seconds the set of lists, domains and [mta] settings is reused. Default: 300."""
+    max_entries: int = 100_000
+    """Most cached answers kept (>= 1). Default: 100000."""
+    stale_if_error: float = 3600.0
+    """Seconds past expiry an answer may still be served while Mailman fails (0 = never).
+    Default: 3600."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +220,13 @@ class Config:
     milter: MilterConfig = field(default_factory=MilterConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     static: StaticConfig = field(default_factory=StaticConfig)
+    mailman: MailmanConfig = field(default_factory=MailmanConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    gate: ListOverrides = DEFAULT_GATE
+    """``[gate]``: the defaults for every list (``allow`` and ``reject_text`` stay empty)."""
+    lists: Mapping[str, ListOverrides] = field(default_factory=lambda: MappingProxyType({}))
+    """``[lists."addr"]``: per-list overrides keyed by normalised posting address, each
+    complete (keys a list does not set take their ``[gate]`` value)."""
     reply: ReplyTexts = field(default_factory=ReplyTexts)
     """``[reply]``: SMTP reply codes and text templates (see ``ReplyTexts``)."""
     failure: FailureConfig = field(default_factory=FailureConfig)
@@ -226,9 +322,140 @@ def _choice(choices: tuple[str, ...]) -> _Parser:
     return parse
 
 
-def _failure_policy(value: object, key: str) -> object:
-    name = _choice(tuple(p.value for p in FailurePolicy))(value, key)
-    return FailurePolicy(name)
+def _enum(cls: type[enum.Enum]) -> _Parser:
+    choose = _choice(tuple(str(member.value) for member in cls))
+
+    def parse(value: object, key: str) -> object:
+        return cls(choose(value, key))
+
+    return parse
+
+
+_failure_policy = _enum(FailurePolicy)
+
+
+def _boolean(value: object, key: str) -> object:
+    if not isinstance(value, bool):
+        raise _bad(key, "must be true or false", value)
+    return value
+
+
+def _rest_timeout(value: object, key: str) -> object:
+    expected = f"must be a number of seconds > 0 and < {MAX_REST_TIMEOUT:g}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(key, expected, value)
+    seconds = float(value)
+    if not math.isfinite(seconds) or not 0 < seconds < MAX_REST_TIMEOUT:
+        raise _Invalid(f"{key}: {expected} (Postfix's milter_command_timeout is 30 s), "
+                       f"got {_show(value)}")
+    return seconds
+
+
+def _url(value: object, key: str) -> object:
+    expected = 'must be an http:// or https:// URL such as "http://127.0.0.1:8001/3.1"'
+    if not isinstance(value, str):
+        raise _bad(key, expected, value)
+    if not value.startswith(("http://", "https://")) or re.search(r"[\s\x00-\x1f\x7f]", value):
+        raise _bad(key, expected, value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError as exc:
+        raise _Invalid(f"{key}: {exc}, got {_show(value)}") from None
+    if not parts.hostname:
+        raise _bad(key, expected + " (with a host)", value)
+    if parts.username is not None or parts.password is not None:
+        raise _Invalid(f"{key}: must not contain credentials; use mailman.user and "
+                       "mailman.password or mailman.password_file")
+    return value
+
+
+def _user(value: object, key: str) -> object:
+    expected = "must be a non-empty user name without ':' or control characters"
+    if not isinstance(value, str) or not value or ":" in value or _CONTROL.search(value):
+        raise _bad(key, expected, value)
+    return value
+
+
+def _password(value: object, key: str) -> object:
+    if not isinstance(value, str):  # never echo the value: it may be (part of) the secret
+        raise _Invalid(f"{key}: must be a string")
+    if _CONTROL.search(value):
+        raise _Invalid(f"{key}: must not contain control characters")
+    return Secret(value) if value else None
+
+
+def _path(value: object, key: str) -> object:
+    text = _string(value, key)
+    if _CONTROL.search(text):
+        raise _bad(key, 'must be a file path (or "") without control characters', value)
+    if text and not text.startswith("/"):
+        raise _bad(key, 'must be an absolute path (or "")', value)
+    return text
+
+
+def _read_password_file(path: str, key: str) -> Secret:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read().strip()
+    except OSError as exc:
+        raise _Invalid(f"{key}: cannot read {_show(path)}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise _Invalid(f"{key}: {_show(path)} is not UTF-8 text") from None
+    if not text:
+        raise _Invalid(f"{key}: {_show(path)} is empty")
+    if _CONTROL.search(text):
+        raise _Invalid(f"{key}: {_show(path)} must hold the password on one line")
+    return Secret(text)
+
+
+def _finish_mailman(kwargs: dict[str, object], name: str) -> None:
+    path = kwargs.get("password_file")
+    if isinstance(path, str) and path and kwargs.get("password") is None:
+        kwargs["password"] = _read_password_file(path, f"{name}.password_file")
+
+
+def _allow(value: object, key: str) -> object:
+    if not isinstance(value, list):
+        raise _bad(key, 'must be an array such as ["boss@example.org", "@example.org", '
+                        '"^.*@staff\\\\.example\\\\.org$"]', value)
+    problems: list[str] = []
+    entries: list[str] = []
+    for i, raw in enumerate(value):
+        item_key = f"{key}[{i}]"
+        if not isinstance(raw, str):
+            problems.append(f"{item_key}: must be a string, got {_show(raw)}")
+            continue
+        entry = raw.strip()
+        if entry.startswith("^"):
+            try:
+                re.compile(entry, re.IGNORECASE)
+            except re.error as exc:
+                problems.append(f"{item_key}: bad regular expression ({exc}), got {_show(raw)}")
+                continue
+        elif entry.startswith("@"):
+            domain = entry[1:].lower().rstrip(".")
+            if not domain or "@" in domain or _SPACE_OR_CONTROL.search(domain):
+                problems.append(f'{item_key}: must be "@domain" such as "@example.org", '
+                                f"got {_show(raw)}")
+                continue
+            entry = "@" + domain
+        else:
+            address = normalize_address(entry)
+            if not address:
+                problems.append(f"{item_key}: {_show(raw)} is the null sender, which can "
+                                "never be allowed; remove it")
+                continue
+            if _address_problem(address) is not None:
+                problems.append(f'{item_key}: must be an address, "@domain" or "^regex", '
+                                f"got {_show(raw)}")
+                continue
+            entry = address
+        if entry not in entries:
+            entries.append(entry)
+    if problems:
+        raise _Invalid(*problems)
+    return tuple(entries)
 
 
 def _string(value: object, key: str) -> str:
@@ -296,9 +523,13 @@ def _template(value: object, key: str) -> object:
     return text
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
 def _address_problem(address: str) -> str | None:
     local, at, domain = address.rpartition("@")
-    if not at or not local or not domain or re.search(r"[\s\x00-\x1f\x7f]", address):
+    if not at or not local or not domain or _SPACE_OR_CONTROL.search(address):
         return 'must be an address like "user@example.org"'
     return None
 
@@ -361,8 +592,18 @@ def _render_mode(value: object) -> object:
 
 
 def _render_enum(value: object) -> object:
-    assert isinstance(value, FailurePolicy)
+    assert isinstance(value, enum.Enum)
     return value.value
+
+
+def _render_secret(value: object) -> object:
+    assert value is None or isinstance(value, Secret)
+    return "" if value is None else "***"
+
+
+def _render_allow(value: object) -> object:
+    assert isinstance(value, tuple)
+    return list(value)
 
 
 def _render_posters(value: object) -> object:
@@ -395,6 +636,29 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, _Key]]] = {
     "static": (StaticConfig, {
         "posters": _Key(_posters, _render_posters),
     }),
+    "mailman": (MailmanConfig, {
+        "url": _Key(_url),
+        "user": _Key(_user),
+        "password": _Key(_password, _render_secret),
+        "password_file": _Key(_path),
+        "timeout": _Key(_rest_timeout),
+        "max_connections": _Key(_integer(1)),
+        "directory_file": _Key(_path),
+    }),
+    "cache": (CacheConfig, {
+        "ttl": _Key(_seconds(allow_zero=False)),
+        "negative_ttl": _Key(_seconds(allow_zero=False)),
+        "policy_ttl": _Key(_seconds(allow_zero=False)),
+        "directory_ttl": _Key(_seconds(allow_zero=False)),
+        "max_entries": _Key(_integer(1)),
+        "stale_if_error": _Key(_seconds(allow_zero=True)),
+    }),
+    "gate": (ListOverrides, {
+        "mode": _Key(_enum(GateMode), _render_enum),
+        "decide_at": _Key(_enum(DecideAt), _render_enum),
+        "hold": _Key(_enum(HoldPolicy), _render_enum),
+        "trust_approved": _Key(_boolean),
+    }),
     "reply": (ReplyTexts, {
         "reject_code": _Key(_integer(500, 599)),
         "reject_dsn": _Key(_dsn("5")),
@@ -412,6 +676,30 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, _Key]]] = {
 }
 """Section -> (dataclass, key -> how to parse and render it)."""
 
+_NOT_IN_GATE = ("allow", "reject_text")
+"""``ListOverrides`` fields that only a ``[lists."addr"]`` table may set."""
+
+_LIST_KEYS: Mapping[str, _Key] = {
+    "allow": _Key(_allow, _render_allow),
+    "mode": _SCHEMA["gate"][1]["mode"],
+    "reject_text": _Key(_template),
+    "decide_at": _SCHEMA["gate"][1]["decide_at"],
+    "hold": _SCHEMA["gate"][1]["hold"],
+    "trust_approved": _SCHEMA["gate"][1]["trust_approved"],
+}
+"""Keys of a ``[lists."addr"]`` table."""
+
+_FINISH: Mapping[str, Callable[[dict[str, object], str], None]] = {
+    "mailman": _finish_mailman,
+}
+"""Section -> a step run on its parsed keys before the dataclass is built (may raise
+``_Invalid``)."""
+
+_SECTIONS = tuple(
+    section for name in _SCHEMA for section in ((name, "lists") if name == "gate" else (name,))
+)
+"""Every top-level table, in the order ``config_to_dict`` shows them."""
+
 
 def _unknown_key(section: str, key: str, known: list[str]) -> str:
     hint = _suggest(key, known)
@@ -421,11 +709,13 @@ def _unknown_key(section: str, key: str, known: list[str]) -> str:
 
 
 def _unknown_section(name: str) -> str:
-    hint = _suggest(name, list(_SCHEMA))
-    if not hint:
-        homes = [s for s, (_, keys) in _SCHEMA.items() if name in keys]
-        if homes:
-            hint = f" (did you mean {name} in [{homes[0]}]?)"
+    homes = [s for s, (_, keys) in _SCHEMA.items() if name in keys]
+    if homes:  # a key written outside its table ("listen" is not a typo of "lists")
+        hint = f" (did you mean {name} in [{homes[0]}]?)"
+    elif name in _LIST_KEYS:
+        hint = f' (did you mean {name} in [lists."list@domain"]?)'
+    else:
+        hint = _suggest(name, list(_SECTIONS))
     return f"{_toml_key(name)}: unknown section{hint}"
 
 
@@ -445,6 +735,12 @@ def _parse_section(name: str, value: object, problems: list[str]) -> object | No
             kwargs[key] = spec.parse(raw, f"{name}.{key}")
         except _Invalid as exc:
             problems.extend(exc.problems)
+    finish = _FINISH.get(name)
+    if finish is not None and len(problems) == before:
+        try:
+            finish(kwargs, name)
+        except _Invalid as exc:
+            problems.extend(exc.problems)
     if len(problems) > before:
         return None
     try:
@@ -455,17 +751,101 @@ def _parse_section(name: str, value: object, problems: list[str]) -> object | No
     return built
 
 
+def _parse_list(
+    list_key: str, value: object, base: ListOverrides, problems: list[str]
+) -> ListOverrides | None:
+    if not isinstance(value, dict):
+        problems.append(f"{list_key}: must be a table of per-list settings "
+                        f"([{list_key}]), got {_show(value)}")
+        return None
+    kwargs: dict[str, object] = {}
+    before = len(problems)
+    for key, raw in value.items():
+        spec = _LIST_KEYS.get(key)
+        if spec is None:
+            problems.append(f"{list_key}.{_toml_key(key)}: unknown key"
+                            f"{_suggest(key, list(_LIST_KEYS))}")
+            continue
+        try:
+            kwargs[key] = spec.parse(raw, f"{list_key}.{key}")
+        except _Invalid as exc:
+            problems.extend(exc.problems)
+    if len(problems) > before:
+        return None
+    return replace(base, **kwargs)  # type: ignore[arg-type]
+
+
+def _parse_lists(
+    value: object, base: ListOverrides, problems: list[str]
+) -> Mapping[str, ListOverrides] | None:
+    if not isinstance(value, dict):
+        problems.append(f'lists: must be tables [lists."list@domain"], got {_show(value)}')
+        return None
+    before = len(problems)
+    lists: dict[str, ListOverrides] = {}
+    written_as: dict[str, str] = {}
+    for raw_list, table in value.items():
+        list_key = f"lists.{_toml_key(raw_list)}"
+        list_address = normalize_address(raw_list)
+        if not isinstance(table, dict) and raw_list in _LIST_KEYS:
+            problems.append(f'{list_key}: per-list settings go in a table '
+                            f'[lists."list@domain"], not directly in [lists]')
+            continue
+        problem = _address_problem(list_address)
+        if problem is not None:
+            problems.append(f"{list_key}: the list posting address {problem}")
+        elif list_address in written_as:
+            problems.append(f"{list_key}: the same list as {_show(written_as[list_address])} "
+                            "(case and <> do not matter)")
+        written_as.setdefault(list_address, raw_list)
+        overrides = _parse_list(list_key, table, base, problems)
+        if overrides is not None:
+            lists[list_address] = overrides
+    if len(problems) > before:
+        return None
+    return MappingProxyType(lists)
+
+
+def _cross_section_problems(data: Mapping[str, object]) -> list[str]:
+    """Problems that need more than one key: the Mailman backend's password."""
+    backend = data.get("backend")
+    backend_type = backend.get("type") if isinstance(backend, dict) else None
+    mailman = data.get("mailman")
+    if not isinstance(mailman, dict):
+        mailman = {}
+    has_password = mailman.get("password", "") != ""
+    has_file = mailman.get("password_file", "") != ""
+    if has_password and has_file:
+        return ["mailman.password: set either mailman.password or mailman.password_file, "
+                "not both"]
+    if backend_type == "mailman" and not has_password and not has_file:
+        return ['mailman.password: required when backend.type = "mailman" '
+                "(set mailman.password or mailman.password_file)"]
+    return []
+
+
 def parse_config(data: Mapping[str, object], source: str = "<config>") -> Config:
-    """Build a ``Config`` from TOML-shaped *data*; one ``ConfigError`` lists all problems."""
+    """Build a ``Config`` from TOML-shaped *data*; one ``ConfigError`` lists all problems.
+
+    Reads ``mailman.password_file`` when it is set (an unreadable file is a problem)."""
     problems: list[str] = []
     sections: dict[str, object] = {}
     for name, value in data.items():
+        if name == "lists":
+            continue  # after [gate], which its tables are merged over
         if name not in _SCHEMA:
             problems.append(_unknown_section(name))
             continue
         section = _parse_section(name, value, problems)
         if section is not None:
             sections[name] = section
+    if "lists" in data:
+        gate = sections.get("gate", DEFAULT_GATE)
+        assert isinstance(gate, ListOverrides)
+        lists = _parse_lists(data["lists"], gate, problems)
+        if lists is not None:
+            sections["lists"] = lists
+    problems.extend(_cross_section_problems(data))
     if problems:
         raise ConfigError(problems, source)
     return Config(**sections, source=source)  # type: ignore[arg-type]
@@ -486,19 +866,47 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(data, source)
 
 
+def _render_list(overrides: ListOverrides) -> dict[str, object]:
+    shown: dict[str, object] = {}
+    for key, spec in _LIST_KEYS.items():
+        value = getattr(overrides, key)
+        if value is not None:  # reject_text None: use [reply] reject_text (TOML has no null)
+            shown[key] = spec.render(value)
+    return shown
+
+
 def config_to_dict(cfg: Config) -> dict[str, dict[str, object]]:
     """*cfg* as TOML-shaped data (every key, defaults included), for printing.
 
-    There are no secrets yet; when the Mailman backend adds its REST password, redact it
-    here (a ``_Key(..., secret=True)`` flag rendering as "********").
+    Parsing the result gives back an equal ``Config`` (apart from ``source``), except for
+    the REST password, which is never shown: ``mailman.password`` is ``"***"`` when it was
+    given inline and ``""`` when unset or read from ``mailman.password_file`` (which then
+    round-trips by being read again). Each ``[lists."addr"]`` table is shown complete
+    (merged over ``[gate]``).
     """
     result: dict[str, dict[str, object]] = {}
-    for name, (_cls, keys) in _SCHEMA.items():
+    for name in _SECTIONS:
+        if name == "lists":
+            result[name] = {addr: _render_list(o) for addr, o in cfg.lists.items()}
+            continue
+        keys = _SCHEMA[name][1]
         section = getattr(cfg, name)
         result[name] = {key: spec.render(getattr(section, key)) for key, spec in keys.items()}
+    if cfg.mailman.password_file:
+        result["mailman"]["password"] = ""
     return result
 
 
 def _schema_fields() -> dict[str, tuple[str, ...]]:
-    """Section -> dataclass field names, for the test that keeps ``_SCHEMA`` in step."""
-    return {name: tuple(f.name for f in fields(cls)) for name, (cls, _) in _SCHEMA.items()}
+    """Section -> dataclass field names, for the test that keeps ``_SCHEMA`` in step
+    (``[gate]`` leaves out the fields only a list table may set)."""
+    return {
+        name: tuple(f.name for f in fields(cls)
+                    if not (name == "gate" and f.name in _NOT_IN_GATE))
+        for name, (cls, _) in _SCHEMA.items()
+    }
+
+
+def _list_fields() -> tuple[str, ...]:
+    """``ListOverrides`` field names, for the test that keeps ``[lists]`` keys in step."""
+    return tuple(f.name for f in fields(ListOverrides))

@@ -12,12 +12,22 @@ import pytest
 from listgate import config as config_module
 from listgate.config import (
     EXAMPLE_CONFIG_PATH,
+    CacheConfig,
     Config,
+    MailmanConfig,
+    Secret,
     config_to_dict,
     load_config,
     parse_config,
 )
-from listgate.engine import FailurePolicy, ReplyTexts
+from listgate.engine import (
+    DecideAt,
+    FailurePolicy,
+    GateMode,
+    HoldPolicy,
+    ListOverrides,
+    ReplyTexts,
+)
 from listgate.errors import ConfigError
 from listgate.server.spec import ListenSpec
 
@@ -45,14 +55,25 @@ def test_defaults() -> None:
     assert cfg.failure.policy is FailurePolicy.TEMPFAIL
     assert cfg.log.level == "info"
     assert cfg.log.level_number == logging.INFO
+    assert cfg.mailman == MailmanConfig(
+        url="http://127.0.0.1:8001/3.1", user="restadmin", password=None, password_file="",
+        timeout=5.0, max_connections=10, directory_file="",
+    )
+    assert cfg.cache == CacheConfig(ttl=60.0, negative_ttl=10.0, policy_ttl=120.0,
+                                    directory_ttl=300.0, max_entries=100_000,
+                                    stale_if_error=3600.0)
+    assert cfg.gate == ListOverrides(mode=GateMode.ENFORCE, decide_at=DecideAt.RCPT,
+                                     hold=HoldPolicy.ACCEPT, trust_approved=True)
+    assert dict(cfg.lists) == {}
 
 
 def test_schema_matches_dataclasses() -> None:
     """Every dataclass field has exactly one schema entry, and vice versa."""
     for section, names in config_module._schema_fields().items():
         assert tuple(config_module._SCHEMA[section][1]) == names, section
-    assert set(config_module._SCHEMA) == {"milter", "backend", "static", "reply", "failure",
-                                          "log"}
+    assert set(config_module._SCHEMA) == {"milter", "backend", "static", "mailman", "cache",
+                                          "gate", "reply", "failure", "log"}
+    assert tuple(config_module._LIST_KEYS) == config_module._list_fields()
 
 
 def test_packaged_example_loads() -> None:
@@ -72,10 +93,16 @@ def test_deploy_example_documents_every_key_with_its_default() -> None:
     cfg = load_config(DEPLOY_EXAMPLE)
     raw = tomllib.loads(DEPLOY_EXAMPLE.read_text())
     defaults = config_to_dict(Config())
-    assert {s: set(keys) for s, keys in raw.items()} == {s: set(k) for s, k in defaults.items()}
+    sections = {s: set(keys) for s, keys in raw.items() if s != "lists"}
+    assert sections == {s: set(k) for s, k in defaults.items() if s != "lists"}
+    assert "lists" in raw
     shown = config_to_dict(cfg)
-    del shown["static"], defaults["static"]  # the posters map is an example, not a default
+    # The posters map and the per-list table are examples, not defaults.
+    del shown["static"], defaults["static"], shown["lists"], defaults["lists"]
     assert shown == defaults
+    [example] = raw["lists"].values()
+    assert set(example) == set(config_module._LIST_KEYS)
+    assert {k: v for k, v in example.items() if k in raw["gate"]} == raw["gate"]
 
 
 def test_round_trip() -> None:
@@ -87,8 +114,20 @@ def test_round_trip() -> None:
         "reply": {"reject_text": "{{no}} {list}"},
         "failure": {"policy": "accept"},
         "log": {"level": "debug"},
+        "backend": {"type": "mailman"},
+        "mailman": {"url": "https://mm.example:8443/3.1", "user": "u", "password": "pw", "timeout": 2,
+                    "max_connections": 3, "directory_file": "/var/lib/listgate/lists.json"},
+        "cache": {"ttl": 1, "negative_ttl": 0.5, "policy_ttl": 2, "directory_ttl": 3,
+                  "max_entries": 4, "stale_if_error": 0},
+        "gate": {"mode": "monitor", "decide_at": "headers", "hold": "reject",
+                 "trust_approved": False},
+        "lists": {"<L@X.org>": {"allow": ["A@x.org", "@Y.org", "^b"], "reject_text": "no {list}"},
+                  "m@x.org": {"mode": "off"}},
     }, "a")
-    assert parse_config(config_to_dict(cfg), "b") == replace(cfg, source="b")
+    again = parse_config(config_to_dict(cfg), "b")
+    assert again.mailman.password == Secret("***")  # the one key that does not round-trip
+    assert replace(again, mailman=replace(again.mailman, password=None)) == replace(
+        cfg, source="b", mailman=replace(cfg.mailman, password=None))
 
 
 @pytest.mark.parametrize(
@@ -177,7 +216,7 @@ BAD = [
      "listen: unknown section (did you mean listen in [milter]?)"),
     ("section-not-table", {"log": "debug"}, 'log: must be a table ([log]), got "debug"'),
     ("backend-type", {"backend": {"type": "ldap"}}, 'backend.type: must be one of "static", '
-     'got "ldap"'),
+     '"mailman", got "ldap"'),
     ("failure-policy", {"failure": {"policy": "acept"}},
      'failure.policy: must be one of "tempfail", "accept", got "acept" (did you mean "accept"?)'),
     ("log-level", {"log": {"level": "INFO"}},
@@ -298,3 +337,333 @@ def test_load_validates(tmp_path: Path) -> None:
         load_config(path)
     assert info.value.source == str(path)
     assert info.value.problems == ("milter.max_connections: must be an integer >= 1, got true",)
+
+
+# --------------------------------------------------------------------------- new sections
+
+MAILMAN_OK = {"backend": {"type": "mailman"}, "mailman": {"password": "s3cret"}}
+
+NEW_BAD = [
+    ("backend-type-new", {"backend": {"type": "mailmain"}},
+     'backend.type: must be one of "static", "mailman", got "mailmain" (did you mean '
+     '"mailman"?)'),
+    ("mailman-no-password", {"backend": {"type": "mailman"}},
+     'mailman.password: required when backend.type = "mailman" (set mailman.password or '
+     "mailman.password_file)"),
+    ("mailman-empty-password", {"backend": {"type": "mailman"}, "mailman": {"password": ""}},
+     'mailman.password: required when backend.type = "mailman" (set mailman.password or '
+     "mailman.password_file)"),
+    ("mailman-both-passwords",
+     {"mailman": {"password": "x", "password_file": "/etc/listgate/pw"}},
+     "mailman.password: set either mailman.password or mailman.password_file, not both"),
+    ("mailman-password-not-string", {"mailman": {"password": 1234}},
+     "mailman.password: must be a string"),
+    ("mailman-url-scheme", {"mailman": {"url": "ftp://mm.example/3.1"}},
+     'mailman.url: must be an http:// or https:// URL such as "http://127.0.0.1:8001/3.1", '
+     'got "ftp://mm.example/3.1"'),
+    ("mailman-url-no-scheme", {"mailman": {"url": "127.0.0.1:8001"}},
+     'mailman.url: must be an http:// or https:// URL such as "http://127.0.0.1:8001/3.1", '
+     'got "127.0.0.1:8001"'),
+    ("mailman-url-no-host", {"mailman": {"url": "http:///3.1"}},
+     'mailman.url: must be an http:// or https:// URL such as "http://127.0.0.1:8001/3.1" '
+     '(with a host), got "http:///3.1"'),
+    ("mailman-url-credentials", {"mailman": {"url": "http://u:pw@mm.example/3.1"}},
+     "mailman.url: must not contain credentials; use mailman.user and mailman.password or "
+     "mailman.password_file"),
+    ("mailman-url-not-string", {"mailman": {"url": 8001}},
+     'mailman.url: must be an http:// or https:// URL such as "http://127.0.0.1:8001/3.1", '
+     "got 8001"),
+    ("mailman-user-empty", {"mailman": {"user": ""}},
+     "mailman.user: must be a non-empty user name without ':' or control characters, "
+     'got ""'),
+    ("mailman-timeout-30", {"mailman": {"timeout": 30}},
+     "mailman.timeout: must be a number of seconds > 0 and < 30 (Postfix's "
+     "milter_command_timeout is 30 s), got 30"),
+    ("mailman-timeout-zero", {"mailman": {"timeout": 0}},
+     "mailman.timeout: must be a number of seconds > 0 and < 30 (Postfix's "
+     "milter_command_timeout is 30 s), got 0"),
+    ("mailman-timeout-bool", {"mailman": {"timeout": True}},
+     "mailman.timeout: must be a number of seconds > 0 and < 30, got true"),
+    ("mailman-max-connections", {"mailman": {"max_connections": 0}},
+     "mailman.max_connections: must be an integer >= 1, got 0"),
+    ("mailman-directory-file-relative", {"mailman": {"directory_file": "lists.json"}},
+     'mailman.directory_file: must be an absolute path (or ""), got "lists.json"'),
+    ("mailman-unknown-key", {"mailman": {"pasword": "x"}},
+     'mailman.pasword: unknown key (did you mean "password"?)'),
+    ("cache-ttl-zero", {"cache": {"ttl": 0}},
+     "cache.ttl: must be a number of seconds > 0, got 0"),
+    ("cache-negative-ttl", {"cache": {"negative_ttl": -1}},
+     "cache.negative_ttl: must be a number of seconds > 0, got -1"),
+    ("cache-policy-ttl-string", {"cache": {"policy_ttl": "2m"}},
+     'cache.policy_ttl: must be a number of seconds > 0, got "2m"'),
+    ("cache-directory-ttl-nan", {"cache": {"directory_ttl": float("nan")}},
+     "cache.directory_ttl: must be a number of seconds > 0, got nan"),
+    ("cache-max-entries", {"cache": {"max_entries": 0}},
+     "cache.max_entries: must be an integer >= 1, got 0"),
+    ("cache-stale-negative", {"cache": {"stale_if_error": -1}},
+     "cache.stale_if_error: must be a number of seconds >= 0, got -1"),
+    ("cache-unknown-key", {"cache": {"tll": 1}}, 'cache.tll: unknown key (did you mean "ttl"?)'),
+    ("gate-mode", {"gate": {"mode": "enforcing"}},
+     'gate.mode: must be one of "enforce", "monitor", "off", got "enforcing" (did you mean '
+     '"enforce"?)'),
+    ("gate-mode-enum-name", {"gate": {"mode": "ENFORCE"}},
+     'gate.mode: must be one of "enforce", "monitor", "off", got "ENFORCE"'),
+    ("gate-decide-at", {"gate": {"decide_at": "eoh"}},
+     'gate.decide_at: must be one of "rcpt", "headers", got "eoh"'),
+    ("gate-hold", {"gate": {"hold": "discard"}},
+     'gate.hold: must be one of "accept", "reject", got "discard"'),
+    ("gate-trust-approved-string", {"gate": {"trust_approved": "yes"}},
+     'gate.trust_approved: must be true or false, got "yes"'),
+    ("gate-trust-approved-int", {"gate": {"trust_approved": 1}},
+     "gate.trust_approved: must be true or false, got 1"),
+    ("gate-allow-only-per-list", {"gate": {"allow": ["a@x.org"]}},
+     'gate.allow: unknown key'),
+    ("gate-reject-text-only-per-list", {"gate": {"reject_text": "no"}},
+     'gate.reject_text: unknown key'),
+    ("lists-key-not-address", {"lists": {"announce": {"mode": "off"}}},
+     'lists.announce: the list posting address must be an address like "user@example.org"'),
+    ("lists-duplicate", {"lists": {"a@x.org": {}, "<A@X.org>": {}}},
+     'lists."<A@X.org>": the same list as "a@x.org" (case and <> do not matter)'),
+    ("lists-not-table", {"lists": ["a@x.org"]},
+     'lists: must be tables [lists."list@domain"], got an array'),
+    ("lists-setting-at-top", {"lists": {"mode": "off"}},
+     'lists.mode: per-list settings go in a table [lists."list@domain"], not directly in '
+     "[lists]"),
+    ("lists-entry-not-table", {"lists": {"a@x.org": "off"}},
+     'lists."a@x.org": must be a table of per-list settings ([lists."a@x.org"]), got "off"'),
+    ("lists-unknown-key", {"lists": {"a@x.org": {"allwo": []}}},
+     'lists."a@x.org".allwo: unknown key (did you mean "allow"?)'),
+    ("lists-mode", {"lists": {"a@x.org": {"mode": "monitoring"}}},
+     'lists."a@x.org".mode: must be one of "enforce", "monitor", "off", got "monitoring" '
+     '(did you mean "monitor"?)'),
+    ("lists-hold", {"lists": {"a@x.org": {"hold": True}}},
+     'lists."a@x.org".hold: must be one of "accept", "reject", got true'),
+    ("lists-trust-approved", {"lists": {"a@x.org": {"trust_approved": "false"}}},
+     'lists."a@x.org".trust_approved: must be true or false, got "false"'),
+    ("lists-reject-text", {"lists": {"a@x.org": {"reject_text": "{recipient}"}}},
+     'lists."a@x.org".reject_text: unknown placeholder {recipient} (only {sender} and {list} '
+     'are allowed), got "{recipient}"'),
+    ("lists-allow-not-array", {"lists": {"a@x.org": {"allow": "b@x.org"}}},
+     'lists."a@x.org".allow: must be an array such as ["boss@example.org", "@example.org", '
+     '"^.*@staff\\\\.example\\\\.org$"], got "b@x.org"'),
+    ("lists-allow-bad-regex", {"lists": {"a@x.org": {"allow": ["^(unclosed"]}}},
+     'lists."a@x.org".allow[0]: bad regular expression (missing ), unterminated subpattern '
+     'at position 1), got "^(unclosed"'),
+    ("lists-allow-bare-word", {"lists": {"a@x.org": {"allow": ["boss"]}}},
+     'lists."a@x.org".allow[0]: must be an address, "@domain" or "^regex", got "boss"'),
+    ("lists-allow-bad-domain", {"lists": {"a@x.org": {"allow": ["@"]}}},
+     'lists."a@x.org".allow[0]: must be "@domain" such as "@example.org", got "@"'),
+    ("lists-allow-domain-with-at", {"lists": {"a@x.org": {"allow": ["@a@b.org"]}}},
+     'lists."a@x.org".allow[0]: must be "@domain" such as "@example.org", got "@a@b.org"'),
+    ("lists-allow-null-sender", {"lists": {"a@x.org": {"allow": ["<>"]}}},
+     'lists."a@x.org".allow[0]: "<>" is the null sender, which can never be allowed; '
+     "remove it"),
+    ("lists-allow-not-string", {"lists": {"a@x.org": {"allow": [7]}}},
+     'lists."a@x.org".allow[0]: must be a string, got 7'),
+    ("list-section-typo", {"list": {}}, 'list: unknown section (did you mean "lists"?)'),
+    ("allow-at-top-level", {"allow": []},
+     'allow: unknown section (did you mean allow in [lists."list@domain"]?)'),
+    ("password-at-top-level", {"password": "x"},
+     "password: unknown section (did you mean password in [mailman]?)"),
+]
+
+
+@pytest.mark.parametrize(("data", "problem"), [(d, p) for _, d, p in NEW_BAD],
+                         ids=[i for i, _, _ in NEW_BAD])
+def test_new_section_problem_names_its_key(data: dict[str, object], problem: str) -> None:
+    """Each invalid [backend]/[mailman]/[cache]/[gate]/[lists] setting is one problem line."""
+    assert problems_of(data) == (problem,)
+
+
+def test_new_section_problems_collected() -> None:
+    """Problems in the new sections, and the missing password, are reported together."""
+    problems = problems_of({
+        "backend": {"type": "mailman"},
+        "mailman": {"timeout": 60, "url": "x"},
+        "cache": {"ttl": 0},
+        "gate": {"mode": "x"},
+        "lists": {"a@x.org": {"allow": ["^("], "mode": "y"}, "bad": {}},
+    })
+    assert [p.split(":")[0] for p in problems] == [
+        "mailman.timeout", "mailman.url", "cache.ttl", "gate.mode", 'lists."a@x.org".allow[0]',
+        'lists."a@x.org".mode', "lists.bad", "mailman.password",
+    ]
+
+
+def test_mailman_password_inline() -> None:
+    """An inline password is kept as a Secret that reveals it only on request."""
+    cfg = parse_config(MAILMAN_OK)
+    assert cfg.backend.type == "mailman"
+    assert isinstance(cfg.mailman.password, Secret)
+    assert cfg.mailman.password.reveal() == "s3cret"
+    assert "s3cret" not in repr(cfg)
+    assert "s3cret" not in str(cfg.mailman)
+
+
+def test_secret_hides_itself() -> None:
+    """Secret's repr and str are '***'; equality compares the hidden values."""
+    secret = Secret("hunter2")
+    assert (repr(secret), str(secret), f"{secret}") == ("'***'", "***", "***")
+    assert secret == Secret("hunter2")
+    assert secret != Secret("other")
+    assert secret != "hunter2"
+    assert hash(secret) == hash(Secret("hunter2"))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [pytest.param("s3cret\n", "s3cret", id="newline-stripped"),
+     pytest.param("  pw with inner space \t\n", "pw with inner space", id="blanks-stripped")],
+)
+def test_mailman_password_file(tmp_path: Path, content: str, expected: str) -> None:
+    """password_file is read at load time and stripped; its path is kept."""
+    path = tmp_path / "pw"
+    path.write_text(content)
+    cfg = parse_config({"backend": {"type": "mailman"},
+                        "mailman": {"password_file": str(path)}})
+    assert cfg.mailman.password is not None
+    assert cfg.mailman.password.reveal() == expected
+    assert cfg.mailman.password_file == str(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [pytest.param(None, "cannot read", id="missing"),
+     pytest.param(" \n", "is empty", id="empty"),
+     pytest.param("a\nb\n", "must hold the password on one line", id="two-lines")],
+)
+def test_mailman_password_file_problems(
+    tmp_path: Path, content: str | None, problem: str
+) -> None:
+    """An unreadable, empty or multi-line password file is a problem naming the key."""
+    path = tmp_path / "pw"
+    if content is not None:
+        path.write_text(content)
+    [found] = problems_of({"backend": {"type": "mailman"},
+                           "mailman": {"password_file": str(path)}})
+    assert found.startswith(f'mailman.password_file: "{path}"' if content is not None
+                            else f'mailman.password_file: cannot read "{path}"')
+    assert problem in found
+
+
+def test_mailman_password_file_unreadable_directory(tmp_path: Path) -> None:
+    """A directory as password_file is reported on mailman.password_file, not raised."""
+    [found] = problems_of({"backend": {"type": "mailman"},
+                           "mailman": {"password_file": str(tmp_path)}})
+    assert found.startswith(f'mailman.password_file: cannot read "{tmp_path}": ')
+
+
+def test_password_not_required_for_static() -> None:
+    """With the static backend [mailman] needs no password."""
+    cfg = parse_config({"mailman": {"url": "https://mm.example/3.1"}})
+    assert cfg.mailman.password is None
+    assert cfg.mailman.url == "https://mm.example/3.1"
+
+
+def test_password_problem_never_echoes_value() -> None:
+    """A bad password value is reported without showing it."""
+    [found] = problems_of({"mailman": {"password": "hunter2\n"}})
+    assert found == "mailman.password: must not contain control characters"
+
+
+@pytest.mark.parametrize(
+    ("mailman", "shown"),
+    [pytest.param({"password": "s3cret"}, "***", id="inline"),
+     pytest.param({}, "", id="unset")],
+)
+def test_config_to_dict_redacts_password(mailman: dict[str, object], shown: str) -> None:
+    """config_to_dict shows an inline password as "***" and an unset one as ""."""
+    cfg = parse_config({"mailman": mailman})
+    assert config_to_dict(cfg)["mailman"]["password"] == shown
+
+
+def test_config_to_dict_password_file_round_trips(tmp_path: Path) -> None:
+    """With password_file, config_to_dict shows password "" and the path, which re-reads."""
+    path = tmp_path / "pw"
+    path.write_text("s3cret\n")
+    cfg = parse_config({"backend": {"type": "mailman"},
+                        "mailman": {"password_file": str(path)}}, "a")
+    shown = config_to_dict(cfg)
+    assert shown["mailman"]["password"] == ""
+    assert "s3cret" not in repr(shown)
+    assert parse_config(shown, "b") == replace(cfg, source="b")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8001/3.1", "https://mailman.example.org/rest/3.1", "http://[::1]:8001/3.1"],
+)
+def test_mailman_url_accepted(url: str) -> None:
+    """http and https URLs with a host are accepted as written."""
+    assert parse_config({"mailman": {"url": url}}).mailman.url == url
+
+
+def test_mailman_timeout_just_under_postfix() -> None:
+    """29.9 s is accepted; integers become floats."""
+    assert parse_config({"mailman": {"timeout": 29.9}}).mailman.timeout == 29.9
+    assert parse_config({"mailman": {"timeout": 3}}).mailman.timeout == 3.0
+
+
+def test_cache_values() -> None:
+    """[cache] values are read as given; stale_if_error may be 0 (never)."""
+    cfg = parse_config({"cache": {"ttl": 30, "negative_ttl": 2.5, "policy_ttl": 60,
+                                  "directory_ttl": 600, "max_entries": 5,
+                                  "stale_if_error": 0}})
+    assert cfg.cache == CacheConfig(30.0, 2.5, 60.0, 600.0, 5, 0.0)
+
+
+def test_gate_defaults_parsed_by_value() -> None:
+    """[gate] enums are read by their value and trust_approved as a bool."""
+    cfg = parse_config({"gate": {"mode": "monitor", "decide_at": "headers", "hold": "reject",
+                                 "trust_approved": False}})
+    assert cfg.gate == ListOverrides(mode=GateMode.MONITOR, decide_at=DecideAt.HEADERS,
+                                     hold=HoldPolicy.REJECT, trust_approved=False)
+
+
+LIST_MERGE = [
+    pytest.param({}, {}, ListOverrides(), id="empty-table-no-gate"),
+    pytest.param({"mode": "monitor", "hold": "reject"}, {},
+                 ListOverrides(mode=GateMode.MONITOR, hold=HoldPolicy.REJECT),
+                 id="gate-inherited"),
+    pytest.param({"mode": "monitor", "hold": "reject"}, {"mode": "enforce"},
+                 ListOverrides(mode=GateMode.ENFORCE, hold=HoldPolicy.REJECT),
+                 id="list-key-wins"),
+    pytest.param({"trust_approved": False}, {"decide_at": "headers", "reject_text": "no {list}"},
+                 ListOverrides(trust_approved=False, decide_at=DecideAt.HEADERS,
+                               reject_text="no {list}"),
+                 id="list-only-keys"),
+    pytest.param({}, {"allow": ["<Boss@Partner.Example>", "@Trusted.Example.", "^X.*@s$",
+                                "boss@partner.example"]},
+                 ListOverrides(allow=("boss@partner.example", "@trusted.example", "^X.*@s$")),
+                 id="allow-normalised-deduplicated"),
+]
+
+
+@pytest.mark.parametrize(("gate", "table", "expected"), LIST_MERGE)
+def test_list_merged_over_gate(
+    gate: dict[str, object], table: dict[str, object], expected: ListOverrides
+) -> None:
+    """A [lists."addr"] table takes each key it does not set from [gate]."""
+    cfg = parse_config({"gate": gate, "lists": {"<Announce@Example.ORG>": table}})
+    assert dict(cfg.lists) == {"announce@example.org": expected}
+
+
+def test_lists_merge_independent_of_table_order() -> None:
+    """[lists] written before [gate] still merges over [gate]."""
+    cfg = parse_config({"lists": {"a@x.org": {}}, "gate": {"mode": "off"}})
+    assert cfg.lists["a@x.org"].mode is GateMode.OFF
+
+
+def test_lists_mapping_is_read_only() -> None:
+    """Config.lists cannot be changed after parsing."""
+    cfg = parse_config({"lists": {"a@x.org": {}}})
+    with pytest.raises(TypeError):
+        cfg.lists["b@x.org"] = ListOverrides()  # type: ignore[index]
+
+
+def test_allowed_regex_used_like_engine() -> None:
+    """A configured ^regex allow entry admits what ListOverrides.allows admits."""
+    cfg = parse_config({"lists": {"a@x.org": {"allow": [r"^.*@staff\.example\.org$"]}}})
+    overrides = cfg.lists["a@x.org"]
+    assert overrides.allows("ann@staff.example.org") == r"^.*@staff\.example\.org$"
+    assert overrides.allows("ann@staff.example.org.evil") is None
