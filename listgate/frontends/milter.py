@@ -1,23 +1,35 @@
-"""The milter front end: what listgate negotiates, and how a decision is answered.
+"""The milter front end: what listgate negotiates, and how decisions become replies.
 
 Invariants:
-- Pure: no I/O. The asyncio layer feeds events in and writes the replies out.
-- listgate asks the MTA for MAIL (no reply: SMFIP_NR_MAIL) and RCPT only; every other
-  step is skipped where the MTA allows it (see ``MILTER_OPTIONS``). The client address
-  and queue id come from macros, so CONNECT can be skipped too.
+- Pure: no I/O. The asyncio layer feeds events in, asks the gate, and writes replies out.
+- listgate asks the MTA for MAIL (no reply: SMFIP_NR_MAIL) and RCPT; when some list
+  decides at end of headers, also for the headers (no reply: SMFIP_NR_HDR) and EOH. Every
+  other step is skipped where the MTA allows it. The client address and queue id come
+  from macros, so CONNECT can be skipped too.
 - One ``Decision`` becomes exactly one final reply: ACCEPT → CONTINUE (never ACCEPT,
   which would end milter processing for the whole message), REJECT and TEMPFAIL →
   REPLYCODE with the decision's code, DSN and text.
+- Headers mode (``decide_at = "headers"``): a list recipient whose envelope sender may
+  not post is *pending*: accepted at RCPT, judged at EOH on every sender Mailman reads.
+  A reject at EOH rejects the whole message, so a pending recipient must be alone in
+  its transaction: if other recipients were accepted before it, it gets ``452 4.5.3``;
+  once one is pending, every later recipient gets ``452 4.5.3``. SMTP clients retry a
+  452 recipient in a transaction of its own, so no other recipient is ever rejected
+  because of the list.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 from listgate.milter import (
+    Command,
     Continue,
+    EndOfHeaders,
     EnvelopeFrom,
     EnvelopeRecipient,
+    Header,
     MacroStage,
     MilterConnection,
     MilterOptions,
@@ -25,30 +37,49 @@ from listgate.milter import (
     ReplyCode,
 )
 from listgate.model import Decision, PostingRequest, Verdict, normalize_address
+from listgate.senders import mailman_senders
 
-__all__ = ["MILTER_OPTIONS", "MilterSession", "milter_options", "reply_for"]
+__all__ = [
+    "ALONE_REPLY",
+    "MilterSession",
+    "milter_options",
+    "reply_for",
+]
 
 WANTED_MACROS: dict[MacroStage, tuple[str, ...]] = {
     MacroStage.ENVFROM: ("{client_addr}", "{auth_authen}", "i"),
     MacroStage.ENVRCPT: ("i",),
+    MacroStage.EOH: ("i",),
 }
 """Macros listgate asks for (SETSYMLIST). They replace the MTA's configured lists for
 listgate only: the client address and SASL login at MAIL, the queue id at RCPT (Postfix
-knows it only from the second accepted recipient on; Sendmail already at MAIL)."""
+knows it only from the second accepted recipient on; Sendmail already at MAIL) and EOH."""
+
+ALONE_REPLY = ReplyCode(
+    452, "4.5.3", "Too many recipients: send the list post in a transaction of its own"
+)
+"""RFC 5321 §4.5.3.1.10: the client retries this recipient later, in a new transaction."""
+
+_CONTINUE = Continue()
+_MAX_HEADERS = 64
+"""Sender headers kept per message; more are ignored (Mailman reads a handful)."""
+_SENDER_FIELDS = frozenset({"from", "reply-to", "sender"})
 
 
-def milter_options(max_packet_size: int) -> MilterOptions:
-    """The negotiation listgate wants, with the configured packet limit."""
+def milter_options(max_packet_size: int, headers: bool = False) -> MilterOptions:
+    """The negotiation listgate wants: RCPT, MAIL without reply, and with *headers* the
+    header fields (without reply) and EOH."""
+    events: set[type[Command]] = {EnvelopeFrom, EnvelopeRecipient}
+    no_reply: set[type[Command]] = {EnvelopeFrom}
+    if headers:
+        events |= {Header, EndOfHeaders}
+        no_reply.add(Header)
     return MilterOptions(
-        events=frozenset({EnvelopeFrom, EnvelopeRecipient}),
-        no_reply=frozenset({EnvelopeFrom}),
+        events=frozenset(events),
+        no_reply=frozenset(no_reply),
         macros=WANTED_MACROS,
         max_packet_size=max_packet_size,
     )
-
-
-MILTER_OPTIONS = milter_options(1024 * 1024)
-_CONTINUE = Continue()
 
 
 def reply_for(decision: Decision) -> Reply:
@@ -60,14 +91,20 @@ def reply_for(decision: Decision) -> Reply:
 
 @dataclass(slots=True)
 class MilterSession:
-    """Per-connection transaction state: who the current envelope sender is."""
+    """Per-connection transaction state."""
 
     sender: str | None = None
     auth_user: str | None = None
     client_address: str | None = None
+    accepted: int = 0
+    """Recipients answered CONTINUE in this transaction."""
+    pending: PostingRequest | None = None
+    """The list recipient waiting for the end of headers (headers mode)."""
+    headers: list[tuple[str, str]] = field(default_factory=list)
 
     def on_mail(self, event: EnvelopeFrom, conn: MilterConnection) -> None:
-        """Remember the envelope sender (and the macros that came with it)."""
+        """A new transaction: remember the envelope sender and its macros."""
+        self.on_abort()
         self.sender = normalize_address(event.sender)
         self.auth_user = conn.macro("auth_authen") or None
         self.client_address = conn.macro("client_addr") or self.client_address
@@ -76,6 +113,9 @@ class MilterSession:
         """The transaction ended; the connection stays."""
         self.sender = None
         self.auth_user = None
+        self.accepted = 0
+        self.pending = None
+        self.headers.clear()
 
     def request_for(self, event: EnvelopeRecipient, conn: MilterConnection) -> PostingRequest:
         """The posting request for one RCPT of the current transaction."""
@@ -86,3 +126,47 @@ class MilterSession:
             queue_id=conn.macro("i"),
             auth_user=self.auth_user,
         )
+
+    def precheck_rcpt(self) -> Reply | None:
+        """The reply for a recipient that must not be judged at all: one that follows a
+        pending list recipient (it must stay alone). None: ask the gate."""
+        return ALONE_REPLY if self.pending is not None else None
+
+    def answer_rcpt(self, request: PostingRequest, decision: Decision) -> Reply:
+        """The RCPT reply for *decision*, applying the headers-mode rules."""
+        if decision.verdict is Verdict.REJECT and decision.provisional:
+            if self.accepted:
+                return ALONE_REPLY
+            self.pending = request
+            self.accepted += 1
+            return _CONTINUE
+        reply = reply_for(decision)
+        if reply is _CONTINUE:
+            self.accepted += 1
+        return reply
+
+    def on_header(self, event: Header) -> None:
+        """Keep the sender headers while a recipient is pending."""
+        if (
+            self.pending is not None
+            and event.field.lower() in _SENDER_FIELDS
+            and len(self.headers) < _MAX_HEADERS
+        ):
+            self.headers.append((event.field, event.value))
+
+    def eoh_request(self, conn: MilterConnection) -> PostingRequest | None:
+        """The request to judge at end of headers, or None when nothing is pending."""
+        if self.pending is None:
+            return None
+        senders = mailman_senders(self.headers, self.pending.sender)
+        return dataclasses.replace(
+            self.pending,
+            header_senders=senders or (self.pending.sender,),
+            queue_id=conn.macro("i") or self.pending.queue_id,
+        )
+
+    def answer_eoh(self, request: PostingRequest, decision: Decision) -> Reply:
+        """The EOH reply: the pending recipient's final verdict (for the whole message,
+        which holds no other recipient)."""
+        self.pending = None
+        return reply_for(decision)

@@ -21,20 +21,24 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from listgate.frontends.milter import MilterSession, milter_options, reply_for
+from listgate.frontends.milter import MilterSession, milter_options
 from listgate.gate import Gate
 from listgate.log import next_conn_id, printable
 from listgate.milter import (
     NEED_DATA,
     Abort,
     Continue,
+    EndOfHeaders,
     EnvelopeFrom,
     EnvelopeRecipient,
+    Header,
     MilterConnection,
     MilterOptions,
     MilterProtocolError,
     Quit,
     QuitNoClose,
+    Reply,
+    ReplyCode,
 )
 from listgate.model import Decision, PostingRequest, Verdict
 from listgate.server.base import StreamService
@@ -46,6 +50,7 @@ log = logging.getLogger("listgate.milter")
 decisions_log = logging.getLogger("listgate.decision")
 
 _CONTINUE = Continue()
+_Answer = Callable[[PostingRequest, Decision], Reply]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,7 @@ class MilterService(StreamService):
         max_connections: int,
         socket_mode: int = 0o660,
         shutdown_timeout: float = 10.0,
+        headers: bool = False,
     ) -> None:
         super().__init__(
             "milter",
@@ -81,7 +87,7 @@ class MilterService(StreamService):
         self.gate = gate
         """Swappable: a reload replaces it; connections read it for each decision."""
         self.limits = limits
-        self.options: MilterOptions = milter_options(limits.max_packet_size)
+        self.options: MilterOptions = milter_options(limits.max_packet_size, headers)
 
 
 def _protocol_factory(service: StreamService) -> asyncio.Protocol:
@@ -198,13 +204,22 @@ class MilterProtocol(asyncio.Protocol):
                 kind = type(event)
                 if kind is EnvelopeRecipient:
                     assert isinstance(event, EnvelopeRecipient)
-                    request = self.session.request_for(event, conn)
-                    started = self._loop.time()
-                    decision = self._service.gate.decide_now(request)
-                    if decision is None:
-                        self._pending = self._loop.create_task(self._decide_later(request, started))
+                    early = self.session.precheck_rcpt()
+                    if early is not None:
+                        conn.send(early)
+                    elif not self._decide(
+                        self.session.request_for(event, conn), self.session.answer_rcpt
+                    ):
                         break
-                    self._answer(request, decision, started)
+                elif kind is Header:
+                    assert isinstance(event, Header)
+                    self.session.on_header(event)
+                elif kind is EndOfHeaders:
+                    request = self.session.eoh_request(conn)
+                    if request is None:
+                        conn.send(_CONTINUE)
+                    elif not self._decide(request, self.session.answer_eoh):
+                        break
                 elif kind is EnvelopeFrom:
                     assert isinstance(event, EnvelopeFrom)
                     self.session.on_mail(event, conn)
@@ -231,13 +246,24 @@ class MilterProtocol(asyncio.Protocol):
         if self._draining and self._pending is None:
             self._close()
 
-    async def _decide_later(self, request: PostingRequest, started: float) -> None:
+    def _decide(self, request: PostingRequest, answer: _Answer) -> bool:
+        """Decide *request* now if the gate can; else start a task and return False
+        (the pump stops until the task has answered)."""
+        started = self._loop.time()
+        decision = self._service.gate.decide_now(request)
+        if decision is None:
+            self._pending = self._loop.create_task(self._decide_later(request, answer, started))
+            return False
+        self._answer(request, decision, answer, started)
+        return True
+
+    async def _decide_later(self, request: PostingRequest, answer: _Answer, started: float) -> None:
         decision = await self._service.gate.decide(request)
         self._pending = None
         if self._closing:
             return
         try:
-            self._answer(request, decision, started)
+            self._answer(request, decision, answer, started)
         except MilterProtocolError as exc:
             self._protocol_error(exc)
             return
@@ -246,28 +272,44 @@ class MilterProtocol(asyncio.Protocol):
             self.transport.resume_reading()
         self._pump()
 
-    def _answer(self, request: PostingRequest, decision: Decision, started: float) -> None:
-        self.conn.send(reply_for(decision))
+    def _answer(
+        self, request: PostingRequest, decision: Decision, answer: _Answer, started: float
+    ) -> None:
+        reply = answer(request, decision)
+        self.conn.send(reply)
         if decision.list_address is not None or decision.verdict is not Verdict.ACCEPT:
-            self._log_decision(request, decision, started)
+            self._log_decision(request, decision, reply, started)
         elif decisions_log.isEnabledFor(logging.DEBUG):
-            self._log_decision(request, decision, started, logging.DEBUG)
+            self._log_decision(request, decision, reply, started, logging.DEBUG)
 
     def _log_decision(
-        self, request: PostingRequest, decision: Decision, started: float, level: int = logging.INFO
+        self,
+        request: PostingRequest,
+        decision: Decision,
+        reply: Reply,
+        started: float,
+        level: int = logging.INFO,
     ) -> None:
+        if isinstance(reply, ReplyCode):
+            shown = f"{reply.code} {reply.dsn or ''} {reply.text}"
+        elif decision.provisional:
+            shown = "continue (pending: judged at end of headers)"
+        else:
+            shown = "continue"
+        senders = ",".join(request.header_senders) if request.header_senders else None
         decisions_log.log(
             level,
-            "[%s] queue=%s client=%s from=<%s> to=<%s> list=%s verdict=%s reply=%s "
+            "[%s] queue=%s client=%s from=<%s> to=<%s>%s list=%s verdict=%s reply=%s "
             "reason=%s latency=%.2fms",
             self.conn_id,
             printable(request.queue_id),
             printable(request.client_address),
             printable(request.sender),
             printable(request.recipient),
+            f" senders={printable(senders)}" if senders else "",
             printable(decision.list_address),
             decision.verdict.value,
-            printable(decision.smtp_reply or "continue"),
+            printable(shown),
             printable("; ".join(decision.reasons)),
             (self._loop.time() - started) * 1000.0,
         )

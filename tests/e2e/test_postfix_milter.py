@@ -336,12 +336,6 @@ def test_sigterm_during_a_postfix_session(
     assert c.rcpt(LIST).line == TEMPFAIL
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="listgate bug: decides on the raw RCPT spelling; Postfix delivers to the canonical "
-    "address (see {rcpt_addr}), so a quoted local part / trailing dot / source route bypasses "
-    "the gate",
-)
 @pytest.mark.parametrize(
     "spelling",
     ['"list"@example.org', "list@example.org.", "@relay.example:list@example.org"],

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from listgate.backends.base import PENDING, LookupNow
-from listgate.engine import PostingFacts
+from listgate.backends.static import StaticBackend
+from listgate.engine import ListFacts
 from listgate.errors import ListgateError
 from listgate.milter import (
     POSTFIX_OFFER,
@@ -324,18 +325,21 @@ class SlowBackend:
     def lookup_now(self, request: PostingRequest) -> LookupNow:
         return PENDING
 
-    async def lookup(self, request: PostingRequest) -> PostingFacts | None:
+    async def lookup(self, request: PostingRequest) -> ListFacts:
         assert self.release is not None
         assert self.started is not None
         self.started.set()
         await self.release.wait()
-        return PostingFacts(request.recipient, request.sender == "member@example.com", ("slow",))
+        return StaticBackend({"list@example.org": ["member@example.com"]}).lookup_now(request)
 
     async def aclose(self) -> None:
         return None
 
     def describe(self) -> str:
         return "slow test backend"
+
+    def known_lists(self) -> tuple[str, ...]:
+        return ("list@example.org",)
 
 
 def test_drain_finishes_in_flight_command_then_closes() -> None:
