@@ -246,3 +246,22 @@ def test_outcome_type() -> None:
     outcome = mailman_outcome(REJECT_LIST, [EVE, ANNE])
     assert isinstance(outcome, Outcome)
     assert all(isinstance(r, str) and r for r in outcome.reasons)
+
+
+# --------------------------------------------------------------------------- disagreements
+
+
+@pytest.mark.parametrize("name", ["hold", "reject", "discard"])
+def test_at_list_entry_ignored_outside_accept_list(name: str) -> None:
+    """'@fqdn_listname' matches only in accept_these_nonmembers (§1.5, Mailman's _at_list);
+    elsewhere it is compared as an exact address and never matches a sender."""
+    p = policy(default_nonmember_action=Action.DEFER,
+               **{f"{name}_these_nonmembers": ("@other@example.org",)})
+    sender = stranger("m@x.org", member_of=frozenset({"other@example.org"}))
+    assert mailman_outcome(p, [sender]).action is Action.ACCEPT
+
+
+def test_no_valid_sender_is_discarded() -> None:
+    """No sender at all: the no-senders rule (chain step 2, before approved) discards (§1.2)."""
+    for p in (policy(default_nonmember_action=Action.HOLD), policy(moderator_password=True)):
+        assert mailman_outcome(p, []).action is Action.DISCARD
