@@ -27,16 +27,19 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
 # GNU Mailman 3 core for tests/mailman: a separate venv (default .venv-mailman, override with
-# LISTGATE_MAILMAN_VENV), so Mailman's pinned dependency set never mixes with listgate's.
-# Rebuilt from scratch only when missing or when .ci/requirements-mailman.txt changed (its
-# sha256 is stored in the venv after a successful install); otherwise this is a no-op.
+# LISTGATE_MAILMAN_VENV, relative to the repo root), so Mailman's pinned dependency set never
+# mixes with listgate's. Rebuilt from scratch only when missing, broken, or when
+# .ci/requirements-mailman.txt or python3 changed (a hash of both is stored in the venv after
+# a successful install); otherwise this costs a few milliseconds.
 mm_venv="${LISTGATE_MAILMAN_VENV:-.venv-mailman}"
 mm_req=.ci/requirements-mailman.txt
-mm_hash="$(sha256sum "$mm_req" | cut -d' ' -f1)"
+mm_hash="$( { cat "$mm_req"; python3 -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
 mm_stamp="$mm_venv/.listgate-requirements.sha256"
-if [ ! -x "$mm_venv/bin/runner" ] || [ "$(cat "$mm_stamp" 2>/dev/null)" != "$mm_hash" ]; then
+if [ ! -x "$mm_venv/bin/runner" ] || [ "$(cat "$mm_stamp" 2>/dev/null)" != "$mm_hash" ] \
+   || ! "$mm_venv/bin/python" -c '' 2>/dev/null; then
   rm -f "$mm_stamp"
   python3 -m venv --clear "$mm_venv"
   "$mm_venv/bin/python" -m pip install -q --disable-pip-version-check -r "$mm_req"
+  printf '*\n' > "$mm_venv/.gitignore"
   printf '%s\n' "$mm_hash" > "$mm_stamp"
 fi

@@ -32,11 +32,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -52,8 +53,8 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_ENV = "LISTGATE_MAILMAN_VENV"
 INSTALL_HINT = (
-    "the Mailman test venv is missing: run `bash .ci/install-test-deps.sh` (as root) to "
-    f"install it (into .venv-mailman, or the path in ${VENV_ENV})"
+    "run `bash .ci/install-test-deps.sh` (as root) to install the Mailman test venv "
+    f"(.venv-mailman, or the path in ${VENV_ENV})"
 )
 TEST_DOMAIN = "example.org"
 """mail_host of the domain that :meth:`MailmanCore.new_list` creates lists in by default."""
@@ -91,6 +92,22 @@ def tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get SIGTERM when this process dies (Linux
+    PR_SET_PDEATHSIG), so a killed pytest does not leave a core running; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+    return preexec
 
 
 class MailmanStartError(RuntimeError):
@@ -236,6 +253,7 @@ recipient: devnull@example.invalid
                 cwd=self.base_dir,
                 env=self._runner_env(),
                 start_new_session=True,  # own process group: stop() can kill the workers too
+                preexec_fn=_die_with_parent(),
             )
         _RUNNING.add(self)
         try:

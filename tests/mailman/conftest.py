@@ -9,8 +9,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-import httpx
 import pytest
+
+try:
+    import httpx
+    import mailmanclient  # noqa: F401
+except ImportError as e:  # pragma: no cover - an install problem, not a test result
+    raise ImportError(
+        f"{e}: tests/mailman need mailmanclient==3.3.5 and httpx in listgate's venv"
+    ) from e
 from mailman_harness import INSTALL_HINT, MailmanCore, mailman_venv
 from mailmanclient.restobjects.mailinglist import MailingList
 
@@ -20,7 +27,7 @@ def mailman_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailmanCo
     """The session's Mailman core, running; its var dir stays in pytest's tmp dir."""
     runner = mailman_venv() / "bin" / "runner"
     if not os.access(runner, os.X_OK):
-        pytest.fail(f"{runner} is missing: {INSTALL_HINT}", pytrace=False)
+        pytest.fail(f"{runner} not found: {INSTALL_HINT}", pytrace=False)
     core = MailmanCore(tmp_path_factory.mktemp("mailman-core"))
     core.start()
     try:
