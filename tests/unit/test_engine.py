@@ -13,146 +13,211 @@ from listgate.engine import (
     MAX_TEXT_CHARS,
     MAX_VALUE_CHARS,
     NOT_A_LIST_REASON,
-    NULL_SENDER_REASON,
+    DecideAt,
     FailurePolicy,
-    PostingFacts,
+    GateMode,
+    HoldPolicy,
+    ListFacts,
+    ListOverrides,
     ReplyTexts,
     decide,
     fail_open_decision,
     failure_decision,
+    not_a_list,
     render_reply_text,
     reply_template_problem,
 )
 from listgate.model import Decision, PostingRequest, Verdict
+from listgate.recipients import Resolution, Target
+from listgate.rules import Action, ListPolicy, Membership, SenderFacts
 
 LIST = "announce@example.org"
 TEXTS = ReplyTexts()
 CUSTOM = ReplyTexts(reject_code=554, reject_dsn="5.7.0", reject_text="no: {sender} -> {list}")
+POSTING = Resolution(Target.POSTING, LIST)
+POLICY = ListPolicy(LIST, default_member_action=Action.ACCEPT,
+                    default_nonmember_action=Action.REJECT)
+"""The static backend's policy: posters accept, everyone else reject."""
+REJECTED = "nonmember <eve@example.com>; default_nonmember_action=reject"
+
+
+def facts(*senders: SenderFacts, policy: ListPolicy = POLICY,
+          hints: tuple[SenderFacts, ...] = ()) -> ListFacts:
+    return ListFacts(POSTING, policy, senders, hints)
+
+
+def poster(address: str) -> SenderFacts:
+    return SenderFacts(address, Membership(address))
+
+
+def nonmember(address: str) -> SenderFacts:
+    return SenderFacts(address)
+
+
+def reject(sender: str, *reasons: str, texts: ReplyTexts = TEXTS, text: str | None = None,
+           provisional: bool = False) -> Decision:
+    shown = text if text is not None else f"<{sender}> is not allowed to post to <{LIST}>"
+    return Decision(Verdict.REJECT, texts.reject_code, texts.reject_dsn, shown, reasons, LIST,
+                    provisional)
+
+
+def accept(*reasons: str, list_address: str | None = LIST) -> Decision:
+    return Decision(Verdict.ACCEPT, None, None, "", reasons, list_address)
+
+
+DEFAULTS = ListOverrides()
 
 
 @dataclass(frozen=True)
 class Case:
     id: str
-    sender: str
-    facts: PostingFacts | None
-    texts: ReplyTexts
+    request: PostingRequest
+    facts: ListFacts
     expected: Decision
+    overrides: ListOverrides = DEFAULTS
+    texts: ReplyTexts = TEXTS
 
+
+EVE = PostingRequest("eve@example.com", LIST)
+BOSS = PostingRequest("boss@example.org", LIST)
 
 CASES = [
-    Case(
-        "not-a-list",
-        "anyone@example.com",
-        None,
-        TEXTS,
-        Decision(Verdict.ACCEPT, None, None, "", (NOT_A_LIST_REASON,), None),
-    ),
-    Case(
-        "poster",
-        "boss@example.org",
-        PostingFacts(LIST, True, ("static poster",)),
-        TEXTS,
-        Decision(Verdict.ACCEPT, None, None, "", ("static poster",), LIST),
-    ),
-    Case(
-        "non-poster",
-        "eve@example.com",
-        PostingFacts(LIST, False, (f"not in static posters of {LIST}",)),
-        TEXTS,
-        Decision(
-            Verdict.REJECT, 550, "5.7.1",
-            f"<eve@example.com> is not allowed to post to <{LIST}>",
-            (f"not in static posters of {LIST}",), LIST,
-        ),
-    ),
-    Case(
-        "custom-texts",
-        "eve@example.com",
-        PostingFacts(LIST, False, ("nope",)),
-        CUSTOM,
-        Decision(Verdict.REJECT, 554, "5.7.0", f"no: eve@example.com -> {LIST}", ("nope",), LIST),
-    ),
-    Case(
-        "non-poster-without-reasons",
-        "eve@example.com",
-        PostingFacts(LIST, False),
-        TEXTS,
-        Decision(
-            Verdict.REJECT, 550, "5.7.1",
-            f"<eve@example.com> is not allowed to post to <{LIST}>",
-            ("not allowed to post",), LIST,
-        ),
-    ),
-    Case(
-        "null-sender-backend-says-no",
-        "",
-        PostingFacts(LIST, False, (NULL_SENDER_REASON,)),
-        TEXTS,
-        Decision(
-            Verdict.REJECT, 550, "5.7.1", f"<> is not allowed to post to <{LIST}>",
-            (NULL_SENDER_REASON,), LIST,
-        ),
-    ),
-    Case(
-        "null-sender-backend-wrongly-says-yes",
-        "",
-        PostingFacts(LIST, True, ("static poster",)),
-        TEXTS,
-        Decision(
-            Verdict.REJECT, 550, "5.7.1", f"<> is not allowed to post to <{LIST}>",
-            (NULL_SENDER_REASON,), LIST,
-        ),
-    ),
-    Case(
-        "null-sender-other-reason-kept",
-        "",
-        PostingFacts(LIST, False, ("banned",)),
-        TEXTS,
-        Decision(
-            Verdict.REJECT, 550, "5.7.1", f"<> is not allowed to post to <{LIST}>",
-            (NULL_SENDER_REASON, "banned"), LIST,
-        ),
-    ),
-    Case(
-        "crlf-nul-in-sender",
-        "evil\r\n250 ok\x00@example.com",
-        PostingFacts(LIST, False, ("nope",)),
-        TEXTS,
-        Decision(
-            Verdict.REJECT, 550, "5.7.1",
-            f"<evil??250 ok?@example.com> is not allowed to post to <{LIST}>", ("nope",), LIST,
-        ),
-    ),
-    Case(
-        "non-ascii-sender",
-        "j\u00fcrgen\u2028@example.com",
-        PostingFacts(LIST, False, ("nope",)),
-        TEXTS,
-        Decision(
-            Verdict.REJECT, 550, "5.7.1",
-            f"<j?rgen?@example.com> is not allowed to post to <{LIST}>", ("nope",), LIST,
-        ),
-    ),
+    Case("not-a-list", PostingRequest("a@example.com", "x@example.org"), not_a_list(),
+         accept(NOT_A_LIST_REASON, list_address=None)),
+    Case("service-address", PostingRequest("a@example.com", "announce-owner@example.org"),
+         ListFacts(Resolution(Target.SERVICE, LIST, "owner")),
+         accept(f"list-owner address of {LIST}: not gated")),
+    Case("posting-without-policy", EVE, ListFacts(POSTING), accept(f"posting address of {LIST}")),
+    Case("poster", BOSS, facts(poster("boss@example.org")),
+         accept("member <boss@example.org>; default_member_action=accept")),
+    Case("non-poster", EVE, facts(nonmember("eve@example.com")), reject("eve@example.com",
+                                                                         REJECTED)),
+    Case("custom-texts", EVE, facts(nonmember("eve@example.com")),
+         reject("eve@example.com", REJECTED, texts=CUSTOM,
+                text=f"no: eve@example.com -> {LIST}"), texts=CUSTOM),
+    Case("null-sender", PostingRequest("", LIST), facts(nonmember("")),
+         reject("", "nonmember <>; default_nonmember_action=reject",
+                text=f"<> is not allowed to post to <{LIST}>")),
+    Case("crlf-nul-in-sender", PostingRequest("evil\r\n250 ok\x00@example.com", LIST),
+         facts(nonmember("evil\r\n250 ok\x00@example.com")),
+         reject("", "nonmember <evil\r\n250 ok\x00@example.com>; "
+                "default_nonmember_action=reject",
+                text=f"<evil??250 ok?@example.com> is not allowed to post to <{LIST}>")),
+    Case("non-ascii-sender", PostingRequest("j\u00fcrgen\u2028@example.com", LIST),
+         facts(nonmember("j\u00fcrgen\u2028@example.com")),
+         reject("", "nonmember <j\u00fcrgen\u2028@example.com>; default_nonmember_action=reject",
+                text=f"<j?rgen?@example.com> is not allowed to post to <{LIST}>")),
+    Case("discard-is-rejected", EVE,
+         facts(nonmember("eve@example.com"),
+               policy=ListPolicy(LIST, default_nonmember_action=Action.DISCARD)),
+         reject("eve@example.com",
+                "nonmember <eve@example.com>; default_nonmember_action=discard")),
+    Case("banned-is-rejected", EVE, facts(SenderFacts("eve@example.com", banned=True)),
+         reject("eve@example.com", "banned: <eve@example.com>")),
+    # Holds: accepted by default (moderators review them), rejected under hold=reject.
+    Case("hold-accepted", EVE,
+         facts(nonmember("eve@example.com"), policy=ListPolicy(LIST)),
+         accept("nonmember <eve@example.com>; default_nonmember_action=hold",
+                "Mailman would hold it; hold=accept")),
+    Case("hold-rejected", EVE,
+         facts(nonmember("eve@example.com"), policy=ListPolicy(LIST)),
+         reject("eve@example.com", "nonmember <eve@example.com>; default_nonmember_action=hold",
+                "Mailman would hold it; hold=reject"),
+         ListOverrides(hold=HoldPolicy.REJECT)),
+    Case("emergency-never-rejected", BOSS,
+         facts(poster("boss@example.org"), policy=ListPolicy(LIST, emergency=True)),
+         accept("list is in emergency moderation: Mailman holds every post",
+                "Mailman would hold it; hold=accept")),
+    # Approved: bypass, and trust_approved=False.
+    Case("moderator-password-trusted", EVE,
+         facts(nonmember("eve@example.com"), policy=ListPolicy(
+             LIST, default_nonmember_action=Action.REJECT, moderator_password=True)),
+         accept("list has a moderator_password: an Approved: header can admit any sender")),
+    Case("moderator-password-untrusted", EVE,
+         facts(nonmember("eve@example.com"), policy=ListPolicy(
+             LIST, default_nonmember_action=Action.REJECT, moderator_password=True)),
+         reject("eve@example.com", REJECTED), ListOverrides(trust_approved=False)),
+    # Modes.
+    Case("mode-off", EVE, facts(nonmember("eve@example.com")),
+         accept("gate is off for this list (mode=off)"), ListOverrides(mode=GateMode.OFF)),
+    Case("mode-monitor", EVE, facts(nonmember("eve@example.com")),
+         accept("monitor mode: would reject", REJECTED), ListOverrides(mode=GateMode.MONITOR)),
+    Case("mode-monitor-poster", BOSS, facts(poster("boss@example.org")),
+         accept("member <boss@example.org>; default_member_action=accept"),
+         ListOverrides(mode=GateMode.MONITOR)),
+    # Allow overrides: exact (any case), @domain (that domain only), ^regex (ignore case).
+    Case("allow-exact", EVE, facts(nonmember("eve@example.com")),
+         accept("override allow Eve@Example.com admits <eve@example.com>"),
+         ListOverrides(allow=("Eve@Example.com",))),
+    Case("allow-domain", EVE, facts(nonmember("eve@example.com")),
+         accept("override allow @example.com admits <eve@example.com>"),
+         ListOverrides(allow=("@example.com",))),
+    Case("allow-domain-not-subdomain", PostingRequest("eve@sub.example.com", LIST),
+         facts(nonmember("eve@sub.example.com")),
+         reject("eve@sub.example.com",
+                "nonmember <eve@sub.example.com>; default_nonmember_action=reject"),
+         ListOverrides(allow=("@example.com",))),
+    Case("allow-regex", EVE, facts(nonmember("eve@example.com")),
+         accept("override allow ^EVE@ admits <eve@example.com>"),
+         ListOverrides(allow=("^EVE@",))),
+    Case("allow-bad-regex-skipped", EVE, facts(nonmember("eve@example.com")),
+         reject("eve@example.com", REJECTED), ListOverrides(allow=("^(",))),
+    Case("allow-header-sender",
+         PostingRequest("eve@example.com", LIST, header_senders=("boss@partner.example",
+                                                                 "eve@example.com")),
+         facts(nonmember("boss@partner.example"), nonmember("eve@example.com")),
+         accept("override allow boss@partner.example admits <boss@partner.example>"),
+         ListOverrides(allow=("boss@partner.example",))),
+    Case("allow-never-null-sender", PostingRequest("", LIST), facts(nonmember("")),
+         reject("", "nonmember <>; default_nonmember_action=reject",
+                text=f"<> is not allowed to post to <{LIST}>"),
+         ListOverrides(allow=("^.*",))),
+    Case("override-reject-text", EVE, facts(nonmember("eve@example.com")),
+         reject("eve@example.com", REJECTED, text=f"ask the owner of {LIST}"),
+         ListOverrides(reject_text="ask the owner of {list}")),
+    # decide_at=headers: a reject at RCPT is provisional, at end of headers final.
+    Case("headers-provisional-at-rcpt", EVE, facts(nonmember("eve@example.com")),
+         reject("eve@example.com", REJECTED, provisional=True),
+         ListOverrides(decide_at=DecideAt.HEADERS)),
+    Case("headers-final-at-eoh",
+         PostingRequest("eve@example.com", LIST, header_senders=("eve@example.com",)),
+         facts(nonmember("eve@example.com")), reject("eve@example.com", REJECTED),
+         ListOverrides(decide_at=DecideAt.HEADERS)),
+    Case("headers-from-member-accepts",
+         PostingRequest("bounce@esp.example", LIST,
+                        header_senders=("boss@example.org", "bounce@esp.example")),
+         facts(poster("boss@example.org"), nonmember("bounce@esp.example")),
+         accept("member <boss@example.org>; default_member_action=accept"),
+         ListOverrides(decide_at=DecideAt.HEADERS)),
+    Case("rcpt-reject-is-final", EVE, facts(nonmember("eve@example.com")),
+         reject("eve@example.com", REJECTED)),
+    # Hints: a decoded SRS envelope that is a member is accepted, saying why.
+    Case("hint-accepts", PostingRequest("srs0=h=tt=example.org=boss@fwd.example", LIST),
+         facts(nonmember("srs0=h=tt=example.org=boss@fwd.example"),
+               hints=(poster("boss@example.org"),)),
+         accept("sender decodes to <boss@example.org>",
+                "member <boss@example.org>; default_member_action=accept",
+                "nonmember <srs0=h=tt=example.org=boss@fwd.example>; "
+                "default_nonmember_action=reject")),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_decide(case: Case) -> None:
-    """decide() maps each (sender, facts, texts) row to exactly the expected Decision."""
-    request = PostingRequest(sender=case.sender, recipient=LIST)
-    assert decide(request, case.facts, case.texts) == case.expected
+    """decide() maps each (request, facts, overrides, texts) row to exactly its Decision."""
+    assert decide(case.request, case.facts, case.texts, case.overrides) == case.expected
 
 
 def test_reject_renders_full_smtp_reply() -> None:
     """A rejection renders as the one-line "550 5.7.1 <sender> ..." SMTP reply."""
-    decision = decide(PostingRequest("eve@example.com", LIST), PostingFacts(LIST, False), TEXTS)
+    decision = decide(EVE, facts(nonmember("eve@example.com")), TEXTS)
     assert decision.smtp_reply == f"550 5.7.1 <eve@example.com> is not allowed to post to <{LIST}>"
 
 
 def test_absurdly_long_sender_is_truncated() -> None:
     """A 2000-byte sender is cut with "..." so the reply stays bounded."""
     sender = "a" * 2000 + "@example.com"
-    decision = decide(PostingRequest(sender, LIST), PostingFacts(LIST, False), TEXTS)
+    decision = decide(PostingRequest(sender, LIST), facts(nonmember(sender)), TEXTS)
     assert f"<{'a' * (MAX_VALUE_CHARS - 3)}...>" in decision.text
     assert len(decision.text) < 2 * MAX_VALUE_CHARS + len(TEXTS.reject_text)
 
@@ -269,4 +334,5 @@ def test_engine_is_pure() -> None:
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
-    assert imported <= {"__future__", "enum", "re", "string", "dataclasses", "listgate.model"}
+    assert imported <= {"__future__", "enum", "re", "string", "dataclasses", "listgate.model",
+                        "listgate.recipients", "listgate.rules"}
