@@ -8,10 +8,19 @@ import logging
 import pytest
 
 from listgate.backends import PENDING, LookupNow, StaticBackend
-from listgate.engine import FailurePolicy, PostingFacts, ReplyTexts
+from listgate.engine import (
+    FailurePolicy,
+    GateMode,
+    ListFacts,
+    ListOverrides,
+    ReplyTexts,
+    not_a_list,
+)
 from listgate.errors import BackendError, BackendUnavailable
 from listgate.gate import Gate
 from listgate.model import PostingRequest, Verdict
+from listgate.recipients import Resolution, Target
+from listgate.rules import Action, ListPolicy, SenderFacts
 
 LIST = "announce@example.org"
 REQUEST = PostingRequest("eve@example.com", LIST)
@@ -21,7 +30,7 @@ TEXTS = ReplyTexts(tempfail_code=452, tempfail_dsn="4.4.3", tempfail_text="later
 class FakeBackend:
     """Answers lookup_now with *now* and lookup with *later*, raising them if exceptions."""
 
-    def __init__(self, now: LookupNow | BaseException, later: PostingFacts | BaseException | None):
+    def __init__(self, now: LookupNow | BaseException, later: ListFacts | BaseException):
         self.now = now
         self.later = later
         self.lookups = 0
@@ -31,7 +40,7 @@ class FakeBackend:
             raise self.now
         return self.now
 
-    async def lookup(self, request: PostingRequest) -> PostingFacts | None:
+    async def lookup(self, request: PostingRequest) -> ListFacts:
         self.lookups += 1
         await asyncio.sleep(0)
         if isinstance(self.later, BaseException):
@@ -44,8 +53,14 @@ class FakeBackend:
     def describe(self) -> str:
         return "fake"
 
+    def known_lists(self) -> tuple[str, ...]:
+        return (LIST,)
 
-NO = PostingFacts(LIST, False, ("nope",))
+
+NO = ListFacts(Resolution(Target.POSTING, LIST),
+               ListPolicy(LIST, default_nonmember_action=Action.REJECT),
+               (SenderFacts("eve@example.com"),))
+NOT_A_LIST = not_a_list()
 FAILURES = [
     pytest.param(BackendUnavailable("connection refused"),
                  "backend unavailable: connection refused", logging.WARNING, id="unavailable"),
@@ -94,7 +109,7 @@ def test_async_failure_tempfails(
 @pytest.mark.parametrize(("exc", "reason", "level"), FAILURES)
 def test_sync_failure_tempfails(exc: Exception, reason: str, level: int) -> None:
     """A failing lookup_now() becomes the same TEMPFAIL decision."""
-    decision = Gate(FakeBackend(exc, None), TEXTS).decide_now(REQUEST)
+    decision = Gate(FakeBackend(exc, NOT_A_LIST), TEXTS).decide_now(REQUEST)
     assert decision is not None
     assert decision.verdict is Verdict.TEMPFAIL
     assert decision.reasons == (reason,)
@@ -121,12 +136,12 @@ def test_task_cancellation_propagates() -> None:
     """Cancelling the task awaiting decide() cancels it rather than yielding a decision."""
 
     class SlowBackend(FakeBackend):
-        async def lookup(self, request: PostingRequest) -> PostingFacts | None:
+        async def lookup(self, request: PostingRequest) -> ListFacts:
             await asyncio.sleep(3600)
-            return None
+            return NOT_A_LIST
 
     async def run() -> None:
-        task = asyncio.create_task(Gate(SlowBackend(PENDING, None), TEXTS).decide(REQUEST))
+        task = asyncio.create_task(Gate(SlowBackend(PENDING, NOT_A_LIST), TEXTS).decide(REQUEST))
         await asyncio.sleep(0)
         task.cancel()
         await task
@@ -138,7 +153,7 @@ def test_task_cancellation_propagates() -> None:
 def test_keyboard_interrupt_propagates_from_decide_now() -> None:
     """A BaseException that is not an Exception escapes decide_now."""
     with pytest.raises(KeyboardInterrupt):
-        Gate(FakeBackend(KeyboardInterrupt(), None), TEXTS).decide_now(REQUEST)
+        Gate(FakeBackend(KeyboardInterrupt(), NOT_A_LIST), TEXTS).decide_now(REQUEST)
 
 
 def test_success_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -152,7 +167,72 @@ def test_success_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_failure_log_line_is_sanitised(caplog: pytest.LogCaptureFixture) -> None:
     """A CR/LF in the sender cannot forge extra log lines."""
-    gate = Gate(FakeBackend(BackendUnavailable("down"), None), TEXTS)
+    gate = Gate(FakeBackend(BackendUnavailable("down"), NOT_A_LIST), TEXTS)
     with caplog.at_level(logging.WARNING, logger="listgate.gate"):
         gate.decide_now(PostingRequest("a\r\nFAKE@x", LIST))
     assert "\n" not in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("exc", "list_address", "shown"),
+    [
+        pytest.param(BackendUnavailable("down", LIST), LIST, LIST, id="backend-knows-list"),
+        pytest.param(BackendUnavailable("down"), None, LIST, id="no-list-names-recipient"),
+        pytest.param(RuntimeError("bug"), None, LIST, id="bug-has-no-list"),
+    ],
+)
+def test_failure_carries_backend_list_address(
+    exc: Exception, list_address: str | None, shown: str
+) -> None:
+    """A failure decision carries BackendError.list_address (what the MTA log shows)."""
+    request = PostingRequest("eve@example.com", "announce+tag@example.org")
+    gate = Gate(FakeBackend(exc, exc), ReplyTexts())
+    for decision in (gate.decide_now(request), asyncio.run(gate.decide(request))):
+        assert decision is not None
+        assert decision.verdict is Verdict.TEMPFAIL
+        assert decision.list_address == list_address
+        expected = shown if list_address else request.recipient
+        assert f"<{expected}>" in decision.text
+
+
+def test_fail_open_carries_backend_list_address() -> None:
+    """Under fail-open the ACCEPT names the list the backend was asked about."""
+    exc = BackendUnavailable("down", LIST)
+    decision = Gate(FakeBackend(exc, exc), TEXTS, FailurePolicy.ACCEPT).decide_now(REQUEST)
+    assert decision is not None
+    assert (decision.verdict, decision.list_address) == (Verdict.ACCEPT, LIST)
+
+
+OTHER = "other@example.org"
+OVERRIDES = {LIST: ListOverrides(mode=GateMode.MONITOR),
+             OTHER: ListOverrides(allow=("eve@example.com",))}
+
+
+@pytest.mark.parametrize(
+    ("recipient", "verdict", "first_reason"),
+    [
+        pytest.param(LIST, Verdict.ACCEPT, "monitor mode: would reject", id="monitor-list"),
+        pytest.param("announce+x@example.org", Verdict.ACCEPT, "monitor mode: would reject",
+                     id="monitor-list-plus-tag"),
+        pytest.param(OTHER, Verdict.ACCEPT,
+                     "override allow eve@example.com admits <eve@example.com>", id="allow-list"),
+        pytest.param("third@example.org", Verdict.REJECT,
+                     "nonmember <eve@example.com>; default_nonmember_action=reject",
+                     id="no-overrides"),
+    ],
+)
+def test_overrides_looked_up_per_list(recipient: str, verdict: Verdict, first_reason: str) -> None:
+    """Gate applies the overrides of the list the recipient resolves to, else the defaults."""
+    backend = StaticBackend({LIST: [], OTHER: [], "third@example.org": []})
+    gate = Gate(backend, ReplyTexts(), overrides=OVERRIDES)
+    decision = gate.decide_now(PostingRequest("eve@example.com", recipient))
+    assert decision is not None
+    assert (decision.verdict, decision.reasons[0]) == (verdict, first_reason)
+
+
+def test_overrides_for() -> None:
+    """overrides_for returns the configured overrides, or the defaults for others and None."""
+    gate = Gate(StaticBackend({}), ReplyTexts(), overrides=OVERRIDES)
+    assert gate.overrides_for(LIST) is OVERRIDES[LIST]
+    assert gate.overrides_for("third@example.org") == ListOverrides()
+    assert gate.overrides_for(None) == ListOverrides()

@@ -1,4 +1,4 @@
-"""Tests of StaticBackend: normalisation, null sender, the MembershipBackend contract."""
+"""Tests of StaticBackend: ListFacts, recipient resolution, null sender, the backend contract."""
 
 from __future__ import annotations
 
@@ -6,53 +6,94 @@ import asyncio
 
 import pytest
 
-from listgate.backends import PENDING, MembershipBackend, StaticBackend
-from listgate.engine import NULL_SENDER_REASON, PostingFacts
-from listgate.model import PostingRequest
+from listgate.backends import MembershipBackend, StaticBackend
+from listgate.engine import ListFacts, ReplyTexts, decide
+from listgate.model import PostingRequest, Verdict
+from listgate.recipients import Resolution, Target
+from listgate.rules import Action, ListPolicy, Membership, SenderFacts
 
 LIST = "announce@example.org"
+CLOSED = "closed@example.org"
+
+
+def policy(address: str) -> ListPolicy:
+    return ListPolicy(address, default_member_action=Action.ACCEPT,
+                      default_nonmember_action=Action.REJECT)
 
 
 def backend() -> StaticBackend:
     return StaticBackend({
         "<Announce@Example.ORG>": ["Boss@Example.org", "<deputy@example.org>"],
-        "closed@example.org": [],
+        CLOSED: [],
     })
 
 
+def posting(address: str, *senders: SenderFacts) -> ListFacts:
+    return ListFacts(Resolution(Target.POSTING, address), policy(address), senders)
+
+
+def poster(address: str) -> SenderFacts:
+    return SenderFacts(address, Membership(address))
+
+
+NOT_A_LIST = ListFacts(Resolution(Target.NOT_A_LIST))
+
+
 @pytest.mark.parametrize(
-    ("sender", "recipient", "expected"),
+    ("request_", "expected"),
     [
-        pytest.param("boss@example.org", LIST, PostingFacts(LIST, True, ("static poster",)),
-                      id="poster"),
-        pytest.param("<BOSS@example.ORG>", "<ANNOUNCE@example.org>",
-                      PostingFacts(LIST, True, ("static poster",)), id="case-and-brackets"),
-        pytest.param("deputy@example.org", LIST, PostingFacts(LIST, True, ("static poster",)),
-                      id="bracketed-config-value"),
-        pytest.param("eve@example.com", LIST,
-                      PostingFacts(LIST, False, (f"not in static posters of {LIST}",)),
-                      id="non-poster"),
-        pytest.param("", LIST, PostingFacts(LIST, False, (NULL_SENDER_REASON,)),
-                      id="null-sender"),
-        pytest.param("boss@example.org", "closed@example.org",
-                      PostingFacts("closed@example.org", False,
-                                   ("not in static posters of closed@example.org",)),
-                      id="closed-list"),
-        pytest.param("boss@example.org", "someone@example.org", None, id="not-a-list"),
+        pytest.param(PostingRequest("boss@example.org", LIST),
+                     posting(LIST, poster("boss@example.org")), id="poster"),
+        pytest.param(PostingRequest("deputy@example.org", LIST),
+                     posting(LIST, poster("deputy@example.org")), id="bracketed-config-value"),
+        pytest.param(PostingRequest("eve@example.com", LIST),
+                     posting(LIST, SenderFacts("eve@example.com")), id="non-poster"),
+        pytest.param(PostingRequest("", LIST), posting(LIST, SenderFacts("")), id="null-sender"),
+        pytest.param(PostingRequest("boss@example.org", CLOSED),
+                     posting(CLOSED, SenderFacts("boss@example.org")), id="closed-list"),
+        pytest.param(PostingRequest("boss@example.org", "announce+tag@example.org"),
+                     posting(LIST, poster("boss@example.org")), id="plus-tag-is-the-list"),
+        pytest.param(PostingRequest("boss@example.org", "ANNOUNCE@example.org"),
+                     posting(LIST, poster("boss@example.org")), id="recipient-case"),
+        pytest.param(PostingRequest("boss@example.org", "announce-owner@example.org"),
+                     NOT_A_LIST, id="no-service-addresses"),
+        pytest.param(PostingRequest("boss@example.org", "someone@example.org"), NOT_A_LIST,
+                     id="not-a-list"),
+        pytest.param(PostingRequest("eve@example.com", LIST,
+                                    header_senders=("eve@example.com", "boss@example.org")),
+                     posting(LIST, SenderFacts("eve@example.com"), poster("boss@example.org")),
+                     id="header-senders-in-order"),
     ],
 )
-def test_lookup_now(sender: str, recipient: str, expected: PostingFacts | None) -> None:
-    """lookup_now answers from the normalised map, ignoring case and angle brackets."""
-    assert backend().lookup_now(PostingRequest(sender, recipient)) == expected
+def test_lookup_now(request_: PostingRequest, expected: ListFacts) -> None:
+    """lookup_now answers ListFacts from the normalised map: posters are members."""
+    assert backend().lookup_now(request_) == expected
+
+
+@pytest.mark.parametrize(
+    ("sender", "verdict", "reason"),
+    [
+        pytest.param("boss@example.org", Verdict.ACCEPT,
+                     "member <boss@example.org>; default_member_action=accept", id="poster"),
+        pytest.param("eve@example.com", Verdict.REJECT,
+                     "nonmember <eve@example.com>; default_nonmember_action=reject",
+                     id="non-poster"),
+        pytest.param("", Verdict.REJECT, "nonmember <>; default_nonmember_action=reject",
+                     id="null-sender"),
+    ],
+)
+def test_static_facts_through_engine(sender: str, verdict: Verdict, reason: str) -> None:
+    """A static list behaves as a Mailman list whose members accept and nonmembers reject."""
+    request = PostingRequest(sender, LIST)
+    decision = decide(request, backend().lookup_now(request), ReplyTexts())
+    assert (decision.verdict, decision.reasons) == (verdict, (reason,))
 
 
 @pytest.mark.parametrize("configured", ["", "<>", " < > "])
 def test_null_sender_never_a_poster_even_if_configured(configured: str) -> None:
-    """A configured "" or "<>" poster does not let the null sender post."""
+    """A configured "" or "<>" poster does not make the null sender a member."""
     b = StaticBackend({LIST: [configured, "boss@example.org"]})
-    facts = b.lookup_now(PostingRequest("", LIST))
-    assert isinstance(facts, PostingFacts)
-    assert not facts.may_post
+    assert b.lookup_now(PostingRequest("", LIST)) == posting(LIST, SenderFacts(""))
 
 
 def test_lookup_now_never_pending() -> None:
@@ -60,7 +101,7 @@ def test_lookup_now_never_pending() -> None:
     b = backend()
     for sender in ("boss@example.org", "x@y", ""):
         for recipient in (LIST, "other@example.org"):
-            assert b.lookup_now(PostingRequest(sender, recipient)) is not PENDING
+            assert isinstance(b.lookup_now(PostingRequest(sender, recipient)), ListFacts)
 
 
 def test_async_lookup_matches_lookup_now_and_aclose() -> None:
@@ -69,7 +110,7 @@ def test_async_lookup_matches_lookup_now_and_aclose() -> None:
     requests = [PostingRequest("boss@example.org", LIST), PostingRequest("e@x", LIST),
                 PostingRequest("boss@example.org", "nolist@example.org")]
 
-    async def run() -> list[PostingFacts | None]:
+    async def run() -> list[ListFacts]:
         results = [await b.lookup(r) for r in requests]
         await b.aclose()
         return results
@@ -77,13 +118,12 @@ def test_async_lookup_matches_lookup_now_and_aclose() -> None:
     assert asyncio.run(run()) == [b.lookup_now(r) for r in requests]
 
 
-def test_lists_sorted_and_merged() -> None:
-    """lists() is sorted and keys that normalise alike are merged."""
+def test_known_lists_sorted_and_merged() -> None:
+    """known_lists() is sorted and keys that normalise alike are merged."""
     b = StaticBackend({"b@x": ["p@x"], "a@x": [], "<B@X>": ["q@x"]})
-    assert b.lists() == ("a@x", "b@x")
-    poster = PostingFacts("b@x", True, ("static poster",))
-    assert b.lookup_now(PostingRequest("q@x", "b@x")) == poster
-    assert b.lookup_now(PostingRequest("p@x", "b@x")) == poster
+    assert b.known_lists() == ("a@x", "b@x")
+    assert b.lookup_now(PostingRequest("q@x", "b@x")) == posting("b@x", poster("q@x"))
+    assert b.lookup_now(PostingRequest("p@x", "b@x")) == posting("b@x", poster("p@x"))
 
 
 @pytest.mark.parametrize(("posters", "count"), [({}, "0 lists"), ({"a@x": []}, "1 list"),
