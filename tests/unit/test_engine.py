@@ -336,3 +336,10 @@ def test_engine_is_pure() -> None:
             imported.add(node.module)
     assert imported <= {"__future__", "enum", "re", "string", "dataclasses", "listgate.model",
                         "listgate.recipients", "listgate.rules"}
+
+
+def test_null_sender_never_a_poster_whatever_the_backend_says() -> None:
+    """engine.py's invariant, and Mailman's validator (§1.3: "" is never a valid sender, so
+    never a member): a backend that calls the null sender a member must not admit it."""
+    decision = decide(PostingRequest("", LIST), facts(poster("")), TEXTS)
+    assert decision.verdict is Verdict.REJECT
