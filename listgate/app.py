@@ -15,10 +15,12 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 from listgate.backends.base import MembershipBackend
 from listgate.backends.static import StaticBackend
 from listgate.config import Config
+from listgate.engine import DecideAt
 from listgate.errors import ListgateError
 from listgate.gate import Gate
 from listgate.server.milter import MilterLimits, MilterService
@@ -29,15 +31,48 @@ log = logging.getLogger("listgate")
 
 
 def create_backend(config: Config) -> MembershipBackend:
-    """The membership backend the configuration names."""
+    """The membership backend the configuration names (imports only what it needs)."""
     if config.backend.type == "static":
         return StaticBackend(config.static.posters)
+    if config.backend.type == "mailman":
+        from listgate.backends.cached import CachedBackend
+        from listgate.backends.mailman import MailmanSource
+
+        mm = config.mailman
+        if mm.password is None:
+            raise ListgateError("mailman.password: required when backend.type = \"mailman\"")
+        source = MailmanSource(
+            mm.url,
+            mm.user,
+            mm.password.reveal(),
+            timeout=mm.timeout,
+            max_connections=mm.max_connections,
+        )
+        return CachedBackend(
+            source,
+            config.cache,
+            directory_file=Path(mm.directory_file) if mm.directory_file else None,
+        )
     raise ListgateError(f"backend.type: unknown backend {config.backend.type!r}")
 
 
 def build_gate(config: Config, backend: MembershipBackend | None = None) -> Gate:
-    """A gate over *backend* (or the configured one) with the configured texts and policy."""
-    return Gate(backend or create_backend(config), config.reply, config.failure.policy)
+    """A gate over *backend* (or the configured one) with the configured texts, failure
+    policy and per-list overrides."""
+    return Gate(
+        backend or create_backend(config),
+        config.reply,
+        config.failure.policy,
+        overrides=config.lists,
+        default=config.gate,
+    )
+
+
+def needs_headers(config: Config) -> bool:
+    """Whether any list decides at end of headers (so the milter must ask for headers)."""
+    return config.gate.decide_at is DecideAt.HEADERS or any(
+        o.decide_at is DecideAt.HEADERS for o in config.lists.values()
+    )
 
 
 def build_milter_service(config: Config, gate: Gate) -> MilterService:
@@ -50,6 +85,7 @@ def build_milter_service(config: Config, gate: Gate) -> MilterService:
         max_connections=m.max_connections,
         socket_mode=m.socket_mode,
         shutdown_timeout=m.shutdown_timeout,
+        headers=needs_headers(config),
     )
 
 

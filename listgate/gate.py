@@ -57,7 +57,7 @@ def _failure_reason(exc: Exception) -> str:
 class Gate:
     """Decides posting requests with *backend* and *texts*, applying *failure_policy*."""
 
-    __slots__ = ("_backend", "_on_failure", "_overrides", "_texts", "failure_policy")
+    __slots__ = ("_backend", "_default", "_on_failure", "_overrides", "_texts", "failure_policy")
 
     def __init__(
         self,
@@ -65,18 +65,20 @@ class Gate:
         texts: ReplyTexts,
         failure_policy: FailurePolicy = FailurePolicy.TEMPFAIL,
         overrides: Mapping[str, ListOverrides] | None = None,
+        default: ListOverrides = DEFAULT_OVERRIDES,
     ) -> None:
         self._backend = backend
         self._texts = texts
         self._overrides: Mapping[str, ListOverrides] = overrides or {}
+        self._default = default
         self.failure_policy = failure_policy
         self._on_failure = _FAILURE_BUILDERS[failure_policy]
 
     def overrides_for(self, list_address: str | None) -> ListOverrides:
-        """The per-list overrides for *list_address* (defaults when none are configured)."""
+        """The per-list overrides for *list_address* (the ``[gate]`` defaults otherwise)."""
         if list_address is None:
-            return DEFAULT_OVERRIDES
-        return self._overrides.get(list_address, DEFAULT_OVERRIDES)
+            return self._default
+        return self._overrides.get(list_address, self._default)
 
     def _decide(self, request: PostingRequest, facts: ListFacts) -> Decision:
         overrides = self.overrides_for(facts.resolution.list_address)

@@ -123,7 +123,7 @@ def sender_hints(sender: str, verp_delimiter: str = "+") -> tuple[str, ...]:
     m = _BATV.match(sender) or _BTV1.match(sender)
     if m:
         found.append(f"{m.group(1)}@{m.group(2)}".lower())
-    for candidate in [sender, *found]:
+    for candidate in list(found) or [sender]:  # never split an SRS/BATV form at its '+'
         local, _, domain = candidate.rpartition("@")
         if verp_delimiter and verp_delimiter in local:
             base = local.split(verp_delimiter, 1)[0]

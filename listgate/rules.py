@@ -11,6 +11,7 @@ The order is Mailman 3.3.10's ``default-posting-chain`` (``chains/builtin.py``) 
 1. ``approved``: a list with a ``moderator_password`` admits any sender whose post carries
    a valid ``Approved:`` header, before bans are even checked. listgate cannot see the
    password, so such a list is never rejected (unless the operator says otherwise).
+   (Before it, ``no-senders``: a post with no valid sender at all is discarded.)
 2. ``banned-address``: *any* banned sender → discard.
 3. ``emergency``: the list is in emergency moderation → hold (members too).
 4. ``member-moderation``: the first sender (in order) that is, or is linked through its
@@ -155,11 +156,17 @@ def is_banned(address: str, list_bans: Sequence[str], global_bans: Sequence[str]
     return False
 
 
-def matches_nonmember_entry(entry: str, address: str, member_of: frozenset[str]) -> bool:
-    """Mailman's test for one ``*_these_nonmembers`` entry against one sender."""
+def matches_nonmember_entry(
+    entry: str, address: str, member_of: frozenset[str], *, at_list: bool = True
+) -> bool:
+    """Mailman's test for one ``*_these_nonmembers`` entry against one sender.
+
+    ``@fqdn_listname`` references are honoured only with *at_list* (Mailman reads
+    them in ``accept_these_nonmembers`` only); elsewhere such an entry is compared as an
+    exact address, and so never matches a sender."""
     if entry.startswith("^"):
         return _regex_match(entry, address)
-    if entry.startswith("@") and "@" in entry[1:]:
+    if at_list and entry.startswith("@") and "@" in entry[1:]:
         return entry[1:] in member_of
     return entry == address
 
@@ -200,7 +207,9 @@ def _nonmember_outcome(policy: ListPolicy, senders: Sequence[SenderFacts]) -> Ou
             return Outcome(Action.ACCEPT if action is Action.DEFER else action, (why,))
         for action, name in _LEGACY_LISTS:
             for entry in getattr(policy, name):
-                if matches_nonmember_entry(entry, sender.address, sender.member_of):
+                if matches_nonmember_entry(
+                    entry, sender.address, sender.member_of, at_list=action is Action.ACCEPT
+                ):
                     why = f"nonmember {_shown(sender.address)}; {name} has {entry}"
                     return Outcome(action, (why,))
     action = policy.default_nonmember_action
@@ -212,6 +221,8 @@ def _nonmember_outcome(policy: ListPolicy, senders: Sequence[SenderFacts]) -> Ou
 def _core_outcome(
     policy: ListPolicy, senders: Sequence[SenderFacts], trust_approved: bool
 ) -> Outcome:
+    if not senders:
+        return Outcome(Action.DISCARD, ("no valid sender at all (Mailman's no-senders rule)",))
     if trust_approved and policy.moderator_password:
         return Outcome(
             Action.ACCEPT,
@@ -223,7 +234,7 @@ def _core_outcome(
     if policy.emergency:
         return Outcome(Action.HOLD, ("list is in emergency moderation: Mailman holds every post",))
     for sender in senders:
-        if sender.member is not None:
+        if sender.member is not None and sender.address:  # "" is never a Mailman sender
             return _member_outcome(policy, sender)
     return _nonmember_outcome(policy, senders)
 

@@ -18,12 +18,13 @@ Invariants:
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
 from listgate.engine import ListFacts
 from listgate.model import PostingRequest
 
-__all__ = ["PENDING", "LookupNow", "MembershipBackend", "Pending"]
+__all__ = ["PENDING", "CacheSettings", "LookupNow", "MembershipBackend", "Pending"]
 
 
 class Pending(enum.Enum):
@@ -61,3 +62,23 @@ class MembershipBackend(Protocol):
     def known_lists(self) -> tuple[str, ...]:
         """The posting addresses the backend currently knows, sorted."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """``[cache]``: how long the Mailman backend trusts what it learned."""
+
+    ttl: float = 60.0
+    """Seconds a positive answer (may post) is reused. Default: 60."""
+    negative_ttl: float = 10.0
+    """Seconds an answer that would reject is reused; keep it short, so a new subscriber's
+    first post is not refused for long. Default: 10."""
+    policy_ttl: float = 120.0
+    """Seconds a list's policy (config, nonmember patterns) is reused. Default: 120."""
+    directory_ttl: float = 300.0
+    """Seconds the set of lists, domains and [mta] settings is reused. Default: 300."""
+    max_entries: int = 100_000
+    """Most cached answers kept (>= 1). Default: 100000."""
+    stale_if_error: float = 3600.0
+    """Seconds past expiry an answer may still be served while Mailman fails (0 = never).
+    Default: 3600."""

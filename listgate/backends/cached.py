@@ -46,7 +46,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from cachetools import LRUCache
 
-from listgate.backends.base import PENDING, LookupNow
+from listgate.backends.base import PENDING, CacheSettings, LookupNow
 from listgate.backends.mailman import Directory, MembershipRecord, PolicyRecord
 from listgate.engine import ListFacts
 from listgate.errors import BackendError, BackendUnavailable
@@ -186,18 +186,6 @@ class FactSource(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class CacheSettings:
-    """Lifetimes (seconds) and size; see ``[cache]`` in the configuration."""
-
-    ttl: float = 60.0
-    negative_ttl: float = 10.0
-    policy_ttl: float = 120.0
-    directory_ttl: float = 300.0
-    max_entries: int = 100_000
-    stale_if_error: float = 3600.0
-
-
-@dataclass(frozen=True, slots=True)
 class _DirectoryView:
     directory: Directory
     resolver: ListDirectory
@@ -222,14 +210,13 @@ class CachedBackend:
     def __init__(
         self,
         source: FactSource,
-        settings: CacheSettings = CacheSettings(),
+        settings: CacheSettings | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         directory_file: Path | None = None,
     ) -> None:
         self.source = source
-        self.settings = settings
-        s = settings
+        self.settings = s = settings or CacheSettings()
         self._directory: FactCache[str, _DirectoryView] = FactCache(
             "directory", 1, clock, s.stale_if_error
         )

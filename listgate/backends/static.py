@@ -67,8 +67,7 @@ class StaticBackend:
             return ListFacts(resolution)
         allowed = self._posters[resolution.list_address]
         senders = tuple(
-            SenderFacts(s, Membership(s) if s and s in allowed else None)
-            for s in request.senders
+            SenderFacts(s, Membership(s) if s and s in allowed else None) for s in request.senders
         )
         return ListFacts(resolution, self._policies[resolution.list_address], senders)
 
