@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from listgate.config import EXAMPLE_CONFIG_PATH, Config, config_to_dict, load_co
 from listgate.errors import ConfigError, ListgateError
 from listgate.log import setup_logging
 from listgate.model import Decision, PostingRequest, Verdict, normalize_address
+from listgate.senders import mailman_senders
 
 __all__ = ["build_parser", "main"]
 
@@ -45,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("list", metavar="LIST", help="recipient address (a list posting address)")
     p.add_argument("--config", "-c", type=Path, help=config_help)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument(
+        "--from",
+        dest="header_from",
+        action="append",
+        default=[],
+        metavar="HEADER_ADDR",
+        help="a From: header address (repeatable): judge as at end of headers, like Mailman",
+    )
     p.add_argument(
         "--via",
         metavar="SOCKETSPEC",
@@ -100,7 +110,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     setup_logging(config.log.level_number)
     if args.via:
         return _check_via(args)
-    request = PostingRequest(normalize_address(args.sender), normalize_address(args.list))
+    sender = normalize_address(args.sender)
+    request = PostingRequest(sender, normalize_address(args.list))
+    if args.header_from:
+        senders = mailman_senders([("From", a) for a in args.header_from], sender)
+        request = dataclasses.replace(request, header_senders=senders or (sender,))
     gate = build_gate(config)
 
     async def ask() -> Decision:
