@@ -133,8 +133,7 @@ def test_session_normalises_sender(raw: str, normalised: str, chunk: int | None)
 
 @CHUNKED
 def test_session_picks_macros(chunk: int | None) -> None:
-    """auth_authen and client_addr come from the MAIL macros, the queue id from 'i'
-    (the RCPT stage's value winning over the MAIL stage's)."""
+    """auth_authen and client_addr come from MAIL macros; 'i' with the RCPT stage winning."""
     session = MilterSession()
     data = b"".join(encode(p) for p in (
         MAIL_MACROS, EnvelopeFrom("<a@example.com>"),
@@ -167,8 +166,7 @@ def test_session_without_macros(chunk: int | None) -> None:
 
 @CHUNKED
 def test_session_resets_on_abort(chunk: int | None) -> None:
-    """ABORT forgets sender and login; the client address stays for the connection; the
-    next transaction's macros are its own."""
+    """ABORT forgets sender and login but keeps the client address for the connection."""
     session = MilterSession()
     first = b"".join(encode(p) for p in (
         MAIL_MACROS, EnvelopeFrom("<a@example.com>"), EnvelopeRecipient("<l@example.org>"),

@@ -125,8 +125,7 @@ OFFERS = {
 
 @pytest.mark.parametrize("offer", list(OFFERS.values()), ids=list(OFFERS))
 def test_listgate_negotiation_rules(offer: Negotiate) -> None:
-    """For any offer: version min(6, v), subset of the offer, NO* only for unwanted
-    steps and only if offered, NR_MAIL only if offered, macros only with SETSYMLIST."""
+    """Any offer: version min(6,v), within the offer, NO*/NR*/SETSYMLIST only as the rules say."""
     conn = MilterConnection(LISTGATE)
     conn.receive_data(encode(offer))
     assert conn.next_event() is NEED_DATA
@@ -261,8 +260,7 @@ def test_bad_options_are_refused(kwargs: dict[str, Any], message: str) -> None:
 def test_mail_is_answered_automatically_without_nr_mail(
     offer: Negotiate, mail_answered: bool, chunk: int | None
 ) -> None:
-    """MAIL is shown to the application; it gets an automatic 'c' only when NR_MAIL was
-    not agreed, and never a second one."""
+    """MAIL is shown; it gets one automatic 'c' only when NR_MAIL was not agreed."""
     conn = negotiated(LISTGATE, offer)
     data = stream(SAMPLE[EnvelopeFrom], SAMPLE[EnvelopeRecipient])
     events, out = drive(conn, data, chunk, lambda e, c: ReplyCode(550, "5.7.1", "no"))
@@ -331,8 +329,7 @@ def test_no_reply_steps_answered_automatically_when_nr_not_offered(chunk: int | 
 def test_unwanted_steps_answered_continue_exactly_once(
     offer: Negotiate, chunk: int | None
 ) -> None:
-    """Steps listgate did not ask for, if sent anyway, get one automatic 'c' each and are
-    not shown; MAIL and RCPT are shown; RCPT is answered once by the application."""
+    """Unwanted steps sent anyway get one automatic 'c' each and are not shown."""
     conn = negotiated(LISTGATE, offer)
     events, out = drive(conn, _all_steps(), chunk)
     assert [type(e) for e in events] == [EnvelopeFrom, EnvelopeRecipient]
@@ -423,8 +420,7 @@ VARIANTS = {
 def test_reply_legality_follows_the_tables(
     cmd: type[Command], rcls: type[Reply], variant: str
 ) -> None:
-    """Every reply class at every step: accepted as final, as interim, or refused with
-    LocalProtocolError exactly as FINAL_REPLIES_FOR/PROGRESS_ALLOWED/EOM_MODIFICATIONS say."""
+    """Every reply at every step is final, interim or LocalProtocolError exactly per tables.py."""
     actions, caps = VARIANTS[variant]
     options = MilterOptions(
         events=ALL_STEPS, no_reply=frozenset(), actions=actions, capabilities=caps
@@ -549,8 +545,7 @@ def test_abort_resets_message_state_and_keeps_connection_state(chunk: int | None
 
 @CHUNKED
 def test_postfix_abort_abort_quit_after_every_transaction(chunk: int | None) -> None:
-    """Postfix's 'A A' after each message and 'Q' at the end: no replies, state reset,
-    the next transaction on the same connection starts clean."""
+    """Postfix's 'A A' after each message and final 'Q': no replies, clean next transaction."""
     conn = negotiated(LISTGATE)
     first = [*_transaction("Q1"), Macro(b"E", (("i", "Q1"),)), EndOfMessage(), Abort(), Abort()]
     second = [*_transaction("Q2", "<other@example.com>"), Abort(), Abort(), Quit()]
@@ -575,8 +570,7 @@ def test_postfix_abort_abort_quit_after_every_transaction(chunk: int | None) -> 
 
 @CHUNKED
 def test_quit_nc_returns_to_before_connect(chunk: int | None) -> None:
-    """K clears every macro and the transaction, keeps the negotiation; a new CONNECT
-    follows without OPTNEG, and a second OPTNEG is still refused."""
+    """K clears macros and transaction, keeps negotiation; a second OPTNEG is still refused."""
     conn = negotiated(LISTGATE)
     before = conn.negotiated
     events, _ = drive(conn, stream(CONNECT_MACROS, *_transaction(), QuitNoClose()), chunk)

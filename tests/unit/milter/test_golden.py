@@ -182,8 +182,7 @@ def captured_answers(name: str) -> list[tuple[Command, list[Reply]]]:
 @pytest.mark.parametrize("name", SCENARIOS)
 @CHUNKED
 def test_captured_bytes_decode_and_reencode_exactly(name: str, chunk: int | None) -> None:
-    """Every captured packet, both directions, decodes (whole or chunked) and re-encodes
-    to the identical bytes."""
+    """Every captured packet (both directions) decodes, whole or chunked, and re-encodes exactly."""
     mta, milter = load_capture(name)
     for data, decoder in ((mta, command_decoder()), (milter, reply_decoder())):
         messages = decode_all(decoder, data, chunk)
@@ -214,8 +213,7 @@ def test_rejection_packet_is_the_captured_one() -> None:
 @pytest.mark.parametrize("name", SCENARIOS)
 @CHUNKED
 def test_replay_each_command_gets_the_expected_answer(name: str, chunk: int | None) -> None:
-    """Fed packet by packet, listgate answers each command exactly as the capture did
-    whenever its negotiation says the command is answered, and sends nothing otherwise."""
+    """Packet by packet, listgate answers as the capture did when it owes a reply, else nothing."""
     app = App()
     rcpt_replies: list[tuple[str, Reply]] = []
     answered = 0
@@ -243,8 +241,7 @@ def test_replay_each_command_gets_the_expected_answer(name: str, chunk: int | No
 @pytest.mark.parametrize("name", SCENARIOS)
 @CHUNKED
 def test_replay_whole_stream(name: str, chunk: int | None) -> None:
-    """The whole MTA stream, chunked across packets, yields listgate's OPTNEG reply then
-    one reply per command that expects one, in order, each exactly once."""
+    """The whole chunked stream yields OPTNEG then one reply per owed command, in order, once."""
     mta, _ = load_capture(name)
     pairs = captured_answers(name)
     app = App()
@@ -271,8 +268,7 @@ def test_replay_whole_stream(name: str, chunk: int | None) -> None:
 @pytest.mark.parametrize("name", ["4-minimal-nonmember-rejected", "5-sendmail-nonmember-multircpt"])
 @CHUNKED
 def test_replay_matches_capture_byte_for_byte_after_optneg(name: str, chunk: int | None) -> None:
-    """Where the capturing milter negotiated like listgate (MAIL no-reply, RCPT and EOM
-    answered), listgate's output after OPTNEG equals the captured bytes exactly."""
+    """Scenarios 4-5 (same negotiation shape): output after OPTNEG equals the capture exactly."""
     mta, milter = load_capture(name)
     out = App().feed(mta, chunk)
     ours, theirs = split_packets(out)[0], split_packets(milter)[0]
@@ -281,8 +277,7 @@ def test_replay_matches_capture_byte_for_byte_after_optneg(name: str, chunk: int
 
 @pytest.mark.parametrize("name", SCENARIOS[:3])
 def test_full_scenarios_answered_except_mail(name: str) -> None:
-    """Scenarios 1-3 contain every step (the capturing milter asked for all of them and
-    answered each): listgate answers every one of them too, except MAIL (NR_MAIL)."""
+    """Scenarios 1-3 send every step; listgate answers all that the capture did except MAIL."""
     mta, _ = load_capture(name)
     pairs = captured_answers(name)
     kinds = {type(c) for c, _ in pairs}
@@ -300,8 +295,7 @@ def test_full_scenarios_answered_except_mail(name: str) -> None:
 @pytest.mark.parametrize("name", SCENARIOS)
 @CHUNKED
 def test_mta_side_accepts_captured_replies(name: str, chunk: int | None) -> None:
-    """MtaConnection sends the captured commands byte for byte and accepts the real
-    milter's replies; one final reply arrives per command that expected one."""
+    """MtaConnection re-sends the capture byte for byte and accepts the real milter's replies."""
     mta_bytes, milter_bytes = load_capture(name)
     commands = decode_all(command_decoder(), mta_bytes, None)
     incoming = iter(list(pieces(milter_bytes, chunk)))

@@ -209,8 +209,7 @@ def _run(
 def test_any_stream_gives_events_or_remote_error(
     data: bytes, options: MilterOptions, pick: st.DataObject
 ) -> None:
-    """Whatever bytes arrive, MilterConnection yields events or RemoteProtocolError, never
-    another exception, and everything it sends is a well-formed reply stream."""
+    """Any bytes give events or RemoteProtocolError only, and a well-formed reply stream."""
     cuts = pick.draw(st.lists(st.integers(0, len(data)), max_size=4))
     _, out, error = _run(options, data, cuts, pick)
     decoder = reply_decoder()
@@ -283,8 +282,7 @@ def test_unpack_raises_only_remote_errors(cls: type[Message], payload: bytes) ->
     ),
 )
 def test_replycode_packing_is_always_safe(code: int, with_dsn: bool, text: str) -> None:
-    """Any text packs to ≤ 980 bytes, one trailing NUL, no control characters, and decodes
-    back to the same code and DSN."""
+    """Any text packs to ≤ 980 bytes, one NUL, no control chars, same code and DSN back."""
     dsn = f"{code // 100}.7.1" if with_dsn else None
     payload = ReplyCode(code, dsn, text).pack_payload()
     assert payload.endswith(b"\0")
