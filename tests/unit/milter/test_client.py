@@ -358,3 +358,13 @@ def test_conversation_with_listgate(offer: Negotiate, chunk: int | None) -> None
     assert len(answers) == 1 + expected
     assert answers.count(ReplyCode(550, "5.7.1", "no")) == 2
     assert milter.closed
+
+
+def test_non_ascii_reply_code_is_a_remote_error() -> None:
+    """A milter's 'y' reply with code '4²³' makes MtaConnection raise RemoteProtocolError."""
+    mta = _mta()
+    mta.send(EnvelopeRecipient("<c@d>"))
+    payload = "4\u00b2\u00b3 text".encode() + b"\0"
+    mta.receive_data((len(payload) + 1).to_bytes(4, "big") + b"y" + payload)
+    with pytest.raises(RemoteProtocolError):
+        mta.next_event()

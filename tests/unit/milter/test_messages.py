@@ -479,3 +479,23 @@ def test_replycode_dsn_of_other_class_is_kept_as_text() -> None:
     """On decode, a DSN whose class disagrees with the code stays part of the text."""
     reply = ReplyCode.unpack(b"550 4.7.1 odd\0")
     assert (reply.code, reply.dsn, reply.text) == (550, None, "4.7.1 odd")
+
+
+@pytest.mark.parametrize(
+    "first", ["4\u00b2\u00b3", "5\u00b9\u00b9", "4\u0663\u0663", "5\uff15\uff10"],
+    ids=["superscripts", "superscript-ones", "arabic-indic", "fullwidth"],
+)
+def test_replycode_non_ascii_digits_are_a_remote_error(first: str) -> None:
+    """A REPLYCODE whose code uses non-ASCII digits is a RemoteProtocolError (ASCII only)."""
+    with pytest.raises(RemoteProtocolError, match="does not start with 4xx/5xx"):
+        ReplyCode.unpack(f"{first} 5.7.1 no".encode() + b"\0")
+
+
+@pytest.mark.parametrize(
+    "dsn", ["5.\u0667.\u0661", "5.\uff17.\uff11", "5.7.\u00b9"],
+    ids=["arabic-indic", "fullwidth", "superscript"],
+)
+def test_replycode_non_ascii_dsn_digits_are_refused(dsn: str) -> None:
+    """A DSN with non-ASCII digits is a LocalProtocolError, not an accepted value."""
+    with pytest.raises(LocalProtocolError):
+        ReplyCode(550, dsn, "text")
