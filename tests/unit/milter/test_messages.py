@@ -499,3 +499,12 @@ def test_replycode_non_ascii_dsn_digits_are_refused(dsn: str) -> None:
     """A DSN with non-ASCII digits is a LocalProtocolError, not an accepted value."""
     with pytest.raises(LocalProtocolError):
         ReplyCode(550, dsn, "text")
+
+
+@pytest.mark.parametrize(
+    "text", ["%" * 5000, "x%" * 2500, "%" * 600], ids=["percent-5000", "x-percent", "percent-600"]
+)
+def test_replycode_percent_heavy_text_keeps_what_fits(text: str) -> None:
+    """A long '%'-heavy text is cut to what fits (≥ 972 of 980 bytes), not far shorter."""
+    payload = ReplyCode(554, "5.7.1", text).pack_payload()
+    assert MAX_REPLY_TEXT - 8 <= len(payload) - 1 <= MAX_REPLY_TEXT
