@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 bash .ci/install-test-deps.sh
 export PATH="/usr/sbin:/usr/bin:$PATH"
 .venv/bin/python -m ruff check listgate tests
-.venv/bin/python -m mypy --strict listgate/milter listgate/model.py listgate/engine.py
+.venv/bin/python -m mypy --strict listgate
 exec .venv/bin/python -m pytest -q "$@"

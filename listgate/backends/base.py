@@ -23,6 +23,7 @@ from typing import Protocol, TypeAlias
 
 from listgate.engine import ListFacts
 from listgate.model import PostingRequest
+from listgate.rules import ListPolicy
 
 __all__ = ["PENDING", "CacheSettings", "LookupNow", "MembershipBackend", "Pending"]
 
@@ -61,6 +62,10 @@ class MembershipBackend(Protocol):
 
     def known_lists(self) -> tuple[str, ...]:
         """The posting addresses the backend currently knows, sorted."""
+        ...
+
+    async def list_policies(self) -> tuple[ListPolicy, ...]:
+        """The posting policy of every list (for ``listgate lists``); may do I/O."""
         ...
 
 

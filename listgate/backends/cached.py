@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -52,7 +53,7 @@ from listgate.engine import ListFacts
 from listgate.errors import BackendError, BackendUnavailable
 from listgate.model import PostingRequest
 from listgate.recipients import ListDirectory, Target, resolve, sender_hints
-from listgate.rules import Membership, SenderFacts, is_banned
+from listgate.rules import ListPolicy, Membership, SenderFacts, is_banned
 
 __all__ = ["CacheSettings", "CachedBackend", "FactCache", "FactSource"]
 
@@ -99,6 +100,8 @@ class FactCache(Generic[K, V]):
         self.misses = 0
         self.stale = 0
         self.errors = 0
+        self.observer: Callable[[str, float], None] | None = None
+        """Called with (cache name, seconds) after each fetch (the latency histogram)."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -156,9 +159,12 @@ class FactCache(Generic[K, V]):
     async def _fetch(
         self, key: K, max_age: Callable[[V], float], fetch: Callable[[], Awaitable[V]]
     ) -> V:
+        started = time.perf_counter()
         try:
             value = await fetch()
         except BackendError:
+            if self.observer is not None:
+                self.observer(self.name, time.perf_counter() - started)
             entry = self._entries.get(key)
             if entry is not None and self.stale_if_error > 0:
                 age = self._clock() - entry.fetched_at
@@ -167,6 +173,8 @@ class FactCache(Generic[K, V]):
                     return entry.value
             self.errors += 1
             raise
+        if self.observer is not None:
+            self.observer(self.name, time.perf_counter() - started)
         self._entries[key] = _Entry(value, self._clock())
         return value
 
@@ -246,6 +254,28 @@ class CachedBackend:
             self._persisted = self._load_directory(directory_file)
 
     # ------------------------------------------------------------------ protocol
+
+    def observe_fetches(self, observer: Callable[[str, float], None]) -> None:
+        """Report every fetch's duration to *observer* (cache name, seconds)."""
+        for cache in self.caches:
+            cache.observer = observer
+
+    def reconfigure(self, settings: CacheSettings) -> None:
+        """Apply new lifetimes (a reload); cached entries are kept and judged by them."""
+        self.settings = settings
+        for cache in self.caches:
+            cache.stale_if_error = settings.stale_if_error
+
+    async def list_policies(self) -> tuple[ListPolicy, ...]:
+        """The policy of every known list (fetching what is not cached)."""
+        view = await self._directory_view(True)
+        out = []
+        for fqdn, list_id in sorted(view.directory.lists.items()):
+            record = await self._policies.get(
+                fqdn, lambda _: self.settings.policy_ttl, partial(self.source.policy, fqdn, list_id)
+            )
+            out.append(record.policy)
+        return tuple(out)
 
     def describe(self) -> str:
         """For logs."""

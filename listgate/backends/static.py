@@ -75,6 +75,10 @@ class StaticBackend:
         """The same answer as ``lookup_now``."""
         return self.lookup_now(request)
 
+    async def list_policies(self) -> tuple[ListPolicy, ...]:
+        """The policy of every list in the map."""
+        return tuple(self._policies[k] for k in sorted(self._policies))
+
     async def aclose(self) -> None:
         """Nothing to release."""
 

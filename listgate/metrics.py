@@ -1,0 +1,147 @@
+"""Prometheus metrics, read at scrape time.
+
+Invariants:
+- Nothing here runs on the per-RCPT path except ``DecisionStats.count`` (one dict
+  increment) and ``BackendTimer.observe`` (one histogram observation per REST fetch,
+  which is off the hot path by definition). Every other figure is read from the live
+  objects (caches, services) when Prometheus scrapes, so an idle daemon costs nothing.
+- Label values come from configuration or from a fixed set (verdicts, cache names,
+  services), never from the network: a sender cannot create label cardinality. The
+  ``list`` label is a list posting address the backend knows (or "-").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["BackendTimer", "DecisionStats", "Metrics", "parse_metrics_listen"]
+
+log = logging.getLogger("listgate.metrics")
+
+
+class DecisionStats:
+    """Decisions by (front end, verdict, list), counted in a plain dict."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+
+    def count(self, frontend: str, verdict: str, list_address: str | None) -> None:
+        """One more decision."""
+        self.counts[(frontend, verdict, list_address or "-")] += 1
+
+
+class BackendTimer:
+    """The backend latency histogram (seconds per REST fetch, by kind of fact)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.histogram = Histogram(
+            "listgate_backend_latency_seconds",
+            "Time of one backend fetch (a Mailman REST call), by kind of fact.",
+            ["kind"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+
+    def observe(self, kind: str, seconds: float) -> None:
+        """Record one fetch."""
+        self.histogram.labels(kind).observe(seconds)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Any]:
+        m = self._m
+        decisions = CounterMetricFamily(
+            "listgate_decisions", "Decisions taken, by front end, verdict and list.",
+            labels=["frontend", "verdict", "list"],
+        )
+        for (frontend, verdict, lst), n in sorted(m.decisions.counts.items()):
+            decisions.add_metric([frontend, verdict, lst], n)
+        yield decisions
+        requests = CounterMetricFamily(
+            "listgate_cache_requests",
+            "Cache lookups by cache and result (hit, miss, stale = served past its TTL "
+            "because the backend failed).",
+            labels=["cache", "result"],
+        )
+        errors = CounterMetricFamily(
+            "listgate_backend_errors", "Backend fetches that failed, by kind of fact.",
+            labels=["kind"],
+        )
+        entries = GaugeMetricFamily(
+            "listgate_cache_entries", "Entries held, by cache.", labels=["cache"]
+        )
+        for cache in m.caches():
+            requests.add_metric([cache.name, "hit"], cache.hits)
+            requests.add_metric([cache.name, "miss"], cache.misses)
+            requests.add_metric([cache.name, "stale"], cache.stale)
+            errors.add_metric([cache.name], cache.errors)
+            entries.add_metric([cache.name], len(cache))
+        yield requests
+        yield errors
+        yield entries
+        conns = GaugeMetricFamily(
+            "listgate_open_connections", "Open connections, by service.", labels=["service"]
+        )
+        refused = CounterMetricFamily(
+            "listgate_refused_connections",
+            "Connections refused at max_connections, by service.",
+            labels=["service"],
+        )
+        for service in m.services():
+            conns.add_metric([service.name], len(service.active))
+            refused.add_metric([service.name], service.refused)
+        yield conns
+        yield refused
+
+
+class Metrics:
+    """Everything listgate exports; wire the live objects in with the setters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = DecisionStats()
+        self.backend = BackendTimer(self.registry)
+        self.caches: Callable[[], Iterable[Any]] = tuple
+        """Returns the FactCache objects to report (they have name/hits/misses/...)."""
+        self.services: Callable[[], Iterable[Any]] = tuple
+        """Returns the StreamService objects to report (name/active/refused)."""
+        self.registry.register(_LiveCollector(self))
+        self._server: Any = None
+
+    def serve(self, host: str, port: int) -> tuple[str, int]:
+        """Start the /metrics HTTP endpoint (a daemon thread); the bound address."""
+        server, _thread = start_http_server(port, host, registry=self.registry)
+        self._server = server
+        bound = server.server_address
+        return str(bound[0]), int(bound[1])
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def parse_metrics_listen(spec: str) -> tuple[str, int]:
+    """``"127.0.0.1:9107"`` or ``"[::1]:9107"`` → (host, port); ``ValueError`` otherwise."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{spec!r}: expected HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ValueError(f"{spec!r}: missing host")
+    return host, int(port)
