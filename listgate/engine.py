@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 import string
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "MAX_VALUE_CHARS",
     "NOT_A_LIST_REASON",
+    "NO_BYPASS",
     "TEMPLATE_FIELDS",
+    "Bypass",
     "DecideAt",
     "FailurePolicy",
     "GateMode",
@@ -231,6 +234,33 @@ class ListFacts:
     """In Mailman's order (From:, envelope, Reply-To:, Sender:; at RCPT the envelope)."""
     hints: tuple[SenderFacts, ...] = ()
     """Other spellings of the envelope sender (SRS, BATV, +tag): may only accept."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bypass:
+    """Senders the gate never judges (``[bypass]``; both off by default)."""
+
+    authenticated: bool = False
+    """Skip the gate for SASL-authenticated clients (``{auth_authen}`` / ``sasl_username``)."""
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """Skip the gate for clients in these networks."""
+
+    def reason(self, request: PostingRequest) -> str | None:
+        """Why *request* bypasses the gate, or None."""
+        if self.authenticated and request.auth_user:
+            return "SASL-authenticated client: not gated ([bypass] authenticated)"
+        if self.networks and request.client_address:
+            try:
+                client = ipaddress.ip_address(request.client_address.strip("[]"))
+            except ValueError:
+                return None
+            for net in self.networks:
+                if client.version == net.version and client in net:
+                    return f"client {client} in trusted network {net}: not gated ([bypass])"
+        return None
+
+
+NO_BYPASS = Bypass()
 
 
 def not_a_list() -> ListFacts:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from listgate.backends.base import PENDING, MembershipBackend
 from listgate.engine import (
     DEFAULT_OVERRIDES,
+    NO_BYPASS,
+    Bypass,
     FailurePolicy,
     ListFacts,
     ListOverrides,
@@ -31,7 +33,7 @@ from listgate.engine import (
     sanitize_reply_value,
 )
 from listgate.errors import BackendError, BackendUnavailable
-from listgate.model import Decision, PostingRequest
+from listgate.model import Decision, PostingRequest, Verdict
 
 __all__ = ["FailurePolicy", "Gate"]
 
@@ -57,7 +59,15 @@ def _failure_reason(exc: Exception) -> str:
 class Gate:
     """Decides posting requests with *backend* and *texts*, applying *failure_policy*."""
 
-    __slots__ = ("_backend", "_default", "_on_failure", "_overrides", "_texts", "failure_policy")
+    __slots__ = (
+        "_backend",
+        "_bypass",
+        "_default",
+        "_on_failure",
+        "_overrides",
+        "_texts",
+        "failure_policy",
+    )
 
     def __init__(
         self,
@@ -66,8 +76,10 @@ class Gate:
         failure_policy: FailurePolicy = FailurePolicy.TEMPFAIL,
         overrides: Mapping[str, ListOverrides] | None = None,
         default: ListOverrides = DEFAULT_OVERRIDES,
+        bypass: Bypass = NO_BYPASS,
     ) -> None:
         self._backend = backend
+        self._bypass = bypass
         self._texts = texts
         self._overrides: Mapping[str, ListOverrides] = overrides or {}
         self._default = default
@@ -89,8 +101,16 @@ class Gate:
         """The backend this gate asks."""
         return self._backend
 
+    def _bypassed(self, request: PostingRequest) -> Decision | None:
+        reason = self._bypass.reason(request)
+        if reason is None:
+            return None
+        return Decision(Verdict.ACCEPT, None, None, "", (reason,), None)
+
     def decide_now(self, request: PostingRequest) -> Decision | None:
         """Decide without waiting, or return None when the caller must await ``decide``."""
+        if self._bypass is not NO_BYPASS and (bypassed := self._bypassed(request)):
+            return bypassed
         try:
             facts = self._backend.lookup_now(request)
             if facts is PENDING:
@@ -101,6 +121,8 @@ class Gate:
 
     async def decide(self, request: PostingRequest) -> Decision:
         """Decide, awaiting the backend if needed; never raises an ``Exception``."""
+        if self._bypass is not NO_BYPASS and (bypassed := self._bypassed(request)):
+            return bypassed
         try:
             facts = await self._backend.lookup(request)
             return self._decide(request, facts)

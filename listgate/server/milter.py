@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from listgate.frontends.milter import MilterSession, milter_options
 from listgate.gate import Gate
 from listgate.log import next_conn_id, printable
+from listgate.metrics import DecisionStats
 from listgate.milter import (
     NEED_DATA,
     Abort,
@@ -86,6 +87,8 @@ class MilterService(StreamService):
         )
         self.gate = gate
         """Swappable: a reload replaces it; connections read it for each decision."""
+        self.decisions = DecisionStats()
+        """Decisions counted for the metrics (shared with the app's ``Metrics``)."""
         self.limits = limits
         self.options: MilterOptions = milter_options(limits.max_packet_size, headers)
 
@@ -277,6 +280,7 @@ class MilterProtocol(asyncio.Protocol):
     ) -> None:
         reply = answer(request, decision)
         self.conn.send(reply)
+        self._service.decisions.count("milter", decision.verdict.value, decision.list_address)
         if decision.list_address is not None or decision.verdict is not Verdict.ACCEPT:
             self._log_decision(request, decision, reply, started)
         elif decisions_log.isEnabledFor(logging.DEBUG):
