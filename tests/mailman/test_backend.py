@@ -586,6 +586,18 @@ def test_emergency_never_rejects(mailman_core: MailmanCore, mlist: MailingList, 
     assert verdicts(mailman_core, mlist, senders) == dict.fromkeys(senders, ACCEPT)
 
 
+def test_emergency_never_rejects_under_hold_reject(
+    mailman_core: MailmanCore, mlist: MailingList, uid: str
+) -> None:
+    """Emergency is not an ordinary hold: §6.3 maps emergency to "never" reject, separately
+    from the hold knob, so even ListOverrides(hold=REJECT) must not reject a member's post."""
+    member = f"m-{uid}@example.com"
+    mailman_core.subscribe(mlist, member)
+    reject_list(mailman_core, mlist, emergency=True)
+    strict = ListOverrides(hold=HoldPolicy.REJECT)
+    assert verdicts(mailman_core, mlist, [member], strict) == {member: ACCEPT}
+
+
 def test_moderator_password_never_rejects_unless_untrusted(
     mailman_core: MailmanCore, mlist: MailingList, uid: str
 ) -> None:
