@@ -33,8 +33,10 @@ from listgate.milter import (
     MacroStage,
     MilterConnection,
     MilterOptions,
+    Reject,
     Reply,
     ReplyCode,
+    TempFail,
 )
 from listgate.model import Decision, PostingRequest, Verdict, normalize_address
 from listgate.senders import mailman_senders
@@ -61,6 +63,8 @@ ALONE_REPLY = ReplyCode(
 """RFC 5321 §4.5.3.1.10: the client retries this recipient later, in a new transaction."""
 
 _CONTINUE = Continue()
+_REJECT = Reject()
+_TEMPFAIL = TempFail()
 _MAX_HEADERS = 64
 """Sender headers kept per message; more are ignored (Mailman reads a handful)."""
 _SENDER_FIELDS = frozenset({"from", "reply-to", "sender"})
@@ -84,8 +88,10 @@ def milter_options(max_packet_size: int, headers: bool = False) -> MilterOptions
 
 def reply_for(decision: Decision) -> Reply:
     """The milter reply that carries *decision* to the MTA."""
-    if decision.verdict is Verdict.ACCEPT or decision.smtp_code is None:
+    if decision.verdict is Verdict.ACCEPT:
         return _CONTINUE
+    if decision.smtp_code is None:  # no text of our own: the MTA's default reply
+        return _REJECT if decision.verdict is Verdict.REJECT else _TEMPFAIL
     return ReplyCode(decision.smtp_code, decision.dsn, decision.text)
 
 

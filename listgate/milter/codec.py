@@ -102,7 +102,7 @@ class FrameDecoder:
         if cls is None:
             head = bytes(buf[pos : pos + 8])
             raise RemoteProtocolError(
-                f"unknown {self._what} command {ident!r} ({_describe_junk(head)})"
+                f"unknown {self._what} code {ident!r} ({_describe_junk(head)})"
             )
         if avail < 4 + length:
             return None

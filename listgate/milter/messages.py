@@ -521,25 +521,28 @@ class Shutdown(Reply):
     name: ClassVar[str] = "SHUTDOWN"
 
 
-_DSN = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z")
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_DSN = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z", re.ASCII)
+_UNSAFE = re.compile("[\x00-\x1f\x7f\udc80-\udcff]")  # controls; undecodable bytes
 
 
 def _safe_reply_text(text: str, budget: int) -> bytes:
-    """Control characters → '?', '%' doubled (libmilter/Sendmail treat the text as a
+    """Control characters and bytes that are not UTF-8 → '?', '%' doubled (libmilter/Sendmail treat the text as a
     printf format; Postfix un-doubles), cut to *budget* bytes without splitting a
-    character or a doubled '%'."""
+    character or a doubled '%' (a cut text ends in "...")."""
     clean = _UNSAFE.sub("?", text)
     out = encode_str(clean.replace("%", "%%"))
     if len(out) <= budget:
         return out
-    cut = encode_str(clean)[: budget - 3]
-    while True:  # shrink until the %-doubled, UTF-8-complete form fits
-        shown = cut.decode("utf-8", "ignore").replace("%", "%%")
-        raw = encode_str(shown) + b"..."
-        if len(raw) <= budget:
-            return raw
-        cut = cut[: len(cut) - (len(raw) - budget)]
+    room = budget - 3
+    pieces: list[bytes] = []
+    used = 0
+    for char in clean:
+        piece = b"%%" if char == "%" else encode_str(char)
+        if used + len(piece) > room:
+            break
+        pieces.append(piece)
+        used += len(piece)
+    return b"".join(pieces) + b"..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,7 +587,10 @@ class ReplyCode(Reply):
         (raw,) = _exactly(payload, cls.name, 1)
         lines = raw.split("\r\n")
         first = lines[0]
-        if len(first) < 3 or not first[:3].isdigit() or first[0] not in "45":
+        code_text = first[:3]
+        if len(code_text) < 3 or not (code_text.isascii() and code_text.isdigit()) or (
+            first[0] not in "45"
+        ):
             raise RemoteProtocolError(f"REPLYCODE: {first[:20]!r} does not start with 4xx/5xx")
         if len(first) > 3 and first[3] not in " -":
             raise RemoteProtocolError("REPLYCODE: code not followed by space or hyphen")

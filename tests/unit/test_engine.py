@@ -334,7 +334,8 @@ def test_engine_is_pure() -> None:
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
-    assert imported <= {"__future__", "enum", "re", "string", "dataclasses", "listgate.model",
+    assert imported <= {"__future__", "enum", "ipaddress", "re", "string", "dataclasses",
+                        "listgate.model",
                         "listgate.recipients", "listgate.rules"}
 
 

@@ -200,7 +200,7 @@ def test_reply_decoder_refuses_command_bytes(ident: bytes) -> None:
     """The MTA side refuses bytes that are not SMFIR_* codes."""
     decoder = reply_decoder()
     decoder.feed(_packet(ident) if ident != b"O" else _packet(b"Z"))
-    with pytest.raises(RemoteProtocolError, match="unknown reply command"):
+    with pytest.raises(RemoteProtocolError, match="unknown reply code"):
         decoder.next_message()
 
 
