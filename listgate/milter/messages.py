@@ -526,9 +526,9 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f\udc80-\udcff]")  # controls; undecodable by
 
 
 def _safe_reply_text(text: str, budget: int) -> bytes:
-    """Control characters and bytes that are not UTF-8 → '?', '%' doubled (libmilter/Sendmail treat the text as a
-    printf format; Postfix un-doubles), cut to *budget* bytes without splitting a
-    character or a doubled '%' (a cut text ends in "...")."""
+    """Control characters and bytes that are not UTF-8 → '?'; '%' doubled (libmilter
+    and Sendmail treat the text as a printf format; Postfix un-doubles); cut to *budget*
+    bytes without splitting a character or a doubled '%' (a cut text ends in "...")."""
     clean = _UNSAFE.sub("?", text)
     out = encode_str(clean.replace("%", "%%"))
     if len(out) <= budget:
