@@ -297,7 +297,9 @@ def decide(
         facts.policy, facts.senders, facts.hints, trust_approved=overrides.trust_approved
     )
     refused = outcome.action in _REFUSED or (
-        outcome.action is Action.HOLD and overrides.hold is HoldPolicy.REJECT
+        outcome.action is Action.HOLD
+        and overrides.hold is HoldPolicy.REJECT
+        and not outcome.never_reject
     )
     reasons = outcome.reasons
     if outcome.action is Action.HOLD:

@@ -129,6 +129,9 @@ class Outcome:
     action: Action
     """ACCEPT, HOLD, REJECT or DISCARD (never DEFER: a deferred post is accepted)."""
     reasons: tuple[str, ...]
+    never_reject: bool = False
+    """A hold that must not become a reject whatever the list's hold policy (emergency
+    moderation: the moderators asked to see every post, members' too)."""
 
 
 def _regex_match(pattern: str, address: str) -> bool:
@@ -232,7 +235,11 @@ def _core_outcome(
         if sender.banned:
             return Outcome(Action.DISCARD, (f"banned: {_shown(sender.address)}",))
     if policy.emergency:
-        return Outcome(Action.HOLD, ("list is in emergency moderation: Mailman holds every post",))
+        return Outcome(
+            Action.HOLD,
+            ("list is in emergency moderation: Mailman holds every post",),
+            never_reject=True,
+        )
     for sender in senders:
         if sender.member is not None and sender.address:  # "" is never a Mailman sender
             return _member_outcome(policy, sender)
