@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask a running daemon over the milter protocol (e.g. inet:127.0.0.1:8890)",
     )
 
+    p = sub.add_parser("lists", help="show each known list, its gate mode and nonmember action")
+    p.add_argument("--config", "-c", type=Path, help=config_help)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     c = csub.add_parser("check", help="validate a config file and print the effective config")
@@ -152,6 +156,62 @@ def _check_via(args: argparse.Namespace) -> int:
     return EXIT_FOR_VERDICT[reply.verdict]
 
 
+def _cmd_lists(args: argparse.Namespace) -> int:
+    from listgate.app import build_gate
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 2
+    setup_logging(config.log.level_number)
+    gate = build_gate(config)
+
+    async def fetch() -> list[dict[str, object]]:
+        try:
+            policies = await gate.backend.list_policies()
+        finally:
+            await gate.backend.aclose()
+        rows: list[dict[str, object]] = []
+        for policy in policies:
+            o = gate.overrides_for(policy.posting_address)
+            rows.append({
+                "list": policy.posting_address,
+                "mode": o.mode.value,
+                "decide_at": o.decide_at.value,
+                "nonmembers": policy.default_nonmember_action.value,
+                "members": policy.default_member_action.value,
+                "hold": o.hold.value,
+                "emergency": policy.emergency,
+                "moderator_password": policy.moderator_password,
+                "allow": list(o.allow),
+            })
+        return rows
+
+    try:
+        rows = asyncio.run(fetch())
+    except ListgateError as exc:
+        print(f"listgate: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'LIST':40} {'MODE':8} {'DECIDE':8} {'NONMEMBERS':10} NOTES")
+    for r in rows:
+        notes = []
+        if r["emergency"]:
+            notes.append("emergency: never rejected")
+        if r["moderator_password"]:
+            notes.append("moderator_password: Approved: may admit anyone")
+        if r["hold"] == "reject":
+            notes.append("holds rejected")
+        if r["allow"]:
+            notes.append(f"allow {len(r['allow'])}")  # type: ignore[arg-type]
+        print(f"{r['list']!s:40} {r['mode']!s:8} {r['decide_at']!s:8} "
+              f"{r['nonmembers']!s:10} {'; '.join(notes)}")
+    return 0
+
+
 def _cmd_config_check(args: argparse.Namespace) -> int:
     try:
         config = _load(args.file)
@@ -171,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_serve(args)
         if args.command == "check":
             return _cmd_check(args)
+        if args.command == "lists":
+            return _cmd_lists(args)
         return _cmd_config_check(args)
     except KeyboardInterrupt:
         return 130

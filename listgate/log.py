@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import logging.handlers
 import re
 import sys
 
-__all__ = ["next_conn_id", "printable", "setup_logging"]
+__all__ = ["LOG_TARGETS", "next_conn_id", "printable", "setup_logging"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ids = itertools.count(1)
@@ -34,14 +35,48 @@ def next_conn_id() -> str:
     return f"c{next(_ids):x}"
 
 
-def setup_logging(level: int) -> None:
-    """Log to stderr with timestamps; idempotent."""
+LOG_TARGETS = ("stderr", "syslog", "journal")
+"""Where log lines go: stderr with timestamps; syslog (facility mail, /dev/log); or the
+systemd journal (stderr with ``<N>`` priority prefixes, which journald reads)."""
+
+_JOURNAL_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<priority>name: message``: journald turns the prefix into the entry's priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _JOURNAL_PRIORITY.get(record.levelno, 6)
+        return f"<{priority}>{record.name}: {super().format(record)}"
+
+
+def setup_logging(level: int, target: str = "stderr", syslog_address: str = "/dev/log") -> None:
+    """Send log lines to *target* (one of ``LOG_TARGETS``); idempotent."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_listgate", False):
-            root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler._listgate = True  # type: ignore[attr-defined]
+    for old in list(root.handlers):
+        if getattr(old, "_listgate", False):
+            root.removeHandler(old)
+            old.close()
+    handler: logging.Handler
+    if target == "syslog":
+        handler = logging.handlers.SysLogHandler(
+            address=syslog_address, facility=logging.handlers.SysLogHandler.LOG_MAIL
+        )
+        handler.setFormatter(logging.Formatter("listgate[%(process)d]: %(name)s: %(message)s"))
+    elif target == "journal":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+    setattr(handler, "_listgate", True)  # noqa: B010 - marks our own handlers
     root.addHandler(handler)
     root.setLevel(level)
