@@ -24,8 +24,9 @@ from listgate.engine import DecideAt
 from listgate.errors import ListgateError
 from listgate.gate import Gate
 from listgate.server.milter import MilterLimits, MilterService
+from listgate.server.policy import PolicyServerLimits, PolicyService
 
-__all__ = ["build_gate", "create_backend", "run", "serve"]
+__all__ = ["build_gate", "build_policy_service", "create_backend", "run", "serve"]
 
 log = logging.getLogger("listgate")
 
@@ -89,6 +90,22 @@ def build_milter_service(config: Config, gate: Gate) -> MilterService:
     )
 
 
+def build_policy_service(config: Config, gate: Gate) -> PolicyService | None:
+    """The policy listeners, not yet started; None when ``[policy] listen`` is empty.
+    Draining uses ``[milter] shutdown_timeout``."""
+    p = config.policy
+    if not p.listen:
+        return None
+    return PolicyService(
+        p.listen,
+        gate,
+        PolicyServerLimits(p.idle_timeout, p.max_line_length, p.max_attributes),
+        max_connections=p.max_connections,
+        socket_mode=p.socket_mode,
+        shutdown_timeout=config.milter.shutdown_timeout,
+    )
+
+
 async def serve(
     config: Config,
     stop: asyncio.Event,
@@ -98,8 +115,16 @@ async def serve(
     """Run the daemon until *stop* is set, then drain and return."""
     gate = build_gate(config)
     service = build_milter_service(config, gate)
+    policy = build_policy_service(config, gate)
     try:
         await service.start()
+        if policy is not None:
+            await policy.start()
+            if needs_headers(config):
+                log.warning(
+                    'policy listener: decide_at = "headers" cannot wait for headers over the '
+                    "policy protocol; such senders get DUNNO there and Mailman decides"
+                )
         log.info(
             "listgate ready: backend %s; failure policy %s",
             gate.backend.describe(), gate.failure_policy.value,
@@ -109,7 +134,10 @@ async def serve(
         await stop.wait()
         log.info("shutting down")
     finally:
-        await service.stop()
+        if policy is None:
+            await service.stop()
+        else:
+            await asyncio.gather(service.stop(), policy.stop())
         await gate.backend.aclose()
     log.info("stopped")
 

@@ -62,6 +62,7 @@ __all__ = [
     "LogConfig",
     "MailmanConfig",
     "MilterConfig",
+    "PolicyConfig",
     "Secret",
     "StaticConfig",
     "config_to_dict",
@@ -84,6 +85,12 @@ DEFAULT_GATE = ListOverrides()
 MIN_PACKET_SIZE = 65_536
 """A milter body chunk is up to 65535 bytes plus the command byte."""
 MAX_PACKET_SIZE = 1 << 30
+MIN_POLICY_LINE = 512
+"""Postfix's own line_length_limit is 2048; no real attribute line is shorter than this."""
+MAX_POLICY_LINE = 1 << 20
+MIN_POLICY_ATTRIBUTES = 40
+"""Postfix 3.7 sends about 30 attributes per request; newer versions add a few."""
+MAX_POLICY_ATTRIBUTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +111,27 @@ class MilterConfig:
     """Seconds to receive the rest of a packet once it has started. Default: 30."""
     shutdown_timeout: float = 10.0
     """Seconds SIGTERM waits for in-flight commands before closing. Default: 10."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """``[policy]``: the Postfix policy-delegation listener (an alternative to the milter;
+    RCPT only) and its limits."""
+
+    listen: tuple[ListenSpec, ...] = ()
+    """Sockets to listen on (a spec or a list of specs); "" or [] = no policy listener.
+    Default: [] (disabled)."""
+    socket_mode: int = 0o660
+    """Permissions of unix: sockets, written as an octal string. Default: "0660"."""
+    max_connections: int = 1000
+    """Concurrent policy connections (Postfix opens one per smtpd process). Default: 1000."""
+    idle_timeout: float = 600.0
+    """Seconds a connection may take to complete its next request; keep it above
+    Postfix's smtpd_policy_service_max_idle (300 s). Default: 600."""
+    max_line_length: int = 8192
+    """Bytes per attribute line; a longer line closes the connection. Default: 8192."""
+    max_attributes: int = 64
+    """Attributes per request; more close the connection. Default: 64."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +227,7 @@ class Config:
     """The whole configuration; ``Config()`` is the defaults."""
 
     milter: MilterConfig = field(default_factory=MilterConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     static: StaticConfig = field(default_factory=StaticConfig)
     mailman: MailmanConfig = field(default_factory=MailmanConfig)
@@ -475,6 +504,13 @@ def _listen(value: object, key: str) -> object:
     return tuple(specs)
 
 
+def _optional_listen(value: object, key: str) -> object:
+    """Like ``_listen``, but "" or [] means "no listener"."""
+    if value == "" or value == []:
+        return ()
+    return _listen(value, key)
+
+
 def _socket_mode(value: object, key: str) -> object:
     expected = 'must be an octal string from "0000" to "0777", such as "0660"'
     if not isinstance(value, str):
@@ -610,6 +646,14 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, _Key]]] = {
         "idle_timeout": _Key(_seconds(allow_zero=False)),
         "command_timeout": _Key(_seconds(allow_zero=False)),
         "shutdown_timeout": _Key(_seconds(allow_zero=True)),
+    }),
+    "policy": (PolicyConfig, {
+        "listen": _Key(_optional_listen, _render_listen),
+        "socket_mode": _Key(_socket_mode, _render_mode),
+        "max_connections": _Key(_integer(1)),
+        "idle_timeout": _Key(_seconds(allow_zero=False)),
+        "max_line_length": _Key(_integer(MIN_POLICY_LINE, MAX_POLICY_LINE)),
+        "max_attributes": _Key(_integer(MIN_POLICY_ATTRIBUTES, MAX_POLICY_ATTRIBUTES)),
     }),
     "backend": (BackendConfig, {
         "type": _Key(_choice(BACKEND_TYPES)),

@@ -1,0 +1,365 @@
+"""The Postfix policy delegation protocol (SMTPD_POLICY_README), as a sans-IO state machine.
+
+Usage (the I/O layer's whole job)::
+
+    conn = PolicyConnection(limits)
+    conn.receive_data(bytes_from_socket)          # b"" = the peer closed its side
+    while (event := conn.next_event()) is not NEED_DATA:
+        socket.write(conn.send(decide(event)))    # exactly one reply per request
+
+Wire format:
+
+- A request is a sequence of ``name=value`` lines, each ended by ``\\n`` (a ``\\r``
+  before it is tolerated and dropped), and the request is ended by an empty line. The
+  connection stays open for any number of requests.
+- The name is everything before the first ``=``; the value is everything after it, so a
+  value may itself contain ``=``. Unknown attributes are kept in ``attributes``.
+- An attribute that appears twice keeps its **last** value (Postfix never repeats one;
+  last-wins is what Postfix's own ``attr_scan_plain`` and most policy servers do).
+- Bytes are decoded as UTF-8 with ``surrogateescape``, so bytes that are not UTF-8 survive
+  (``value.encode("utf-8", "surrogateescape")`` gives them back) and never raise.
+- A reply is ``action=TEXT\\n\\n``. ``format_action`` turns every control character
+  (CR, LF, NUL included) into a space, so a reply can never end early or smuggle a second
+  reply or a second attribute.
+
+Invariants:
+
+- Pure: no sockets, no asyncio, no clock.
+- Limits are checked before anything is allocated for the data they guard: the end of a
+  line is searched only within ``max_line_length`` bytes; the attribute count and the
+  request size are checked before a line is sliced or decoded; a partial line or request
+  that is already over its limit fails at once, without waiting for its end.
+- Every defect of the peer's byte stream raises ``PolicyProtocolError``; the connection is
+  dead afterwards (every later ``next_event`` raises the same error) and must be closed.
+  Nothing else is ever raised for anything the peer sends.
+- Exactly one reply per request, in order: ``send`` answers the oldest request that has
+  no reply yet and refuses (``PolicyStateError``) when every request has been answered.
+  Requests may be read ahead of their replies (pipelining); replies still go out in
+  request order.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final
+
+__all__ = [
+    "DEFAULT_MAX_ATTRIBUTES",
+    "DEFAULT_MAX_LINE_LENGTH",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "NEED_DATA",
+    "NeedData",
+    "PolicyConnection",
+    "PolicyError",
+    "PolicyLimits",
+    "PolicyProtocolError",
+    "PolicyRequest",
+    "PolicyStateError",
+    "ReplyReader",
+    "encode_request",
+    "format_action",
+]
+
+DEFAULT_MAX_LINE_LENGTH: Final = 8192
+"""Bytes per attribute line, without its line ending."""
+DEFAULT_MAX_ATTRIBUTES: Final = 64
+"""Attribute lines per request (Postfix 3.7 sends about 30)."""
+DEFAULT_MAX_REQUEST_BYTES: Final = 65536
+"""Bytes per request, line endings and the final empty line included."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class NeedData(enum.Enum):
+    """The type of ``NEED_DATA``."""
+
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData.NEED_DATA
+"""``next_event`` found no complete request in what was received so far."""
+
+
+class PolicyError(Exception):
+    """Base class of this module's errors."""
+
+
+class PolicyProtocolError(PolicyError):
+    """The peer broke the protocol or a limit; close the connection."""
+
+
+class PolicyStateError(PolicyError, RuntimeError):
+    """The application used the connection wrongly (e.g. a reply nobody asked for)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyLimits:
+    """What one connection accepts; exceeding any of these is a ``PolicyProtocolError``."""
+
+    max_line_length: int = DEFAULT_MAX_LINE_LENGTH
+    max_attributes: int = DEFAULT_MAX_ATTRIBUTES
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("max_line_length", "max_attributes", "max_request_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRequest:
+    """One policy request. The attributes listgate uses are typed fields ("" when absent);
+    ``attributes`` holds every attribute received, known or not (last value wins)."""
+
+    request: str = ""
+    """"smtpd_access_policy" for the Postfix SMTP server."""
+    protocol_state: str = ""
+    """The SMTP stage: "CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-MESSAGE",
+    "VRFY" or "ETRN"."""
+    sender: str = ""
+    """Envelope sender as Postfix passes it (no angle brackets; "" for the null sender)."""
+    recipient: str = ""
+    """Envelope recipient of this RCPT."""
+    client_address: str = ""
+    queue_id: str = ""
+    """Empty until Postfix has created the queue file (e.g. for the first recipient)."""
+    sasl_username: str = ""
+    instance: str = ""
+    """Postfix's id of the current message transaction."""
+    attributes: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+
+    @classmethod
+    def from_attributes(cls, attributes: Mapping[str, str]) -> PolicyRequest:
+        """The request carrying *attributes* (copied)."""
+        attrs = dict(attributes)
+        get = attrs.get
+        return cls(
+            request=get("request", ""),
+            protocol_state=get("protocol_state", ""),
+            sender=get("sender", ""),
+            recipient=get("recipient", ""),
+            client_address=get("client_address", ""),
+            queue_id=get("queue_id", ""),
+            sasl_username=get("sasl_username", ""),
+            instance=get("instance", ""),
+            attributes=MappingProxyType(attrs),
+        )
+
+
+def _decode(raw: bytes | bytearray) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _encode(text: str) -> bytes:
+    # surrogateescape gives back the bytes a request brought in; a lone surrogate that
+    # did not come from decoding is shown as \\udXXX rather than raising.
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
+
+
+def format_action(text: str) -> bytes:
+    """The reply ``action=TEXT`` plus the empty line that ends it.
+
+    Every control character in *text* (CR, LF and NUL included) becomes a space and the
+    result is stripped; an action that is then empty raises ``ValueError``."""
+    clean = _CONTROL.sub(" ", text).strip()
+    if not clean:
+        raise ValueError("empty policy action")
+    return b"action=" + _encode(clean) + b"\n\n"
+
+
+def encode_request(attributes: Mapping[str, str]) -> bytes:
+    """A request with *attributes*, in order, then the empty line (the MTA's side, for
+    clients and tests). Raises ``ValueError`` for a name that is empty or holds ``=`` or
+    a line ending, a value with a line ending, or no attributes at all."""
+    if not attributes:
+        raise ValueError("a policy request needs at least one attribute")
+    out = bytearray()
+    for name, value in attributes.items():
+        if not name or "=" in name or "\n" in name or "\r" in name:
+            raise ValueError(f"bad attribute name {name!r}")
+        if "\n" in value or value.endswith("\r"):
+            raise ValueError(f"attribute {name!r}: value cannot hold a line ending")
+        out += _encode(name) + b"=" + _encode(value) + b"\n"
+    out += b"\n"
+    return bytes(out)
+
+
+class PolicyConnection:
+    """The policy-server side of one connection: bytes in, ``PolicyRequest``s out, one
+    reply per request."""
+
+    __slots__ = (
+        "_attrs",
+        "_buf",
+        "_eof",
+        "_error",
+        "_lines",
+        "_owed",
+        "_request_bytes",
+        "limits",
+    )
+
+    def __init__(self, limits: PolicyLimits | None = None) -> None:
+        self.limits = limits or PolicyLimits()
+        self._buf = bytearray()
+        self._attrs: dict[str, str] = {}
+        self._lines = 0
+        self._request_bytes = 0
+        self._owed = 0
+        self._eof = False
+        self._error: PolicyProtocolError | None = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet part of a returned request."""
+        return len(self._buf) + self._request_bytes
+
+    @property
+    def awaiting_reply(self) -> int:
+        """Requests returned by ``next_event`` and not yet answered with ``send``."""
+        return self._owed
+
+    @property
+    def in_request(self) -> bool:
+        """True when part of a request has been received (it is not complete yet)."""
+        return bool(self._buf) or self._lines > 0
+
+    @property
+    def peer_closed(self) -> bool:
+        """True once ``receive_data(b"")`` reported the end of the stream."""
+        return self._eof
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes from the peer; ``b""`` means the peer closed its side."""
+        if self._eof:
+            if data:
+                raise PolicyStateError("data received after the end of the stream")
+            return
+        if not data:
+            self._eof = True
+            return
+        self._buf += data
+
+    def next_event(self) -> PolicyRequest | NeedData:
+        """The next complete request, or ``NEED_DATA``. Raises ``PolicyProtocolError``
+        when the stream is broken or over a limit (and on every later call)."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except PolicyProtocolError as exc:
+            self._error = exc
+            self._buf.clear()
+            self._attrs.clear()
+            raise
+
+    def _next(self) -> PolicyRequest | NeedData:
+        limits = self.limits
+        buf = self._buf
+        while True:
+            # Look for the end of the line only as far as a legal line may reach.
+            end = buf.find(b"\n", 0, limits.max_line_length + 2)
+            if end < 0:
+                pending = len(buf)
+                if pending > limits.max_line_length + (1 if buf.endswith(b"\r") else 0):
+                    raise PolicyProtocolError(
+                        f"line longer than {limits.max_line_length} bytes"
+                    )
+                if self._request_bytes + pending > limits.max_request_bytes:
+                    raise PolicyProtocolError(
+                        f"request longer than {limits.max_request_bytes} bytes"
+                    )
+                if self._eof and (pending or self._lines):
+                    raise PolicyProtocolError("connection closed in the middle of a request")
+                return NEED_DATA
+            length = end - 1 if end > 0 and buf[end - 1] == 0x0D else end  # drop one \r
+            if length > limits.max_line_length:
+                raise PolicyProtocolError(f"line longer than {limits.max_line_length} bytes")
+            if self._request_bytes + end + 1 > limits.max_request_bytes:
+                raise PolicyProtocolError(
+                    f"request longer than {limits.max_request_bytes} bytes"
+                )
+            if length == 0:  # the empty line: the request is complete
+                del buf[: end + 1]
+                if self._lines == 0:
+                    raise PolicyProtocolError("empty request (an empty line with no attributes)")
+                request = PolicyRequest.from_attributes(self._attrs)
+                self._attrs.clear()
+                self._lines = 0
+                self._request_bytes = 0
+                self._owed += 1
+                return request
+            if self._lines >= limits.max_attributes:
+                raise PolicyProtocolError(
+                    f"more than {limits.max_attributes} attributes in one request"
+                )
+            eq = buf.find(b"=", 0, length)
+            if eq < 0:
+                raise PolicyProtocolError("attribute line without '=' (expected name=value)")
+            if eq == 0:
+                raise PolicyProtocolError("attribute line with an empty name")
+            self._attrs[_decode(buf[:eq])] = _decode(buf[eq + 1 : length])
+            self._lines += 1
+            self._request_bytes += end + 1
+            del buf[: end + 1]
+
+    # ------------------------------------------------------------------ output
+
+    def send(self, action: str) -> bytes:
+        """The reply to the oldest unanswered request, as bytes to write (see
+        ``format_action``). Raises ``PolicyStateError`` when no request awaits a reply."""
+        if self._owed == 0:
+            raise PolicyStateError("no policy request is waiting for a reply")
+        data = format_action(action)
+        self._owed -= 1
+        return data
+
+
+class ReplyReader:
+    """The MTA's side of the replies (for clients and tests): bytes in, one attribute
+    mapping per reply out (normally just ``{"action": ...}``)."""
+
+    __slots__ = ("_attrs", "_buf", "limits")
+
+    def __init__(self, limits: PolicyLimits | None = None) -> None:
+        self.limits = limits or PolicyLimits()
+        self._buf = bytearray()
+        self._attrs: dict[str, str] = {}
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes from the policy server."""
+        self._buf += data
+
+    def next_reply(self) -> dict[str, str] | NeedData:
+        """The next complete reply, or ``NEED_DATA``; ``PolicyProtocolError`` if broken."""
+        buf = self._buf
+        while True:
+            end = buf.find(b"\n", 0, self.limits.max_line_length + 2)
+            if end < 0:
+                if len(buf) > self.limits.max_line_length + 1:
+                    raise PolicyProtocolError("reply line too long")
+                return NEED_DATA
+            line = bytes(buf[:end]).removesuffix(b"\r")
+            del buf[: end + 1]
+            if not line:
+                if not self._attrs:
+                    raise PolicyProtocolError("empty reply")
+                reply, self._attrs = self._attrs, {}
+                return reply
+            name, eq, value = line.partition(b"=")
+            if not eq or not name:
+                raise PolicyProtocolError(f"bad reply line {line[:80]!r}")
+            self._attrs[_decode(name)] = _decode(value)
