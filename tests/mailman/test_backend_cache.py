@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,19 @@ def assert_tempfail(d: Decision, list_address: str) -> None:
     assert d.smtp_reply is not None
     assert d.smtp_reply.startswith("451 4.3.0 ")
     assert f"<{list_address}>" in d.smtp_reply
+
+
+@contextlib.contextmanager
+def frozen(core: MailmanCore) -> Iterator[None]:
+    """Mailman hung: its processes SIGSTOPped (the kernel still accepts connections, nobody
+    answers), continued afterwards whatever happens."""
+    assert core.is_running
+    pgid = core._proc.pid  # type: ignore[union-attr]  # the runner leads its process group
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
 
 
 # --------------------------------------------------------------------------- single-flight
@@ -245,6 +259,35 @@ def test_non_list_recipient_accepted_while_mailman_is_stopped(
             assert now.verdict is ACCEPT
 
     asyncio.run(run())
+
+
+def test_non_list_recipient_not_delayed_by_hung_mailman(
+    mailman_core: MailmanCore, reject_list: MailingList, uid: str
+) -> None:
+    """Mailman hung (accepts, never answers) after the directory's TTL: a non-list recipient
+    is still answered from the directory without waiting for the REST timeout, by
+    decide_now (no PENDING) and by decide (well under the 1 s timeout)."""
+    domain = reject_list.mail_host
+
+    async def run() -> tuple[Decision | None, float, Decision]:
+        async with harness(mailman_core, timeout=1.0) as h:
+            assert await h.verdict(f"s-{uid}@example.com", reject_list.fqdn_listname) is REJECT
+            with frozen(mailman_core):
+                h.clock.advance(SETTINGS.directory_ttl + 1)
+                request = PostingRequest(f"s-{uid}@example.com", f"user@{domain}")
+                now = h.gate.decide_now(request)
+                began = time.monotonic()
+                later = await h.gate.decide(request)
+                return now, time.monotonic() - began, later
+
+    now, waited, later = asyncio.run(run())
+    assert (later.verdict, later.list_address) == (ACCEPT, None)
+    problems = []
+    if now is None:
+        problems.append("decide_now is PENDING")
+    if waited >= 0.5:
+        problems.append(f"decide waited {waited:.2f} s for the hung Mailman")
+    assert not problems, problems
 
 
 def test_rest_timeout_tempfails_quickly() -> None:
