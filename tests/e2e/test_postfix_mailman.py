@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -92,7 +92,7 @@ def mm_postfix(
 
 def _run_listgate(
     workdir: Path, env: MailmanPostfix, listener: str, world: MailmanWorld,
-    sections: dict[str, dict[str, object]],
+    sections: Mapping[str, Mapping[str, object]],
 ) -> Iterator[MailmanListgate]:
     lg = MailmanListgate(workdir, [env.milters[listener]], world.core, sections)
     lg.start()
@@ -310,6 +310,10 @@ def test_headers_stranger_is_rejected_at_end_of_headers(
     assert first.code == 354
     assert final is not None, "no reply after the message body"
     assert final.line == rejection(STRANGER, lst)
+    # Postfix runs content milters after the whole message and logs END-OF-MESSAGE; the
+    # "senders=" (read from the headers) shows listgate answered at end of headers.
+    logged(lg_headers, rf"from=<{re.escape(STRANGER)}> to=<{re.escape(lst)}> "
+           rf"senders={re.escape(STRANGER)} .*verdict=reject reply=550 5\.7\.1 ")
     refused_then_member_delivered(c, mm_postfix, sink, lst, token)
 
 
