@@ -706,3 +706,37 @@ def test_sender_hints_never_reject(
     mailman_core.ban(mlist, eve)
     assert verdicts(mailman_core, mlist, [f"bob-{uid}+x@example.com", f"eve-{uid}+x@example.com"]) \
         == {f"bob-{uid}+x@example.com": ACCEPT, f"eve-{uid}+x@example.com": ACCEPT}
+
+
+def test_header_senders_any_member_admits_any_ban_refuses(
+    mailman_core: MailmanCore, mlist: MailingList, uid: str
+) -> None:
+    """At end of headers every sender counts (From:, envelope, Reply-To:, Sender:): any
+    member admits, any banned sender refuses, and each nonmember's record is read (§1.4-1.5)."""
+    member, friend, eve = (f"{n}-{uid}@example.com" for n in ("m", "friend", "eve"))
+    s1, s2 = f"s1-{uid}@example.net", f"s2-{uid}@example.net"
+    mailman_core.subscribe(mlist, member)
+    reject_list(mailman_core, mlist)
+    mailman_core.add_nonmember(mlist, friend, "accept")
+    mailman_core.ban(mlist, eve)
+    cases = {
+        (s1, member): ACCEPT,  # From: a stranger, envelope a member
+        (s1, s2, member): ACCEPT,  # only Sender: a member
+        (member, eve): REJECT,  # a banned Sender: refuses even a member's post
+        (s1, friend): ACCEPT,  # the second sender's nonmember record accepts
+        (s1, s2): REJECT,
+    }
+
+    async def run() -> dict[tuple[str, ...], Verdict]:
+        gate = gate_for(mailman_core)
+        try:
+            return {
+                senders: (await gate.decide(
+                    PostingRequest(senders[0], mlist.fqdn_listname, header_senders=senders)
+                )).verdict
+                for senders in cases
+            }
+        finally:
+            await gate.backend.aclose()
+
+    assert asyncio.run(run()) == cases
