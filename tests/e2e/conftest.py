@@ -55,6 +55,11 @@ class PostfixEnv:
     """listen spec (unix socket) for listener "unix"."""
     inet6_milter: str
     """listen spec (inet6 [::1]) for listener "inet6"."""
+    policy_service: str = ""
+    """listen spec of the listgate policy server that listener "policy" asks
+    (check_policy_service, no milter)."""
+    policy_down_service: str = ""
+    """listen spec for the policy-server-down test (listener "policy-down")."""
 
     def port(self, listener: str) -> int:
         """SMTP port of a listener."""
@@ -78,7 +83,8 @@ def postfix_env(sink: LmtpSink, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
     Listeners: main (listgate on inet 127.0.0.1), v2 (same listgate, milter_protocol = 2),
     nomilter (no milter), down (a milter port whose listgate a test stops), unix (unix
-    socket) and inet6 (listgate on [::1]).
+    socket) and inet6 (listgate on [::1]); policy and policy-down: no milter, but
+    ``check_policy_service`` to a listgate policy port in smtpd_recipient_restrictions.
     """
     base = traversable_tmpdir("lg-e2e-")
     run_dir = base / "run"
@@ -86,6 +92,7 @@ def postfix_env(sink: LmtpSink, tmp_path_factory: pytest.TempPathFactory) -> Ite
     run_dir.chmod(0o755)
     main_port, down_port = free_port(), free_port()
     v6_port = free_port("::1") if ipv6_loopback_available() else free_port()
+    policy_port, policy_down_port = free_port(), free_port()
     unix_path = run_dir / "listgate.sock"
     env = PostfixEnv(
         postfix=PostfixInstance(
@@ -103,6 +110,26 @@ def postfix_env(sink: LmtpSink, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 Listener("unix", free_port(), f"unix:{unix_path}"),
                 # Postfix spells an IPv6 milter address inet:[addr]:port (no "inet6:").
                 Listener("inet6", free_port(), f"inet:[::1]:{v6_port}"),
+                # master.cf -o values cannot hold spaces: a comma separates the restriction
+                # from its argument just as well.
+                Listener(
+                    "policy",
+                    free_port(),
+                    "",
+                    overrides=(
+                        ("smtpd_recipient_restrictions",
+                         f"check_policy_service,inet:127.0.0.1:{policy_port}"),
+                    ),
+                ),
+                Listener(
+                    "policy-down",
+                    free_port(),
+                    "",
+                    overrides=(
+                        ("smtpd_recipient_restrictions",
+                         f"check_policy_service,inet:127.0.0.1:{policy_down_port}"),
+                    ),
+                ),
             ],
             sink.port,
         ),
@@ -111,6 +138,8 @@ def postfix_env(sink: LmtpSink, tmp_path_factory: pytest.TempPathFactory) -> Ite
         down_milter=f"inet:127.0.0.1:{down_port}",
         unix_milter=f"unix:{unix_path}",
         inet6_milter=f"inet6:[::1]:{v6_port}",
+        policy_service=f"inet:127.0.0.1:{policy_port}",
+        policy_down_service=f"inet:127.0.0.1:{policy_down_port}",
     )
     try:
         env.postfix.create()

@@ -630,12 +630,21 @@ def listgate_command() -> list[str]:
 
 
 def toml_config(
-    listen: Sequence[str], posters: dict[str, list[str]], milter: dict[str, str] | None = None
+    listen: Sequence[str],
+    posters: dict[str, list[str]],
+    milter: dict[str, str] | None = None,
+    *,
+    policy_listen: Sequence[str] = (),
+    policy: dict[str, str | int | float] | None = None,
 ) -> str:
-    """A listgate config file (TOML): [milter] listen (+ *milter* string settings), posters."""
+    """A listgate config file (TOML): [milter] listen (+ *milter* string settings), posters;
+    with *policy_listen* also [policy] listen (+ *policy* settings)."""
     q = json.dumps  # a JSON string of ASCII text is a valid TOML basic string
     out = ["[milter]", f"listen = [{', '.join(q(s) for s in listen)}]"]
     out += [f"{k} = {q(v)}" for k, v in (milter or {}).items()]
+    if policy_listen:
+        out += ["", "[policy]", f"listen = [{', '.join(q(s) for s in policy_listen)}]"]
+        out += [f"{k} = {q(v)}" for k, v in (policy or {}).items()]
     out += ["", "[static.posters]"]
     out += [f"{q(k)} = [{', '.join(q(v) for v in vs)}]" for k, vs in posters.items()]
     return "\n".join(out) + "\n"
@@ -670,12 +679,21 @@ class ListgateProcess:
         listen: Sequence[str],
         posters: dict[str, list[str]],
         milter: dict[str, str] | None = None,
+        *,
+        policy_listen: Sequence[str] = (),
+        policy: dict[str, str | int | float] | None = None,
     ) -> None:
         self.workdir = workdir
         self.listen = list(listen)
+        self.policy_listen = list(policy_listen)
+        """[policy] listen specs; start() waits for these too."""
         self.config_path = workdir / "listgate.toml"
         self.log_path = workdir / "listgate.stderr"
-        self.config_path.write_text(toml_config(self.listen, posters, milter))
+        self.config_path.write_text(
+            toml_config(
+                self.listen, posters, milter, policy_listen=self.policy_listen, policy=policy
+            )
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
 
@@ -712,13 +730,13 @@ class ListgateProcess:
                     f"listgate exited early with rc {self.proc.returncode}: {self.command}\n"
                     f"--- listgate stderr ---\n{self.stderr_text()}"
                 )
-            return all(accepts_connections(spec) for spec in self.listen)
+            return all(accepts_connections(spec) for spec in self.listen + self.policy_listen)
 
         try:
             wait_until(
                 ready,
                 timeout,
-                f"listgate to accept connections on {self.listen}",
+                f"listgate to accept connections on {self.listen + self.policy_listen}",
                 interval=0.05,
                 detail=lambda: (
                     f"command: {self.command}\n--- listgate stderr ---\n{self.stderr_text()}"

@@ -345,11 +345,11 @@ def test_reply_reader_reads_what_send_writes(size: int | None) -> None:
 # ----------------------------------------------------------------- round trip / properties
 
 _names = st.text(
-    st.characters(blacklist_characters="=\r\n", blacklist_categories=("Cs",)),
+    st.characters(blacklist_characters="=\r\n", blacklist_categories=["Cs"]),
     min_size=1, max_size=20,
 )
 _values = st.text(
-    st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=60
+    st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]), max_size=60
 ) | st.binary(max_size=60).map(
     lambda b: b.replace(b"\n", b"").replace(b"\r", b"").decode("utf-8", "surrogateescape")
 )
