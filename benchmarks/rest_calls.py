@@ -1,0 +1,162 @@
+"""How many Mailman REST calls the cached Mailman backend makes per RCPT.
+
+Starts its own Mailman core (tests/mailman_harness.py, needs .venv-mailman), creates 20
+lists with some members, then decides 10,000 PostingRequests over 1,000 distinct senders
+and the 20 lists through Gate.decide (members and nonmembers mixed, fixed random seed,
+50 in flight at a time) with the default CacheSettings, and prints the REST calls made
+against the number of distinct (list, sender) pairs.
+
+Two passes over the same requests, each with a fresh backend: one with the clock frozen
+(no TTL can expire, so the figure is the cache's own bound; exit status 1 if its calls
+exceed the distinct pairs), one on the real clock (a run longer than ``negative_ttl``
+refetches the answers that would reject, so calls can exceed the pairs).
+
+Run: .venv/bin/python benchmarks/rest_calls.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from mailman_harness import MailmanCore  # noqa: E402
+
+from listgate.backends.cached import CachedBackend, CacheSettings  # noqa: E402
+from listgate.backends.mailman import MailmanSource  # noqa: E402
+from listgate.engine import ReplyTexts  # noqa: E402
+from listgate.gate import Gate  # noqa: E402
+from listgate.model import PostingRequest  # noqa: E402
+
+SEED = 20240601
+LISTS = 20
+SENDERS = 1000
+MEMBERS_PER_LIST = 15
+REQUESTS = 10_000
+MEMBER_SHARE = 0.5
+"""Share of requests whose sender is a member of the list posted to."""
+IN_FLIGHT = 50
+
+
+def build(core: MailmanCore, rng: random.Random) -> tuple[list[str], dict[str, list[str]]]:
+    """20 lists (half reject nonmembers, half hold them) with members from the sender pool."""
+    senders = [f"sender{i:04d}@bench{i % 7}.example" for i in range(SENDERS)]
+    members: dict[str, list[str]] = {}
+    for n in range(LISTS):
+        action = "reject" if n % 2 == 0 else "hold"
+        ml = core.new_list({"default_nonmember_action": action}, name=f"bench{n:02d}")
+        chosen = rng.sample(senders, MEMBERS_PER_LIST)
+        for email in chosen:
+            core.subscribe(ml, email)
+        members[ml.fqdn_listname] = chosen
+    return senders, members
+
+
+def workload(
+    rng: random.Random, senders: list[str], members: dict[str, list[str]]
+) -> list[PostingRequest]:
+    """REQUESTS requests; every sender of the pool appears at least once."""
+    lists = sorted(members)
+    requests = [PostingRequest(s, rng.choice(lists)) for s in senders]
+    while len(requests) < REQUESTS:
+        fqdn = rng.choice(lists)
+        pool = members[fqdn] if rng.random() < MEMBER_SHARE else senders
+        requests.append(PostingRequest(rng.choice(pool), fqdn))
+    rng.shuffle(requests)
+    return requests
+
+
+class CountingSource(MailmanSource):
+    """MailmanSource that also counts its fetches by kind of fact."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fetches: Counter[str] = Counter()
+
+    async def directory(self):
+        self.fetches["directory (3 calls)"] += 1
+        return await super().directory()
+
+    async def policy(self, fqdn, list_id):
+        self.fetches["policy (2 calls)"] += 1
+        return await super().policy(fqdn, list_id)
+
+    async def global_bans(self):
+        self.fetches["global_bans (1 call)"] += 1
+        return await super().global_bans()
+
+    async def memberships(self, address):
+        self.fetches["memberships (1 call)"] += 1
+        return await super().memberships(address)
+
+    async def linked_addresses(self, address):
+        self.fetches["linked (1-2 calls)"] += 1
+        return await super().linked_addresses(address)
+
+
+async def one_pass(
+    core: MailmanCore, requests: list[PostingRequest], label: str, frozen: bool
+) -> bool:
+    """Decide every request with a fresh cached backend; print figures; calls <= pairs?"""
+    source = CountingSource(core.url, core.user, core.password)
+    clock = (lambda: 0.0) if frozen else time.monotonic
+    backend = CachedBackend(source, CacheSettings(), clock=clock)
+    gate = Gate(backend, ReplyTexts())
+    limit = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(request: PostingRequest) -> str:
+        async with limit:
+            return (await gate.decide(request)).verdict.value
+
+    try:
+        began = time.monotonic()
+        verdicts = Counter(await asyncio.gather(*(one(r) for r in requests)))
+        elapsed = time.monotonic() - began
+    finally:
+        await backend.aclose()
+    calls = source.calls
+    pairs = len({(r.recipient, r.sender) for r in requests})
+    ok = calls <= pairs
+    print(f"--- {label}")
+    print(f"requests (RCPTs)           {len(requests)}")
+    print(f"distinct senders           {len({r.sender for r in requests})}")
+    print(f"distinct (list, sender)    {pairs}")
+    print(f"REST calls                 {calls}")
+    print(f"REST calls per RCPT        {calls / len(requests):.4f}")
+    print(f"fetches by fact            {dict(source.fetches)}")
+    print(f"verdicts                   {dict(sorted(verdicts.items()))}")
+    print(f"elapsed                    {elapsed:.1f} s "
+          f"({len(requests) / elapsed:.0f} RCPT/s, {IN_FLIGHT} in flight)")
+    print(f"calls <= distinct pairs    {ok}")
+    return ok
+
+
+def main() -> None:
+    rng = random.Random(SEED)
+    with MailmanCore() as core:
+        began = time.monotonic()
+        senders, members = build(core, rng)
+        print(f"Mailman core up in {core.startup_seconds:.1f} s; {LISTS} lists, "
+              f"{LISTS * MEMBERS_PER_LIST} subscriptions in {time.monotonic() - began:.1f} s; "
+              f"seed {SEED}")
+        requests = workload(rng, senders, members)
+        s = CacheSettings()
+        frozen_ok = asyncio.run(one_pass(
+            core, requests, "default CacheSettings, clock frozen (no TTL can expire)", True))
+        real_ok = asyncio.run(one_pass(
+            core, requests,
+            f"default CacheSettings, real clock (ttl {s.ttl:g} s, negative_ttl "
+            f"{s.negative_ttl:g} s)", False))
+    print(f"--- calls <= distinct pairs: frozen clock {frozen_ok}, real clock {real_ok}")
+    if not frozen_ok:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
