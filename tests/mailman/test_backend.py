@@ -740,3 +740,17 @@ def test_header_senders_any_member_admits_any_ban_refuses(
             await gate.backend.aclose()
 
     assert asyncio.run(run()) == cases
+
+
+def test_linked_address_with_slash_may_post(
+    mailman_core: MailmanCore, mlist: MailingList, uid: str
+) -> None:
+    """'/' is valid in a local part (§1.3): a member's linked address a/b@ is the member for
+    Mailman's _find_sender_member, so it must not be rejected (users/<email> cannot route a
+    '/' even as %2F: the lookup 404s and the sender looks like a stranger)."""
+    reject_list(mailman_core, mlist)
+    primary, slashed = f"prim-{uid}@example.com", f"dept/p-{uid}@example.com"
+    mailman_core.subscribe(mlist, primary)
+    mailman_core.link_address(primary, slashed)
+    assert mailman_core.sender_member(mlist, slashed) == {slashed: primary}
+    assert verdicts(mailman_core, mlist, [slashed]) == {slashed: ACCEPT}
