@@ -248,8 +248,8 @@ class CachedBackend:
             self._linked,
         )
         self._directory_file = directory_file
-        self._directory_failed = False
         self._persisted: _DirectoryView | None = None
+        """The newest directory known (fetched, or loaded from the file at start)."""
         if directory_file is not None:
             self._persisted = self._load_directory(directory_file)
 
@@ -413,23 +413,27 @@ class CachedBackend:
     # ------------------------------------------------------------------ directory
 
     async def _directory_view(self, wait: bool) -> _DirectoryView:
+        """The list directory. Once any directory is known (fetched, or loaded from
+        ``directory_file``), an expired one is still used at once while a refresh runs
+        in the background: resolving a recipient never waits for Mailman, so mail that
+        is not for a list is never delayed by a slow or dead Mailman."""
+        ttl = self.settings.directory_ttl
+        fresh = self._directory.peek("d", lambda _: ttl)
+        if isinstance(fresh, _DirectoryView):
+            return fresh
+        if self._persisted is not None:
+            with contextlib.suppress(NotCached):
+                await self._directory.get("d", lambda _: ttl, self._fetch_directory, wait=False)
+            return self._persisted
         try:
             return await self._directory.get(
-                "d", lambda _: self.settings.directory_ttl, self._fetch_directory, wait=wait
+                "d", lambda _: ttl, self._fetch_directory, wait=wait
             )
-        except NotCached:
-            if self._persisted is not None and self._directory_failed:
-                return self._persisted  # Mailman is down: the last known lists will do
-            raise
         except BackendError as exc:
-            self._directory_failed = True
-            if self._persisted is not None:
-                return self._persisted
             raise BackendUnavailable(f"no list directory yet: {exc}") from None
 
     async def _fetch_directory(self) -> _DirectoryView:
         view = _view(await self.source.directory())
-        self._directory_failed = False
         self._persisted = view
         if self._directory_file is not None:
             self._save_directory(self._directory_file, view.directory)

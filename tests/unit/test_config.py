@@ -71,8 +71,10 @@ def test_schema_matches_dataclasses() -> None:
     """Every dataclass field has exactly one schema entry, and vice versa."""
     for section, names in config_module._schema_fields().items():
         assert tuple(config_module._SCHEMA[section][1]) == names, section
-    assert set(config_module._SCHEMA) == {"milter", "backend", "static", "mailman", "cache",
-                                          "gate", "reply", "failure", "log"}
+    assert set(config_module._SCHEMA) == {
+        "milter", "policy", "backend", "static", "mailman", "cache", "gate", "reply", "failure",
+        "log",
+    }
     assert tuple(config_module._LIST_KEYS) == config_module._list_fields()
 
 
