@@ -12,6 +12,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from collections.abc import Callable
@@ -19,11 +20,16 @@ from pathlib import Path
 
 from listgate.backends.base import MembershipBackend
 from listgate.backends.static import StaticBackend
-from listgate.config import Config
+from listgate.config import Config, load_config
 from listgate.engine import DecideAt
-from listgate.errors import ListgateError
+from listgate.errors import ConfigError, ListgateError
+from listgate.frontends.milter import milter_options
 from listgate.gate import Gate
+from listgate.log import setup_logging
+from listgate.metrics import Metrics, parse_metrics_listen
+from listgate.server.base import StreamService
 from listgate.server.milter import MilterLimits, MilterService
+from listgate.server.notify import notify
 from listgate.server.policy import PolicyServerLimits, PolicyService
 
 __all__ = ["build_gate", "build_policy_service", "create_backend", "run", "serve"]
@@ -66,6 +72,7 @@ def build_gate(config: Config, backend: MembershipBackend | None = None) -> Gate
         config.failure.policy,
         overrides=config.lists,
         default=config.gate,
+        bypass=config.bypass,
     )
 
 
@@ -106,50 +113,159 @@ def build_policy_service(config: Config, gate: Gate) -> PolicyService | None:
     )
 
 
-async def serve(
-    config: Config,
-    stop: asyncio.Event,
-    *,
-    on_ready: Callable[[MilterService], None] | None = None,
-) -> None:
-    """Run the daemon until *stop* is set, then drain and return."""
-    gate = build_gate(config)
-    service = build_milter_service(config, gate)
-    policy = build_policy_service(config, gate)
-    try:
-        await service.start()
-        if policy is not None:
-            await policy.start()
-            if needs_headers(config):
+class Daemon:
+    """The running daemon: listeners, gate, backend and metrics, with reload and drain."""
+
+    def __init__(self, config: Config, path: Path | None = None) -> None:
+        self.config = config
+        self.path = path
+        self.gate = build_gate(config)
+        self.milter = build_milter_service(config, self.gate)
+        self.policy = build_policy_service(config, self.gate)
+        self.metrics = Metrics()
+        self.milter.decisions = self.metrics.decisions
+        if self.policy is not None:
+            self.policy.decisions = self.metrics.decisions
+        self.metrics.services = self._services
+        self.metrics.caches = lambda: getattr(self.gate.backend, "caches", ())
+        self._watch_backend(self.gate.backend)
+
+    def _services(self) -> tuple[StreamService, ...]:
+        return (self.milter,) if self.policy is None else (self.milter, self.policy)
+
+    def _watch_backend(self, backend: MembershipBackend) -> None:
+        observe = getattr(backend, "observe_fetches", None)
+        if observe is not None:
+            observe(self.metrics.backend.observe)
+
+    async def start(self) -> None:
+        """Bind every listener and the metrics endpoint, then tell systemd we are ready."""
+        await self.milter.start()
+        if self.policy is not None:
+            await self.policy.start()
+            if needs_headers(self.config):
                 log.warning(
                     'policy listener: decide_at = "headers" cannot wait for headers over the '
                     "policy protocol; such senders get DUNNO there and Mailman decides"
                 )
+        if self.config.metrics.listen:
+            host, port = parse_metrics_listen(self.config.metrics.listen)
+            try:
+                bound = self.metrics.serve(host, port)
+            except OSError as exc:
+                raise ListgateError(
+                    f"metrics: cannot listen on {self.config.metrics.listen}: {exc}"
+                ) from None
+            log.info("metrics on http://%s:%d/metrics", *bound)
         log.info(
             "listgate ready: backend %s; failure policy %s",
-            gate.backend.describe(), gate.failure_policy.value,
+            self.gate.backend.describe(), self.gate.failure_policy.value,
         )
+        notify("READY=1", f"STATUS=serving; backend {self.gate.backend.describe()}")
+
+    async def reload(self) -> bool:
+        """Re-read the config file (SIGHUP). Overrides, texts, failure policy, bypass,
+        cache lifetimes, timeouts and logging change at once, for open connections too;
+        listen addresses and the backend's connection settings need a restart. A bad
+        file is logged and the running configuration kept."""
+        if self.path is None:
+            log.warning("reload: listgate runs on the built-in example config; nothing to re-read")
+            return False
+        notify("RELOADING=1")
+        try:
+            try:
+                new = load_config(self.path)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    log.error("reload failed, keeping the running configuration: %s: %s",
+                              exc.source or self.path, problem)
+                return False
+            self._apply(new)
+            log.info("reloaded %s", self.path)
+            return True
+        finally:
+            notify("READY=1")
+
+    def _apply(self, new: Config) -> None:
+        old = self.config
+        for what, before, after in (
+            ("milter.listen", old.milter.listen, new.milter.listen),
+            ("milter.socket_mode", old.milter.socket_mode, new.milter.socket_mode),
+            ("policy.listen", old.policy.listen, new.policy.listen),
+            ("metrics.listen", old.metrics.listen, new.metrics.listen),
+            ("milter.max_packet_size", old.milter.max_packet_size, new.milter.max_packet_size),
+        ):
+            if before != after:
+                log.warning("reload: %s changed; it takes effect at the next restart", what)
+        backend = self.gate.backend
+        if (new.backend, new.mailman) != (old.backend, old.mailman):
+            log.warning("reload: [backend]/[mailman] changed; they take effect at the next restart")
+        elif new.backend.type == "static" and new.static != old.static:
+            backend = create_backend(new)  # a static map is cheap to rebuild
+        reconfigure = getattr(backend, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(new.cache)
+        self.gate = build_gate(new, backend)
+        m = new.milter
+        self.milter.gate = self.gate
+        self.milter.limits = MilterLimits(m.idle_timeout, m.command_timeout,
+                                          old.milter.max_packet_size)
+        self.milter.options = milter_options(old.milter.max_packet_size, needs_headers(new))
+        self.milter.max_connections = m.max_connections
+        self.milter.shutdown_timeout = m.shutdown_timeout
+        if self.policy is not None:
+            self.policy.gate = self.gate
+            self.policy.max_connections = new.policy.max_connections
+        setup_logging(new.log.level_number, new.log.target, new.log.syslog_address)
+        self.config = dataclasses.replace(
+            new, milter=dataclasses.replace(new.milter, listen=old.milter.listen,
+                                            max_packet_size=old.milter.max_packet_size,
+                                            socket_mode=old.milter.socket_mode),
+            policy=dataclasses.replace(new.policy, listen=old.policy.listen),
+            metrics=old.metrics, backend=old.backend, mailman=old.mailman,
+        )
+
+    async def stop(self) -> None:
+        """Stop listening, drain every connection, release the backend."""
+        notify("STOPPING=1")
+        try:
+            await asyncio.gather(*(s.stop() for s in self._services()))
+        finally:
+            await self.gate.backend.aclose()
+            self.metrics.close()
+        log.info("stopped")
+
+
+async def serve(
+    config: Config,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[Daemon], None] | None = None,
+) -> None:
+    """Run the daemon until *stop* is set, then drain and return."""
+    daemon = Daemon(config)
+    try:
+        await daemon.start()
         if on_ready is not None:
-            on_ready(service)
+            on_ready(daemon)
         await stop.wait()
         log.info("shutting down")
     finally:
-        if policy is None:
-            await service.stop()
-        else:
-            await asyncio.gather(service.stop(), policy.stop())
-        await gate.backend.aclose()
-    log.info("stopped")
+        await daemon.stop()
 
 
-def run(config: Config) -> int:
-    """Run the daemon in the foreground with signal handling; the process exit status."""
+def run(config: Config, path: Path | None = None) -> int:
+    """Run the daemon in the foreground with signal handling; the process exit status.
+
+    SIGTERM/SIGINT drain (a second one exits at once); SIGHUP re-reads *path*."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         task = asyncio.current_task()
         signals_seen = 0
+        daemon = Daemon(config, path)
+        reloading: set[asyncio.Task[bool]] = set()
 
         def on_signal(signum: int) -> None:
             nonlocal signals_seen
@@ -163,9 +279,21 @@ def run(config: Config) -> int:
                 assert task is not None
                 task.cancel()
 
+        def on_hangup() -> None:
+            log.info("SIGHUP received: reloading %s", path or "(no config file)")
+            t = loop.create_task(daemon.reload())
+            reloading.add(t)
+            t.add_done_callback(reloading.discard)
+
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
-        await serve(config, stop)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        try:
+            await daemon.start()
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await daemon.stop()
 
     try:
         asyncio.run(main())

@@ -90,8 +90,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return 2
-    setup_logging(config.log.level_number)
-    return run(config)
+    setup_logging(config.log.level_number, config.log.target, config.log.syslog_address)
+    return run(config, args.config.resolve() if args.config is not None else None)
 
 
 def _decision_dict(decision: Decision) -> dict[str, object]:

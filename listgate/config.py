@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import enum
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ from urllib.parse import urlsplit
 from listgate.backends.base import CacheSettings as CacheConfig
 from listgate.engine import (
     DSN_PATTERN,
+    Bypass,
     DecideAt,
     FailurePolicy,
     GateMode,
@@ -50,6 +52,8 @@ from listgate.engine import (
     reply_template_problem,
 )
 from listgate.errors import ConfigError
+from listgate.log import LOG_TARGETS
+from listgate.metrics import parse_metrics_listen
 from listgate.model import normalize_address
 from listgate.server.spec import ListenSpec, parse_listen_spec
 
@@ -215,11 +219,25 @@ class LogConfig:
 
     level: str = "info"
     """Lowest level logged: "debug", "info", "warning" or "error". Default: "info"."""
+    target: str = "stderr"
+    """Where lines go: "stderr", "syslog" (facility mail) or "journal" (stderr with
+    priority prefixes that journald reads). Default: "stderr"."""
+    syslog_address: str = "/dev/log"
+    """The syslog socket for target = "syslog". Default: "/dev/log"."""
 
     @property
     def level_number(self) -> int:
         """``level`` as a ``logging`` level number."""
         return LOG_LEVELS[self.level]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint."""
+
+    listen: str = ""
+    """HOST:PORT of the /metrics HTTP endpoint, e.g. "127.0.0.1:9107"; "" = off.
+    Default: ""."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +258,10 @@ class Config:
     reply: ReplyTexts = field(default_factory=ReplyTexts)
     """``[reply]``: SMTP reply codes and text templates (see ``ReplyTexts``)."""
     failure: FailureConfig = field(default_factory=FailureConfig)
+    bypass: Bypass = field(default_factory=Bypass)
+    """``[bypass]``: senders never judged (SASL-authenticated, trusted networks); off."""
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "<defaults>"
     """Where the configuration came from (a path, or "<defaults>")."""
 
@@ -631,6 +652,43 @@ def _render_posters(value: object) -> object:
 # --------------------------------------------------------------------------- the schema
 
 
+def _networks(value: object, key: str) -> object:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(key, "a list of networks such as \"10.0.0.0/8\" or \"2001:db8::/32\"", value)
+    nets = []
+    problems = []
+    for item in value:
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            problems.append(f"{key}: {item!r} is not a network ({exc})")
+    if problems:
+        raise _Invalid(*problems)
+    return tuple(nets)
+
+
+def _render_networks(value: object) -> object:
+    assert isinstance(value, tuple)
+    return [str(n) for n in value]
+
+
+def _metrics_listen(value: object, key: str) -> object:
+    text = _string(value, key)
+    if text:
+        try:
+            parse_metrics_listen(text)
+        except ValueError as exc:
+            raise _Invalid(f"{key}: {exc}") from None
+    return text
+
+
+def _socket_path(value: object, key: str) -> object:
+    text = _string(value, key)
+    if not text.startswith("/"):
+        raise _Invalid(f"{key}: must be an absolute path, got {_show(value)}")
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class _Key:
     parse: _Parser
@@ -695,8 +753,17 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, _Key]]] = {
     "failure": (FailureConfig, {
         "policy": _Key(_failure_policy, _render_enum),
     }),
+    "bypass": (Bypass, {
+        "authenticated": _Key(_boolean),
+        "networks": _Key(_networks, _render_networks),
+    }),
     "log": (LogConfig, {
         "level": _Key(_choice(tuple(LOG_LEVELS))),
+        "target": _Key(_choice(LOG_TARGETS)),
+        "syslog_address": _Key(_socket_path),
+    }),
+    "metrics": (MetricsConfig, {
+        "listen": _Key(_metrics_listen),
     }),
 }
 """Section -> (dataclass, key -> how to parse and render it)."""

@@ -120,6 +120,9 @@ class SenderFacts:
     member_of: frozenset[str] = field(default_factory=frozenset)
     """Of the lists named by ``@list`` references in ``accept_these_nonmembers``, those
     whose member roster holds this exact address."""
+    unverifiable: str | None = None
+    """Set when the backend could not learn everything Mailman would know about this
+    address (why, for the reason chain). Such a sender is never the cause of a reject."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,10 +267,17 @@ def mailman_outcome(
     outcome would refuse the post, and only to accept it.
     """
     outcome = _core_outcome(policy, senders, trust_approved)
-    if outcome.action not in _REFUSED or not hints:
+    if outcome.action not in _REFUSED:
         return outcome
     if any(s.banned for s in senders):
         return outcome  # a ban is a ban; hints never override it
+    for sender in senders:
+        if sender.unverifiable is not None:
+            return Outcome(
+                Action.ACCEPT,
+                (f"not rejected: {sender.unverifiable} for {_shown(sender.address)}",
+                 *outcome.reasons),
+            )
     for hint in hints:
         trial = _core_outcome(policy, [hint], trust_approved)
         if trial.action not in _REFUSED:

@@ -9,8 +9,8 @@ list or address, with:
   first post is not refused for long);
 - **single-flight**: concurrent misses for one key share one fetch, which runs as its own
   task so that one caller going away does not cancel it for the others;
-- **stale-if-error**: when a fetch fails, a value up to ``stale_if_error`` seconds past
-  its age limit is served instead;
+- **stale-if-error**: when a fetch fails (``BackendUnavailable``: Mailman down, slow or
+  broken), a value up to ``stale_if_error`` seconds past its age limit is served instead;
 - a bounded number of entries (``cachetools.LRUCache``) and an injectable clock.
 
 ``CachedBackend`` implements the ``MembershipBackend`` protocol on top of a
@@ -50,9 +50,9 @@ from cachetools import LRUCache
 from listgate.backends.base import PENDING, CacheSettings, LookupNow
 from listgate.backends.mailman import Directory, MembershipRecord, PolicyRecord
 from listgate.engine import ListFacts
-from listgate.errors import BackendError, BackendUnavailable
+from listgate.errors import BackendError, BackendUnavailable, ListNotFound
 from listgate.model import PostingRequest
-from listgate.recipients import ListDirectory, Target, resolve, sender_hints
+from listgate.recipients import NOT_A_LIST, ListDirectory, Target, resolve, sender_hints
 from listgate.rules import ListPolicy, Membership, SenderFacts, is_banned
 
 __all__ = ["CacheSettings", "CachedBackend", "FactCache", "FactSource"]
@@ -162,7 +162,7 @@ class FactCache(Generic[K, V]):
         started = time.perf_counter()
         try:
             value = await fetch()
-        except BackendError:
+        except BackendUnavailable:  # an answer such as ListNotFound is never papered over
             if self.observer is not None:
                 self.observer(self.name, time.perf_counter() - started)
             entry = self._entries.get(key)
@@ -188,7 +188,7 @@ class FactSource(Protocol):
     async def policy(self, fqdn: str, list_id: str) -> PolicyRecord: ...
     async def global_bans(self) -> tuple[str, ...]: ...
     async def memberships(self, address: str) -> tuple[MembershipRecord, ...]: ...
-    async def linked_addresses(self, address: str) -> tuple[str, ...]: ...
+    async def linked_addresses(self, address: str) -> tuple[str, ...] | None: ...
     async def aclose(self) -> None: ...
     def describe(self) -> str: ...
 
@@ -237,7 +237,7 @@ class CachedBackend:
         self._members: FactCache[str, tuple[MembershipRecord, ...]] = FactCache(
             "memberships", s.max_entries, clock, s.stale_if_error
         )
-        self._linked: FactCache[str, tuple[str, ...]] = FactCache(
+        self._linked: FactCache[str, tuple[str, ...] | None] = FactCache(
             "linked", s.max_entries, clock, s.stale_if_error
         )
         self.caches: tuple[FactCache[Any, Any], ...] = (
@@ -342,6 +342,11 @@ class CachedBackend:
             hints = []
             for address in sender_hints(request.sender, view.directory.verp_delimiter):
                 hints.append(await self._sender(address, list_id, record, global_bans, view, wait))
+        except ListNotFound:
+            # The list was deleted since the directory was fetched: Mailman would refuse
+            # the recipient itself. Forget the directory so the next lookup refetches it.
+            self._directory.clear()
+            return ListFacts(NOT_A_LIST)
         except BackendError as exc:
             raise BackendUnavailable(str(exc), list_address=fqdn) from None
         return ListFacts(resolution, record.policy, tuple(senders), tuple(hints))
@@ -371,9 +376,14 @@ class CachedBackend:
                     member = Membership(row.email, row.moderation_action)
             elif row.role == "nonmember" and row.list_id == list_id:
                 nonmember_action = row.moderation_action
+        unverifiable = None
         if member is None:
-            member = await self._linked_member(address, list_id, wait)
-        return SenderFacts(address, member, nonmember_action, banned, frozenset(member_of))
+            member, known = await self._linked_member(address, list_id, wait)
+            if not known:
+                unverifiable = "Mailman's REST API cannot look up the user of this address"
+        return SenderFacts(
+            address, member, nonmember_action, banned, frozenset(member_of), unverifiable
+        )
 
     def _max_age_for(self, list_id: str) -> Callable[[tuple[MembershipRecord, ...]], float]:
         ttl, negative = self.settings.ttl, self.settings.negative_ttl
@@ -396,7 +406,11 @@ class CachedBackend:
             wait=wait,
         )
 
-    async def _linked_member(self, address: str, list_id: str, wait: bool) -> Membership | None:
+    async def _linked_member(
+        self, address: str, list_id: str, wait: bool
+    ) -> tuple[Membership | None, bool]:
+        """The member that *address* stands for through its Mailman user, and whether
+        the backend could find out at all."""
         s = self.settings
         others = await self._linked.get(
             address,
@@ -404,11 +418,13 @@ class CachedBackend:
             lambda: self.source.linked_addresses(address),
             wait=wait,
         )
+        if others is None:
+            return None, False
         for other in others:
             for row in await self._memberships(other, list_id, wait):
                 if row.list_id == list_id and row.role == "member":
-                    return Membership(row.email, row.moderation_action, via=address)
-        return None
+                    return Membership(row.email, row.moderation_action, via=address), True
+        return None, True
 
     # ------------------------------------------------------------------ directory
 

@@ -38,7 +38,7 @@ from urllib.parse import quote, urlencode
 import httpx
 from mailmanclient.asynclient import AsyncClient
 
-from listgate.errors import BackendUnavailable
+from listgate.errors import BackendUnavailable, ListNotFound
 from listgate.recipients import is_lookup_safe
 from listgate.rules import Action, ListPolicy
 
@@ -230,7 +230,9 @@ class MailmanSource:
 
     async def policy(self, fqdn: str, list_id: str) -> PolicyRecord:
         """The list's config and its ban entries (2 calls)."""
-        cfg = await self._call(f"lists/{quote(list_id)}/config")
+        cfg = await self._call(f"lists/{quote(list_id)}/config", missing_ok=True)
+        if cfg is None:
+            raise ListNotFound(f"Mailman has no list {fqdn} (deleted?)", list_address=fqdn)
         bans = await self._call(f"lists/{quote(list_id)}/bans")
         if not isinstance(cfg, dict):
             raise BackendUnavailable(f"Mailman REST lists/{list_id}/config: unexpected answer")
@@ -262,10 +264,15 @@ class MailmanSource:
             )
         return tuple(records)
 
-    async def linked_addresses(self, address: str) -> tuple[str, ...]:
-        """The other addresses of the Mailman user that owns *address* (0 to 2 calls)."""
+    async def linked_addresses(self, address: str) -> tuple[str, ...] | None:
+        """The other addresses of the Mailman user that owns *address* (0 to 2 calls);
+        None when Mailman's REST API cannot say: it routes ``users/<email>`` by path, and
+        answers 404 for any address with a '/' (even written %2F), which is legal in a
+        local part."""
         if not is_lookup_safe(address):
             return ()
+        if "/" in address:
+            return None
         user = await self._call(f"users/{quote(address, safe='@')}", missing_ok=True)
         if not isinstance(user, dict) or not user.get("user_id"):
             return ()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from listgate.frontends.policy import answer_for, posting_request
 from listgate.gate import Gate
 from listgate.log import next_conn_id, printable
+from listgate.metrics import DecisionStats
 from listgate.model import Decision, PostingRequest, Verdict
 from listgate.policyd import (
     DEFAULT_MAX_ATTRIBUTES,
@@ -94,6 +95,8 @@ class PolicyService(StreamService):
         )
         self.gate = gate
         """Swappable: a reload replaces it; connections read it for each decision."""
+        self.decisions = DecisionStats()
+        """Decisions counted for the metrics (shared with the app's ``Metrics``)."""
         self.limits = limits
         self.codec_limits = limits.codec
         self.requests = 0
@@ -268,6 +271,7 @@ class PolicyProtocol(asyncio.Protocol):
     def _answer(self, request: PostingRequest, decision: Decision, started: float) -> None:
         answer = answer_for(decision)
         self._reply(answer.action)
+        self._service.decisions.count("policy", decision.verdict.value, decision.list_address)
         shown = f"{answer.action} ({answer.note})" if answer.note else answer.action
         if (
             decision.list_address is not None
