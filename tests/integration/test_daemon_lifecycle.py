@@ -1,0 +1,226 @@
+"""The daemon as a postmaster runs it: a real ``listgate serve`` process, its signals,
+its systemd notifications and its /metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from listgate.milter import Abort, Continue, EnvelopeFrom, EnvelopeRecipient, ReplyCode
+from listgate.server.client import MilterClient
+
+REJECT = ReplyCode(
+    550, "5.7.1", "<outsider@example.net> is not allowed to post to <list@example.org>"
+)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_text(milter_port: int, metrics_port: int, extra: str = "") -> str:
+    """A static-map config with the milter and metrics on loopback."""
+    return f"""
+[milter]
+listen = "inet:127.0.0.1:{milter_port}"
+
+[static.posters]
+"list@example.org" = ["member@example.com"]
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+{extra}
+"""
+
+
+@dataclass
+class Proc:
+    """A running ``listgate serve``."""
+
+    popen: subprocess.Popen[bytes]
+    config: Path
+    milter_port: int
+    metrics_port: int
+    notify: socket.socket
+    log_path: Path
+
+    @property
+    def spec(self) -> str:
+        return f"inet:127.0.0.1:{self.milter_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def notifications(self, timeout: float = 5.0, until: str | None = None) -> list[str]:
+        """sd_notify datagrams received so far (waiting for *until* if given)."""
+        got: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.notify.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                got.append(self.notify.recv(4096).decode())
+            except TimeoutError:
+                break
+            if until is not None and until in got[-1]:
+                break
+        return got
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not logged; log:\n{self.log()}")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Proc]:
+    """``listgate serve`` with NOTIFY_SOCKET set, on free loopback ports."""
+    milter_port, metrics_port = free_port(), free_port()
+    cfg = tmp_path / "listgate.toml"
+    cfg.write_text(config_text(milter_port, metrics_port))
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    log_path = tmp_path / "listgate.log"
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "listgate", "serve", "--config", str(cfg)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+    proc = Proc(popen, cfg, milter_port, metrics_port, notify, log_path)
+    try:
+        ready = proc.notifications(until="READY=1", timeout=15)
+        assert any("READY=1" in n for n in ready), (ready, proc.log())
+        yield proc
+    finally:
+        if popen.poll() is None:
+            popen.send_signal(signal.SIGTERM)
+            try:
+                popen.wait(15)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+        notify.close()
+
+
+async def _one_rcpt(client: MilterClient, sender: str) -> object:
+    await client.step(EnvelopeFrom(f"<{sender}>"))
+    reply = await client.step(EnvelopeRecipient("<list@example.org>"))
+    await client.send(Abort())
+    return reply
+
+
+def scrape(port: int) -> str:
+    """The /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def metric(page: str, name: str, **labels: str) -> float:
+    """One sample's value from a /metrics page (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in page.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        sample, _, label_text = key.partition("{")
+        if sample != name:
+            continue
+        got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if got == want:
+            return float(value)
+    return 0.0
+
+
+def test_sighup_reload_applies_override_on_an_open_connection(daemon: Proc) -> None:
+    """SIGHUP loads a new override; a connection opened before it keeps working and sees
+    the new answer; systemd hears RELOADING=1 then READY=1."""
+
+    async def run() -> list[object]:
+        async with await MilterClient.connect(daemon.spec) as client:
+            await client.negotiate()
+            before = await _one_rcpt(client, "outsider@example.net")
+            daemon.config.write_text(
+                config_text(daemon.milter_port, daemon.metrics_port,
+                            '[lists."list@example.org"]\nallow = ["@example.net"]\n')
+            )
+            daemon.popen.send_signal(signal.SIGHUP)
+            await asyncio.to_thread(daemon.wait_log, "reloaded")
+            after = await _one_rcpt(client, "outsider@example.net")
+            return [before, after]
+
+    before, after = asyncio.run(run())
+    assert before == REJECT
+    assert after == Continue()
+    notes = "\n".join(daemon.notifications(until="READY=1"))
+    assert "RELOADING=1" in notes
+    assert notes.index("RELOADING=1") < notes.rindex("READY=1")
+    assert "override allow @example.net" in daemon.log()
+
+
+def test_sighup_with_a_bad_file_keeps_the_running_config(daemon: Proc) -> None:
+    """A broken file on SIGHUP is logged key by key and the old configuration stays."""
+    daemon.config.write_text(
+        config_text(daemon.milter_port, daemon.metrics_port, "[milter]\nmax_connections = -1\n")
+    )
+    daemon.popen.send_signal(signal.SIGHUP)
+    daemon.wait_log("reload failed, keeping the running configuration")
+
+    async def run() -> object:
+        async with await MilterClient.connect(daemon.spec) as client:
+            await client.negotiate()
+            return await _one_rcpt(client, "outsider@example.net")
+
+    assert asyncio.run(run()) == REJECT
+    assert daemon.popen.poll() is None
+
+
+def test_metrics_move_after_real_decisions(daemon: Proc) -> None:
+    """After real milter decisions, /metrics shows the decision counters moved and the
+    connection gauge."""
+    before = scrape(daemon.metrics_port)
+
+    async def run() -> None:
+        async with await MilterClient.connect(daemon.spec) as client:
+            await client.negotiate()
+            for sender in ("member@example.com", "outsider@example.net", "outsider@example.net"):
+                await _one_rcpt(client, sender)
+            page = await asyncio.to_thread(scrape, daemon.metrics_port)
+            assert metric(page, "listgate_open_connections", service="milter") == 1
+
+    asyncio.run(run())
+    after = scrape(daemon.metrics_port)
+    labels = {"frontend": "milter", "list": "list@example.org"}
+    assert metric(after, "listgate_decisions_total", verdict="reject", **labels) == (
+        metric(before, "listgate_decisions_total", verdict="reject", **labels) + 2
+    )
+    assert metric(after, "listgate_decisions_total", verdict="accept", **labels) == (
+        metric(before, "listgate_decisions_total", verdict="accept", **labels) + 1
+    )
+
+
+def test_sigterm_drains_and_notifies_stopping(daemon: Proc) -> None:
+    """SIGTERM: systemd hears STOPPING=1, the process exits 0 and removes nothing it
+    should keep."""
+    daemon.popen.send_signal(signal.SIGTERM)
+    assert daemon.popen.wait(15) == 0
+    notes = "\n".join(daemon.notifications(timeout=2))
+    assert "STOPPING=1" in notes
+    assert "stopped" in daemon.log()
