@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_help = f"TOML configuration file (default: the shipped example, {EXAMPLE_CONFIG_PATH})"
     p = sub.add_parser("serve", help="run the milter daemon in the foreground")
     p.add_argument("--config", "-c", type=Path, help=config_help)
+    p.add_argument(
+        "--allow-root",
+        action="store_true",
+        help="run even as root (by default listgate refuses: run it as its own user)",
+    )
 
     p = sub.add_parser("check", help="explain the verdict for SENDER posting to LIST")
     p.add_argument("sender", metavar="SENDER", help="envelope sender ('<>' = null sender)")
@@ -85,6 +91,13 @@ def _print_config_error(exc: ConfigError) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from listgate.app import run
 
+    if os.geteuid() == 0 and not args.allow_root:
+        print(
+            "listgate: refusing to run as root: run it as its own user (see "
+            "deploy/systemd/listgate.service), or pass --allow-root",
+            file=sys.stderr,
+        )
+        return 2
     try:
         config = _load(args.config)
     except ConfigError as exc:

@@ -700,7 +700,7 @@ class ListgateProcess:
     @property
     def command(self) -> list[str]:
         """The full command line."""
-        return [*listgate_command(), "serve", "--config", str(self.config_path)]
+        return [*listgate_command(), "serve", "--allow-root", "--config", str(self.config_path)]
 
     def stderr_text(self) -> str:
         """What the process logged so far."""

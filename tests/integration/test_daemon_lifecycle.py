@@ -101,7 +101,7 @@ def daemon(tmp_path: Path) -> Iterator[Proc]:
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "listgate", "serve", "--config", str(cfg)],
+            [sys.executable, "-m", "listgate", "serve", "--allow-root", "--config", str(cfg)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
     proc = Proc(popen, cfg, milter_port, metrics_port, notify, log_path)
@@ -224,3 +224,14 @@ def test_sigterm_drains_and_notifies_stopping(daemon: Proc) -> None:
     notes = "\n".join(daemon.notifications(timeout=2))
     assert "STOPPING=1" in notes
     assert "stopped" in daemon.log()
+
+
+def test_refuses_to_run_as_root_unless_told(tmp_path: Path) -> None:
+    """As root, ``listgate serve`` exits 2 with a clear message unless --allow-root."""
+    if os.geteuid() != 0:
+        pytest.fail("this suite runs as root (CI does); run it as root to check this")
+    result = subprocess.run(
+        [sys.executable, "-m", "listgate", "serve"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "refusing to run as root" in result.stderr
