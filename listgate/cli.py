@@ -82,6 +82,18 @@ def _load(path: Path | None) -> Config:
     return load_config(path if path is not None else EXAMPLE_CONFIG_PATH)
 
 
+def _load_for_command(path: Path | None) -> Config | None:
+    """The config for a one-shot command, with logging set up; None (after printing one
+    line per problem) when it is unusable."""
+    try:
+        config = _load(path)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return None
+    setup_logging(config.log.level_number)
+    return config
+
+
 def _print_config_error(exc: ConfigError) -> None:
     where = f"{exc.source}: " if exc.source else ""
     for problem in exc.problems:
@@ -119,12 +131,9 @@ def _decision_dict(decision: Decision) -> dict[str, object]:
 def _cmd_check(args: argparse.Namespace) -> int:
     from listgate.app import build_gate
 
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        _print_config_error(exc)
+    config = _load_for_command(args.config)
+    if config is None:
         return 2
-    setup_logging(config.log.level_number)
     if args.via:
         return _check_via(args)
     sender = normalize_address(args.sender)
@@ -172,12 +181,9 @@ def _check_via(args: argparse.Namespace) -> int:
 def _cmd_lists(args: argparse.Namespace) -> int:
     from listgate.app import build_gate
 
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        _print_config_error(exc)
+    config = _load_for_command(args.config)
+    if config is None:
         return 2
-    setup_logging(config.log.level_number)
     gate = build_gate(config)
 
     async def fetch() -> list[dict[str, object]]:
