@@ -57,6 +57,8 @@ class Matrix:
     daemon: MailmanListgate
     via: str
     cases: dict[str, Case]
+    headers_list: str
+    """A list that rejects nonmembers, with ``decide_at = "headers"`` in the config."""
 
 
 @dataclass(frozen=True)
@@ -123,15 +125,17 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
         modpass = core.new_list(settings={**reject, "moderator_password": "secret"})
         hold = core.new_list(settings={"default_nonmember_action": "hold"})
         core.ban(hold, BANNED)
+        headers = str(core.new_list(settings=reject).fqdn_listname)
         cases = build_cases(
             world.list_address, str(emergency.fqdn_listname), str(modpass.fqdn_listname),
             str(hold.fqdn_listname),
         )
         via = f"inet:127.0.0.1:{free_port()}"
-        daemon = MailmanListgate(tmp_path_factory.mktemp("lg-check"), [via], core)
+        sections = {f"lists.{json.dumps(headers)}": {"decide_at": "headers"}}
+        daemon = MailmanListgate(tmp_path_factory.mktemp("lg-check"), [via], core, sections)
         daemon.start()
         try:
-            yield Matrix(daemon, via, cases)
+            yield Matrix(daemon, via, cases, headers)
         finally:
             daemon.stop()
     finally:
@@ -178,13 +182,20 @@ def test_check_agrees_with_daemon(
         name, case.sender, case.recipient, f"{offline.out.get('verdict')}/{offline.rc}",
         f"{via.out.get('verdict')}/{via.rc}", str(via.out.get("smtp_reply") or "-"),
     ))
+    detail = assert_agree(offline, via, matrix.daemon)
+    assert offline.out["verdict"] == case.expect, f"Mailman's chain says {case.expect}\n{detail}"
+
+
+def assert_agree(offline: Answer, via: Answer, daemon: MailmanListgate) -> str:
+    """Both runs printed JSON with the same verdict and smtp_reply, and the exit status of
+    that verdict; return the details of both runs."""
     detail = (
         f"--- offline ---\n{offline.describe()}\n--- via ---\n{via.describe()}\n"
-        f"--- daemon log (tail) ---\n{tail(matrix.daemon.stderr_text(), 15)}"
+        f"--- daemon log (tail) ---\n{tail(daemon.stderr_text(), 15)}"
     )
     assert offline.out, f"offline check printed no JSON\n{detail}"
     assert via.out, f"--via check printed no JSON\n{detail}"
     assert via.out["verdict"] == offline.out["verdict"], detail
     assert via.out["smtp_reply"] == offline.out["smtp_reply"], detail
     assert via.rc == offline.rc == EXIT[str(offline.out["verdict"])], detail
-    assert offline.out["verdict"] == case.expect, f"Mailman's chain says {case.expect}\n{detail}"
+    return detail
