@@ -199,3 +199,10 @@ def assert_agree(offline: Answer, via: Answer, daemon: MailmanListgate) -> str:
     assert via.out["smtp_reply"] == offline.out["smtp_reply"], detail
     assert via.rc == offline.rc == EXIT[str(offline.out["verdict"])], detail
     return detail
+
+
+def test_check_agrees_with_daemon_on_headers_list(matrix: Matrix) -> None:
+    """On a decide_at = "headers" list, offline check and --via agree for a nonmember."""
+    offline = run_check(OUTSIDER, matrix.headers_list, "--config", str(matrix.daemon.config_path))
+    via = run_check(OUTSIDER, matrix.headers_list, "--via", matrix.via)
+    assert_agree(offline, via, matrix.daemon)
