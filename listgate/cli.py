@@ -165,7 +165,9 @@ def _check_via(args: argparse.Namespace) -> int:
     from listgate.server.client import ask_daemon
 
     try:
-        reply = asyncio.run(ask_daemon(args.via, args.sender, args.list))
+        reply = asyncio.run(
+            ask_daemon(args.via, args.sender, args.list, header_from=args.header_from)
+        )
     except (ListgateError, OSError, TimeoutError) as exc:
         print(f"listgate: cannot ask {args.via}: {exc}", file=sys.stderr)
         return 2

@@ -25,9 +25,12 @@ from listgate.milter import (
     Command,
     Connect,
     Continue,
+    Data,
     Discard,
+    EndOfHeaders,
     EnvelopeFrom,
     EnvelopeRecipient,
+    Header,
     Helo,
     Macro,
     MtaConnection,
@@ -179,9 +182,17 @@ def _smtp_reply(reply: Reply | None) -> str | None:
 
 
 async def ask_daemon(
-    spec: str, sender: str, recipient: str, *, timeout: float = 10.0
+    spec: str,
+    sender: str,
+    recipient: str,
+    *,
+    header_from: Sequence[str] = (),
+    timeout: float = 10.0,
 ) -> ViaReply:
-    """Ask a running milter about one (sender, recipient) as Postfix would."""
+    """Ask a running milter about one (sender, recipient) as Postfix would. When the
+    daemon also asked for the headers (a list that decides at end of headers), the
+    conversation goes on to EOH with ``From:`` *header_from* (default: the envelope
+    sender), and the verdict is the one given there."""
     sender_arg = sender if sender.startswith("<") else f"<{sender}>"
     rcpt_arg = recipient if recipient.startswith("<") else f"<{recipient}>"
     client = await MilterClient.connect(spec, timeout=timeout)
@@ -198,8 +209,24 @@ async def ask_daemon(
             final = await client.step(
                 EnvelopeRecipient(rcpt_arg), [("{rcpt_addr}", rcpt_arg.strip("<>"))]
             )
+        if verdict_of(final) is Verdict.ACCEPT and not client.skips(EndOfHeaders):
+            final = await _through_headers(client, header_from or [sender_arg.strip("<>")])
         await client.send(Abort())
         return ViaReply(verdict_of(final), _smtp_reply(final), _name(final))
+
+
+async def _through_headers(client: MilterClient, froms: Sequence[str]) -> Reply | None:
+    """DATA, the From: headers and EOH; the first refusal or EOH's reply."""
+    if not client.skips(Data):
+        reply = await client.step(Data())
+        if verdict_of(reply) is not Verdict.ACCEPT:
+            return reply
+    if not client.skips(Header):
+        for value in froms:
+            reply = await client.step(Header("From", value))
+            if verdict_of(reply) is not Verdict.ACCEPT:
+                return reply
+    return await client.step(EndOfHeaders())
 
 
 def _name(reply: Reply | None) -> str:
