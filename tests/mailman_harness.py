@@ -6,9 +6,12 @@ installed by ``.ci/install-test-deps.sh`` from ``.ci/requirements-mailman.txt``.
 runs in listgate's venv and only needs ``mailmanclient`` (3.3.5) there; it talks to the core
 over HTTP on 127.0.0.1.
 
-The core runs ``<venv>/bin/runner -C <cfg> -r rest`` (the REST runner only: no master, no
-LMTP, no MTA) with SQLite in its own var dir, on a free loopback port, with a random admin
-user and password. ``stop()``/``start()`` keep the var dir and the port, so a test can take
+The core runs ``<venv>/bin/runner -C <cfg> -r rest`` (by default the REST runner only: no
+master, no LMTP, no MTA) with SQLite in its own var dir, on a free loopback port, with a
+random admin user and password. ``runners=("lmtp", "in", ...)`` starts further runners, one
+``runner -r NAME`` process each (``master -r`` is broken in 3.3.10), and ``smtp_port`` points
+Mailman's outgoing SMTP at a sink of the caller's on 127.0.0.1; ``lmtp_port`` is where the
+LMTP runner listens. ``stop()``/``start()`` keep the var dir and the port, so a test can take
 Mailman down and bring it back with its data intact. No helper sleeps for correctness: waits
 are polls bounded by a timeout.
 
@@ -37,7 +40,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -131,6 +134,8 @@ class MailmanCore:
         workers: int = 2,
         fast_passwords: bool = True,
         extra_config: str = "",
+        runners: Sequence[str] = (),
+        smtp_port: int = 9,
     ) -> None:
         self.venv = Path(venv) if venv is not None else mailman_venv()
         self._owns_dir = base_dir is None
@@ -145,6 +150,10 @@ class MailmanCore:
         self.fast_passwords = fast_passwords
         self.extra_config = extra_config
         """Appended to mailman.cfg; a repeated section overrides single keys of the earlier one."""
+        self.runners: tuple[str, ...] = tuple(r for r in runners if r != "rest")
+        """Runners started besides REST (e.g. lmtp, in, pipeline, out, virgin), one process each."""
+        self.smtp_port = smtp_port
+        """Where Mailman's out runner sends mail (127.0.0.1); 9 (discard) by default."""
         self.user = "admin-" + secrets.token_hex(4)
         self.password = secrets.token_urlsafe(18)
         self.port = 0
@@ -152,6 +161,7 @@ class MailmanCore:
         self.startup_seconds: float | None = None
         """How long the last :meth:`start` took until REST answered."""
         self._proc: subprocess.Popen[bytes] | None = None
+        self._runner_procs: dict[str, subprocess.Popen[bytes]] = {}
         self._client: Client | None = None
 
     # ------------------------------------------------------------------ process
@@ -214,7 +224,7 @@ configuration: {gunicorn_cfg}
 [mta]
 incoming: mailman.mta.null.NullMTA
 smtp_host: 127.0.0.1
-smtp_port: 9
+smtp_port: {self.smtp_port}
 lmtp_host: 127.0.0.1
 lmtp_port: {self._lmtp_port}
 
@@ -238,7 +248,7 @@ recipient: devnull@example.invalid
             raise MailmanStartError(f"{runner} not found: {INSTALL_HINT}")
         if self.port == 0:
             self.port = free_port()
-            self._lmtp_port = free_port()  # written to the config; nothing listens on it
+            self._lmtp_port = free_port()  # nothing listens on it unless "lmtp" is a runner
             self._write_config()
         self._client = None
         began = time.monotonic()
@@ -258,10 +268,65 @@ recipient: devnull@example.invalid
         _RUNNING.add(self)
         try:
             self._wait_ready(began)
+            self._start_runners(runner, began)
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - began
+
+    @property
+    def lmtp_port(self) -> int:
+        """The port of Mailman's LMTP runner on 127.0.0.1 (valid after the first start)."""
+        return self._lmtp_port
+
+    def runner_log_path(self, name: str) -> Path:
+        """stdout+stderr of the runner *name* (one file per extra runner)."""
+        return self.base_dir / f"runner-{name}.log"
+
+    def _start_runners(self, runner: Path, began: float) -> None:
+        """Start every runner of ``self.runners``; wait until LMTP (if any) accepts."""
+        for name in self.runners:
+            with self.runner_log_path(name).open("ab") as log:
+                log.write(f"==== start {time.strftime('%H:%M:%S')}\n".encode())
+                log.flush()
+                self._runner_procs[name] = subprocess.Popen(
+                    [str(runner), "-C", str(self.config_path), "-r", name],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.base_dir,
+                    env=self._runner_env(),
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent(),
+                )
+        if "lmtp" not in self.runners:
+            return
+        deadline = began + self.startup_timeout
+        delay = 0.05
+        while True:
+            for name, proc in self._runner_procs.items():
+                rc = proc.poll()
+                if rc is not None:
+                    raise MailmanStartError(
+                        f"Mailman runner {name} exited with rc={rc}\n"
+                        + tail(self.runner_log_path(name))
+                        + self._logs()
+                    )
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self._lmtp_port), timeout=1.0
+            ):
+                return
+            if time.monotonic() >= deadline:
+                raise MailmanStartError(
+                    f"Mailman LMTP on 127.0.0.1:{self._lmtp_port} did not accept within "
+                    f"{self.startup_timeout:.0f} s\n" + tail(self.runner_log_path("lmtp"))
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    def runners_alive(self) -> dict[str, bool]:
+        """Each extra runner: is its process still alive?"""
+        return {name: proc.poll() is None for name, proc in self._runner_procs.items()}
 
     def _runner_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILMAN_")}
@@ -320,6 +385,18 @@ recipient: devnull@example.invalid
 
         The var dir and the port are kept, so :meth:`start` brings the same data back.
         """
+        extra, self._runner_procs = self._runner_procs, {}
+        for proc in extra.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for proc in extra.values():
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
         proc, self._proc = self._proc, None
         _RUNNING.discard(self)
         if proc is None:
