@@ -1,0 +1,65 @@
+"""Hand-written cases, each once found by the generator (seed given) or known to be
+subtle: Mailman (the oracle) decides the post, listgate must not reject what it lets
+through. Each world is built in the real core and each post goes through its LMTP runner."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from .generator import Batch, PostSpec, UserSpec, WorldSpec
+from .oracle import MailmanOracle
+from .suite import CaseResult, Runner, RunStats
+
+
+def _world(uid: str, **kw: Any) -> WorldSpec:
+    home = f"{uid}.example.com"
+    fields: dict[str, Any] = dict(
+        index=0, uid=uid, list_name=f"l-{uid}", settings={}, members=[(f"reader@{home}", "")],
+        owners=[f"owner@{home}"], moderators=[], nonmembers=[], users=[], list_bans=[],
+        global_bans=[], aux_name=None, aux_members=[], identities={},
+    )
+    fields.update(kw)
+    return WorldSpec(**fields)
+
+
+def _post(world: WorldSpec, n: int, envelope: str, *headers: tuple[str, str],
+          recipient: str | None = None) -> PostSpec:
+    return PostSpec(f"k{world.uid}c{n}", world.index, envelope, list(headers),
+                    recipient or world.posting_address, {"recipient": "posting"})
+
+
+def _run(oracle: MailmanOracle, tmp_path: Path, world: WorldSpec,
+         posts: list[PostSpec]) -> list[CaseResult]:
+    stats = RunStats()
+    return Runner(oracle, tmp_path).run_batch(Batch(0, world.uid[:6], [world], posts), stats)
+
+
+def _uid() -> str:
+    return secrets.token_hex(3) + "k0"
+
+
+def test_user_with_several_subscribed_addresses(oracle: MailmanOracle, tmp_path: Path) -> None:
+    """Generator seed 2 (cases f000002c27, f000002c333). A post from a user's unsubscribed
+    address makes Mailman try the user's *other* addresses in its own order (creation
+    order: ``user.addresses``), and the first subscribed one decides. Here that is
+    ``u.z@`` (defer: accepted); ``u.a@`` (reject) comes after it. listgate took the
+    alphabetically first (``users/<id>/addresses`` is sorted by address), u.a@, and
+    rejected the post in both modes."""
+    uid = _uid()
+    out = f"{uid}.example.net"
+    sender, first, second = f"u.from@{out}", f"u.z@{out}", f"u.a@{out}"
+    world = _world(
+        uid,
+        settings={"default_member_action": "defer", "default_nonmember_action": "hold"},
+        users=[UserSpec([first, second, sender], None, [(first, "defer"), (second, "reject")])],
+    )
+    posts = [_post(world, 0, sender, ("From", sender)),  # RCPT sees all Mailman sees
+             _post(world, 1, f"s@{out}", ("From", sender)),
+             _post(world, 2, sender)]
+    for r in _run(oracle, tmp_path, world, posts):
+        assert r.mailman.outcome == "accepted", r.summary()
+        assert r.verdicts["headers"].verdict == "accept", r.summary()
+        if r.post["envelope"] == sender:
+            assert r.verdicts["rcpt"].verdict == "accept", r.summary()
