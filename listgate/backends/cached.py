@@ -53,11 +53,16 @@ from listgate.engine import ListFacts
 from listgate.errors import BackendError, BackendUnavailable, ListNotFound
 from listgate.model import PostingRequest
 from listgate.recipients import NOT_A_LIST, ListDirectory, Target, resolve, sender_hints
-from listgate.rules import ListPolicy, Membership, SenderFacts, is_banned
+from listgate.rules import Action, ListPolicy, Membership, SenderFacts, is_banned
 
 __all__ = ["CacheSettings", "CachedBackend", "FactCache", "FactSource"]
 
 log = logging.getLogger("listgate.cache")
+
+_LENIENCY = {Action.ACCEPT: 0, Action.DEFER: 0, Action.HOLD: 1, Action.REJECT: 2,
+             Action.DISCARD: 2}
+"""How far each member action is from an accepted post (for choosing among a user's
+subscribed addresses)."""
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -378,7 +383,9 @@ class CachedBackend:
                 nonmember_action = row.moderation_action
         unverifiable = None
         if member is None:
-            member, known = await self._linked_member(address, list_id, wait)
+            member, known = await self._linked_member(
+                address, list_id, record.policy.default_member_action, wait
+            )
             if not known:
                 unverifiable = "Mailman's REST API cannot look up the user of this address"
         return SenderFacts(
@@ -407,10 +414,16 @@ class CachedBackend:
         )
 
     async def _linked_member(
-        self, address: str, list_id: str, wait: bool
+        self, address: str, list_id: str, default_action: Action, wait: bool
     ) -> tuple[Membership | None, bool]:
         """The member that *address* stands for through its Mailman user, and whether
-        the backend could find out at all."""
+        the backend could find out at all.
+
+        Mailman tries the user's addresses in its own order (``user.addresses``: creation
+        order, which REST does not show; ``users/<id>/addresses`` is sorted by address)
+        and the first subscribed one decides. When several are subscribed and would decide
+        differently, the most lenient one is taken, so that listgate never rejects a post
+        Mailman lets through (at worst it accepts one Mailman refuses)."""
         s = self.settings
         others = await self._linked.get(
             address,
@@ -420,11 +433,15 @@ class CachedBackend:
         )
         if others is None:
             return None, False
+        found: list[Membership] = []
         for other in others:
             for row in await self._memberships(other, list_id, wait):
                 if row.list_id == list_id and row.role == "member":
-                    return Membership(row.email, row.moderation_action, via=address), True
-        return None, True
+                    found.append(Membership(row.email, row.moderation_action, via=address))
+                    break
+        if not found:
+            return None, True
+        return min(found, key=lambda m: _LENIENCY[m.moderation_action or default_action]), True
 
     # ------------------------------------------------------------------ directory
 
