@@ -1,0 +1,219 @@
+"""Milter servers under test (listgate, the pymilter comparator) as child processes, and a
+sampler of their CPU time and memory from /proc (whole process tree: listgate's worker
+processes and pymilter's threads count)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                kids = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+                out += [int(c) for c in kids.split()]
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """*pid* and all its descendants."""
+    seen, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        seen.append(p)
+        todo += _children(p)
+    return seen
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """utime + stime of *pids* (all their threads)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    """Resident set size of *pids*, summed (listgate workers share little)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+    return total
+
+
+class Sampler:
+    """CPU and peak RSS of a process tree over a measurement window."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.cpu_pct = 0.0
+        self.rss_peak = 0
+        self._t0 = 0.0
+        self._c0 = 0.0
+
+    def begin(self) -> None:
+        self._pids = process_tree(self.pid)
+        self._t0 = time.monotonic()
+        self._c0 = cpu_seconds(self._pids)
+        self.rss_peak = rss_bytes(self._pids)
+
+    def wait_until(self, deadline: float) -> None:
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.25, left))
+            self.rss_peak = max(self.rss_peak, rss_bytes(self._pids))
+
+    def end(self) -> None:
+        elapsed = time.monotonic() - self._t0
+        self.cpu_pct = 100.0 * (cpu_seconds(self._pids) - self._c0) / elapsed
+        self.rss_peak = max(self.rss_peak, rss_bytes(self._pids))
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+def raise_nofile(limit: int = 20000) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, limit)) if hard != resource.RLIM_INFINITY else max(soft, limit)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+class Server:
+    """A child process listening on 127.0.0.1:*port*."""
+
+    name = "server"
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / f"{self.name}-{port}.log"
+
+    def command(self) -> Sequence[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise_nofile()
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                list(self.command()), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                cwd=ROOT, start_new_session=True,
+            )
+        wait_port(self.port, self.proc, self.name)
+        time.sleep(0.2)  # let worker processes (if any) bind too
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            for pid in reversed(process_tree(self.proc.pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Listgate(Server):
+    name = "listgate"
+
+    def __init__(
+        self, port: int, workdir: Path, *, list_address: str, allowed: Sequence[str],
+        extra: str = "", log_level: str = "warning", workers: int | None = None,
+        uvloop: bool | None = None, mailman: str | None = None,
+    ) -> None:
+        super().__init__(port, workdir)
+        self.config = workdir / f"listgate-{port}.toml"
+        lines = [
+            "[milter]",
+            f'listen = "inet:127.0.0.1:{port}"',
+            "max_connections = 15000",
+        ]
+        if workers is not None:
+            lines.append(f"workers = {workers}")
+        if uvloop is not None:
+            lines.append(f"uvloop = {'true' if uvloop else 'false'}")
+        lines += ["", "[log]", f'level = "{log_level}"', ""]
+        if mailman is None:
+            lines += ["[static.posters]",
+                      f"{toml_str(list_address)} = [" + ", ".join(map(toml_str, allowed)) + "]"]
+        else:
+            lines.append(mailman)
+        lines.append(extra)
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def command(self) -> Sequence[str]:
+        return [sys.executable, "-m", "listgate", "serve", "--config", str(self.config),
+                "--allow-root"]
+
+
+class Pymilter(Server):
+    name = "pymilter"
+
+    def __init__(self, port: int, workdir: Path, *, list_address: str,
+                 allowed: Sequence[str]) -> None:
+        super().__init__(port, workdir)
+        self.allowed = workdir / f"allowed-{port}.txt"
+        self.allowed.write_text("\n".join(allowed) + "\n")
+        self.list_address = list_address
+
+    def command(self) -> Sequence[str]:
+        return [sys.executable, str(BENCH / "pymilter_gate.py"), str(self.port),
+                self.list_address, str(self.allowed)]
+
+
+def workdir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="lg-bench-", dir="/tmp"))
+    path.chmod(0o755)
+    return path
