@@ -63,3 +63,23 @@ def test_user_with_several_subscribed_addresses(oracle: MailmanOracle, tmp_path:
         assert r.verdicts["headers"].verdict == "accept", r.summary()
         if r.post["envelope"] == sender:
             assert r.verdicts["rcpt"].verdict == "accept", r.summary()
+
+
+def test_member_whose_address_holds_a_star(oracle: MailmanOracle, tmp_path: Path) -> None:
+    """Generator seed 3 (case f000003c757). ``*`` is legal in a local part, and Mailman
+    (exact SQL equality) counts a subscribed ``we*ird@`` as the member it is. listgate never
+    sends a sender with ``*`` to ``members/find`` (which would read it as a LIKE pattern),
+    so it takes the member for a nonmember and rejects the post on a list that rejects
+    nonmembers, in both modes."""
+    uid = _uid()
+    out = f"{uid}.example.net"
+    star = f"we*ird@{out}"
+    world = _world(uid, settings={"default_nonmember_action": "reject"},
+                   members=[(f"reader@{uid}.example.com", ""), (star, "")])
+    posts = [_post(world, 0, star, ("From", star)),
+             _post(world, 1, f"s@{out}", ("From", star.upper()))]
+    for r in _run(oracle, tmp_path, world, posts):
+        assert r.mailman.outcome == "accepted", r.summary()
+        assert r.verdicts["headers"].verdict == "accept", r.summary()
+        if r.post["envelope"] == star:
+            assert r.verdicts["rcpt"].verdict == "accept", r.summary()
