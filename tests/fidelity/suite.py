@@ -71,6 +71,9 @@ def _miss_class(mode: str, r: CaseResult, world: WorldSpec, post: PostSpec) -> s
         return "moderator_password: never rejected (an Approved: header may admit anyone)"
     if "sender decodes to" in reasons:
         return "envelope decoded (SRS/BATV/+tag) to a sender that may post; Mailman does not decode"
+    if "through user's other address" in reasons and _several_subscribed(world, verdict):
+        return ("a user with several subscribed addresses: listgate takes the most lenient "
+                "(Mailman's order, creation order, is not visible through REST)")
     if "not rejected:" in reasons:
         return "a sender listgate cannot verify through REST is never the cause of a reject"
     if not r.mailman_senders:
@@ -83,6 +86,12 @@ def _miss_class(mode: str, r: CaseResult, world: WorldSpec, post: PostSpec) -> s
     if r.mailman.chain is None and r.mailman.outcome == "discarded":
         return "Mailman never finished the post (no chain logged: shunted?)"
     return "UNEXPLAINED"
+
+
+def _several_subscribed(world: WorldSpec, verdict: ModeVerdict) -> bool:
+    text = " ".join(verdict.reasons)
+    return any(len(u.address_subs) > 1 and any(a in text for a, _ in u.address_subs)
+               for u in world.users)
 
 
 def compare(r: CaseResult, world: WorldSpec, post: PostSpec) -> None:

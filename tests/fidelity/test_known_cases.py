@@ -40,6 +40,40 @@ def _uid() -> str:
     return secrets.token_hex(3) + "k0"
 
 
+def test_oracle_tells_the_outcomes_apart(oracle: MailmanOracle, tmp_path: Path) -> None:
+    """The harness itself: one post for each outcome, on a list that rejects nonmembers,
+    holds ``held@`` and bans ``eve@``; each is classified from what Mailman visibly did,
+    and agrees with the chain Mailman logged."""
+    uid = _uid()
+    home, out = f"{uid}.example.com", f"{uid}.example.net"
+    world = _world(uid, settings={"default_nonmember_action": "reject",
+                                  "hold_these_nonmembers": [f"held@{out}"]},
+                   list_bans=[f"eve@{out}"])
+    local = world.list_name
+    posts = [
+        _post(world, 0, f"reader@{home}", ("From", f"reader@{home}")),
+        _post(world, 1, f"held@{out}", ("From", f"held@{out}")),
+        _post(world, 2, f"s@{out}", ("From", f"s@{out}")),
+        _post(world, 3, f"reader@{home}", ("From", f"reader@{home}"), ("Sender", f"eve@{out}")),
+        _post(world, 4, f"s@{out}", ("From", f"s@{out}"),
+              recipient=f"{local}-owner@example.org"),
+        _post(world, 5, f"s@{out}", ("From", f"s@{out}"),
+              recipient=f"{local}-request@example.org"),
+    ]
+    posts[4].kinds["recipient"] = "owner"
+    posts[5].kinds["recipient"] = "request"
+    results = _run(oracle, tmp_path, world, posts)
+    got = [(r.mailman.outcome, r.mailman.chain) for r in results]
+    assert got == [("accepted", "ACCEPT"), ("held", "HOLD"), ("rejected", "REJECT"),
+                   ("discarded", "DISCARD"), ("accepted", "OWNER"), ("service", None)]
+    assert all(r.mailman.conflict is None for r in results), [r.summary() for r in results]
+    assert results[0].mailman.distributed_to == (f"reader@{home}",)
+    # The banned Sender: is a missed reject: a member's envelope is accepted at RCPT.
+    assert [r.verdicts["headers"].verdict for r in results] == [
+        "accept", "accept", "reject", "accept", "accept", "accept"]
+    assert results[3].missed["headers"].startswith("envelope may post")
+
+
 def test_user_with_several_subscribed_addresses(oracle: MailmanOracle, tmp_path: Path) -> None:
     """Generator seed 2 (cases f000002c27, f000002c333). A post from a user's unsubscribed
     address makes Mailman try the user's *other* addresses in its own order (creation
