@@ -46,9 +46,14 @@ def _describe_junk(head: bytes) -> str:
 
 
 class FrameDecoder:
-    """Incremental decoder of one direction of a milter stream."""
+    """Incremental decoder of one direction of a milter stream.
 
-    __slots__ = ("_buf", "_max", "_pos", "_table", "_what")
+    Received bytes are not copied while they hold whole packets: a chunk fed into an
+    empty decoder is parsed in place, and only an incomplete packet at its end is
+    copied into the decoder's own buffer (``feed`` then appends to that).
+    """
+
+    __slots__ = ("_buf", "_by_code", "_max", "_pos", "_table", "_what")
 
     def __init__(
         self,
@@ -58,10 +63,11 @@ class FrameDecoder:
     ) -> None:
         if max_packet_size < 13:
             raise ValueError("max_packet_size must allow at least an OPTNEG packet (13)")
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._max = max_packet_size
         self._table = table
+        self._by_code: dict[int, type[Message]] = {k[0]: v for k, v in table.items()}
         self._what = what
 
     @property
@@ -71,10 +77,59 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> None:
         """Add received bytes."""
-        if self._pos >= _COMPACT_AT:
-            del self._buf[: self._pos]
+        buf, pos = self._buf, self._pos
+        if pos == len(buf):  # nothing pending: parse *data* where it is
+            self._buf = data if type(data) is bytes else bytes(data)
             self._pos = 0
-        self._buf += data
+        elif isinstance(buf, bytearray):
+            if pos >= _COMPACT_AT:
+                del buf[:pos]
+                self._pos = 0
+            buf += data
+        else:  # a partial packet left in a received chunk: now own a copy
+            self._buf = bytearray(buf[pos:]) + data
+            self._pos = 0
+
+    def _bad_length(self, length: int, pos: int) -> RemoteProtocolError:
+        head = bytes(self._buf[pos : pos + 8])
+        if length == 0:
+            return RemoteProtocolError(f"{self._what} length 0 ({_describe_junk(head)})")
+        return RemoteProtocolError(
+            f"{self._what} length {length} exceeds the maximum {self._max} "
+            f"({_describe_junk(head)})"
+        )
+
+    def next_packet(self) -> tuple[int, bytes] | None:
+        """The next complete packet as (command byte, data bytes), or None if more
+        bytes are needed. Checks the framing and the command byte only (see
+        ``next_message``)."""
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if avail < 5:
+            if avail == 4:
+                length = int.from_bytes(buf[pos : pos + 4], "big")
+                if length == 0 or length > self._max:
+                    raise self._bad_length(length, pos)
+            return None
+        length = int.from_bytes(buf[pos : pos + 4], "big")
+        if length == 0 or length > self._max:
+            raise self._bad_length(length, pos)
+        code = buf[pos + 4]
+        if code not in self._by_code:
+            head = bytes(buf[pos : pos + 8])
+            raise RemoteProtocolError(
+                f"unknown {self._what} code {bytes((code,))!r} ({_describe_junk(head)})"
+            )
+        end = pos + 4 + length
+        if avail < 4 + length:
+            return None
+        payload = bytes(buf[pos + 5 : end])
+        if end == len(buf):
+            self._buf = b""
+            self._pos = 0
+        else:
+            self._pos = end
+        return code, payload
 
     def next_message(self) -> Message | None:
         """The next complete message, or None if more bytes are needed.
@@ -82,36 +137,10 @@ class FrameDecoder:
         Raises ``RemoteProtocolError`` for a bad length, an unknown command or malformed
         data; the decoder must not be used after that.
         """
-        buf, pos = self._buf, self._pos
-        avail = len(buf) - pos
-        if avail < 4:
+        packet = self.next_packet()
+        if packet is None:
             return None
-        (length,) = _LEN.unpack_from(buf, pos)
-        if length == 0:
-            head = bytes(buf[pos : pos + 8])
-            raise RemoteProtocolError(f"{self._what} length 0 ({_describe_junk(head)})")
-        if length > self._max:
-            raise RemoteProtocolError(
-                f"{self._what} length {length} exceeds the maximum {self._max} "
-                f"({_describe_junk(bytes(buf[pos : pos + 8]))})"
-            )
-        if avail < 5:
-            return None
-        ident = bytes(buf[pos + 4 : pos + 5])
-        cls = self._table.get(ident)
-        if cls is None:
-            head = bytes(buf[pos : pos + 8])
-            raise RemoteProtocolError(
-                f"unknown {self._what} code {ident!r} ({_describe_junk(head)})"
-            )
-        if avail < 4 + length:
-            return None
-        payload = bytes(buf[pos + 5 : pos + 4 + length])
-        self._pos = pos + 4 + length
-        if self._pos == len(buf):
-            buf.clear()
-            self._pos = 0
-        return cls.unpack(payload)
+        return self._by_code[packet[0]].unpack(packet[1])
 
 
 def command_decoder(max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> FrameDecoder:

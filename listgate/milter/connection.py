@@ -52,6 +52,7 @@ from listgate.milter.constants import (
 )
 from listgate.milter.errors import LocalProtocolError, RemoteProtocolError
 from listgate.milter.messages import (
+    COMMANDS,
     Abort,
     Command,
     Continue,
@@ -117,6 +118,11 @@ class MilterOptions:
     macros: Mapping[MacroStage, tuple[str, ...]] = field(default_factory=dict)
     """Macro names to request per stage (replaces the MTA's configured lists for us)."""
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
+    agreements: dict[tuple[int, int, int], _Agreement] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """Negotiation outcomes already computed, by offer (version, actions, protocol): an
+    MTA makes the same offer on every connection, so each is worked out once."""
 
     def __post_init__(self) -> None:
         unknown = self.events - set(STEP_FLAGS)
@@ -178,8 +184,95 @@ def negotiate(offer: Negotiate, options: MilterOptions) -> Negotiated:
     return Negotiated(min(offer.version, MAX_VERSION), actions, protocol, macros)
 
 
+# What ``next_event`` does with each command, once negotiated (see ``_Agreement``).
+_ASK = 0  # the application sees it and owes the final reply
+_TELL = 1  # the application sees it; no reply (never answered, or SMFIP_NR_*)
+_TELL_CONTINUE = 2  # the application sees it; CONTINUE is sent for it here
+_CONTINUE_ONLY = 3  # not wanted: CONTINUE is sent here; the application never sees it
+_IGNORE = 4  # not wanted and not answered
+
+
+@dataclass(frozen=True, slots=True)
+class _Agreement:
+    """One negotiation outcome and everything derived from it for the hot path."""
+
+    negotiated: Negotiated
+    reply: bytes
+    """The encoded OPTNEG reply."""
+    handling: dict[int, int]
+    """Command byte → one of the ``_ASK``... values, for every step command."""
+
+
+def _agree(offer: Negotiate, options: MilterOptions) -> _Agreement:
+    """Negotiate (rule 1) and precompute what each command means for this outcome."""
+    negotiated = negotiate(offer, options)
+    handling: dict[int, int] = {}
+    for cls in STEP_FLAGS:
+        expects = negotiated.expects_reply(cls)
+        if cls in options.events:
+            if cls in options.no_reply:
+                how = _TELL_CONTINUE if expects else _TELL
+            else:
+                how = _ASK if expects else _TELL
+        else:
+            how = _CONTINUE_ONLY if expects else _IGNORE
+        handling[cls.ident[0]] = how
+    return _Agreement(negotiated, encode(negotiated.as_reply()), handling)
+
+
 def _bare(name: str) -> str:
     return name[1:-1] if len(name) > 2 and name[0] == "{" and name[-1] == "}" else name
+
+
+_STAGES = len(MacroStage)
+_STAGE_BY_CODE: dict[int, int] = {code[0]: int(stage) for code, stage in STAGE_OF_COMMAND.items()}
+_ENVRCPT = int(MacroStage.ENVRCPT)
+_ENVFROM = int(MacroStage.ENVFROM)
+_CODE_MACRO = Macro.ident[0]
+_CODE_OPTNEG = Negotiate.ident[0]
+_CODE_MAIL = EnvelopeFrom.ident[0]
+_CODE_RCPT = EnvelopeRecipient.ident[0]
+_CODE_EOM = EndOfMessage.ident[0]
+_CODE_ABORT = Abort.ident[0]
+_CODE_QUIT_NC = QuitNoClose.ident[0]
+_CODE_QUIT = Quit.ident[0]
+_COMMAND_BY_CODE: dict[int, type[Command]] = {k[0]: v for k, v in COMMANDS.items()}
+
+_StageMacros = dict[str, str] | bytes | None
+"""One stage's macros: parsed, still the raw MACRO data (parsed when first read), or
+none."""
+
+
+_PROBES: dict[str, tuple[bytes, ...]] = {}
+
+
+def _probes(key: str) -> tuple[bytes, ...]:
+    """How macro *key* can appear in raw MACRO data: as the first name (right after
+    the command code) or after a NUL, bare or braced, always followed by a NUL."""
+    probes = _PROBES.get(key)
+    if probes is None:
+        raw = key.encode("utf-8", "surrogateescape")
+        bare, braced = raw + b"\0", b"{" + raw + b"}\0"
+        probes = (b"\0" + bare, b"\0" + braced, bare, braced)
+        if len(_PROBES) < 256:  # the application asks for a handful of names
+            _PROBES[key] = probes
+    return probes
+
+
+def _may_hold(raw: bytes, probes: tuple[bytes, ...]) -> bool:
+    """Whether raw MACRO data may define the name *probes* were made for (a cheap
+    search of the bytes; a false positive only costs a parse)."""
+    return (
+        probes[0] in raw
+        or probes[1] in raw
+        or raw.startswith(probes[2], 1)
+        or raw.startswith(probes[3], 1)
+    )
+
+
+def _parse_stage(raw: bytes) -> dict[str, str]:
+    it = iter(Macro.pairs(raw))
+    return {_bare(k): v for k, v in zip(it, it, strict=True)}
 
 
 class MilterConnection:
@@ -189,27 +282,23 @@ class MilterConnection:
         "_awaiting",
         "_closed",
         "_decoder",
-        "_events",
+        "_handling",
         "_in_message",
         "_macros",
         "_negotiated",
-        "_no_reply",
         "_options",
         "_outbox",
-        "_silent",
     )
 
     def __init__(self, options: MilterOptions | None = None) -> None:
-        self._options = options or MilterOptions()
+        self._options = options or _DEFAULT_OPTIONS
         self._decoder = command_decoder(self._options.max_packet_size)
-        self._events = self._options.events
-        self._no_reply = self._options.no_reply
         self._negotiated: Negotiated | None = None
-        self._silent: frozenset[type[Command]] = frozenset()
+        self._handling: dict[int, int] = {}
         self._awaiting: type[Command] | None = None
         self._in_message = False
         self._closed = False
-        self._macros: list[dict[str, str]] = [{} for _ in MacroStage]
+        self._macros: list[_StageMacros] = [None] * _STAGES
         self._outbox = bytearray()
 
     # ------------------------------------------------------------------ inspection
@@ -237,7 +326,19 @@ class MilterConnection:
     def macro(self, name: str) -> str | None:
         """The newest value of macro *name* (``i`` and ``{i}`` are the same name)."""
         key = _bare(name)
-        for stage in reversed(self._macros):
+        probes: tuple[bytes, ...] | None = None
+        macros = self._macros
+        for index in range(_STAGES - 1, -1, -1):
+            stage = macros[index]
+            if stage is None:
+                continue
+            if type(stage) is bytes:
+                if probes is None:
+                    probes = _probes(key)
+                if not _may_hold(stage, probes):
+                    continue  # cannot hold the name: leave it unparsed
+                stage = macros[index] = _parse_stage(stage)
+            assert isinstance(stage, dict)
             value = stage.get(key)
             if value is not None:
                 return value
@@ -245,7 +346,13 @@ class MilterConnection:
 
     def macros(self, stage: MacroStage) -> Mapping[str, str]:
         """The macros last received for *stage* (names without braces)."""
-        return self._macros[stage]
+        found = self._macros[stage]
+        if found is None:
+            return {}
+        if type(found) is bytes:
+            found = self._macros[stage] = _parse_stage(found)
+        assert isinstance(found, dict)
+        return found
 
     # ------------------------------------------------------------------ receiving
 
@@ -258,75 +365,85 @@ class MilterConnection:
 
         Raises ``RemoteProtocolError`` when the MTA broke the protocol.
         """
+        decoder = self._decoder
         while True:
             if self._awaiting is not None:
                 return PAUSED
             if self._closed:
                 return NEED_DATA
-            msg = self._decoder.next_message()
-            if msg is None:
+            packet = decoder.next_packet()
+            if packet is None:
                 return NEED_DATA
-            assert isinstance(msg, Command)
-            cls = type(msg)
-            if self._negotiated is None:
-                if cls is not Negotiate:
-                    raise RemoteProtocolError(f"expected OPTNEG first, got {msg.name}")
-                assert isinstance(msg, Negotiate)
-                self._negotiated = negotiate(msg, self._options)
-                self._silent = frozenset(
-                    c for c in STEP_FLAGS if not self._negotiated.expects_reply(c)
-                )
-                self._outbox += encode(self._negotiated.as_reply())
+            code, payload = packet
+            if code == _CODE_MACRO:
+                self._store_macros(payload)
                 continue
-            if cls is Macro:
-                assert isinstance(msg, Macro)
-                self._store_macros(msg)
-                continue
-            if cls in NEVER_ANSWERED:
-                self._reset(msg)
+            msg = _COMMAND_BY_CODE[code].unpack(payload)
+            how = self._handling.get(code)
+            if how is None:  # not a step: OPTNEG or a command that is never answered
+                if self._negotiated is None:
+                    if code != _CODE_OPTNEG:
+                        raise RemoteProtocolError(f"expected OPTNEG first, got {msg.name}")
+                    assert isinstance(msg, Negotiate)
+                    self._negotiate(msg)
+                    continue
+                if code == _CODE_OPTNEG:
+                    raise RemoteProtocolError("OPTNEG repeated after negotiation")
+                self._reset(code)
                 return msg
-            if cls is Negotiate:
-                raise RemoteProtocolError("OPTNEG repeated after negotiation")
-            self._enter_step(cls)
-            expects = cls not in self._silent
-            if cls in self._events:
-                if cls in self._no_reply:
-                    if expects:
-                        self._outbox += _CONTINUE
-                elif expects:
-                    self._awaiting = cls
+            if code == _CODE_MAIL:
+                self._in_message = True
+            elif code == _CODE_RCPT:
+                if not self._in_message and EnvelopeFrom in self._options.events:
+                    raise RemoteProtocolError("RCPT outside a transaction (no MAIL before it)")
+            elif code == _CODE_EOM:
+                self._in_message = False
+            if how == _ASK:
+                self._awaiting = type(msg)
                 return msg
-            if expects:
+            if how == _TELL:
+                return msg
+            if how == _TELL_CONTINUE:
+                self._outbox += _CONTINUE
+                return msg
+            if how == _CONTINUE_ONLY:
                 self._outbox += _CONTINUE
 
-    def _enter_step(self, cls: type[Command]) -> None:
-        if cls is EnvelopeFrom:
-            self._in_message = True
-        elif cls is EnvelopeRecipient:
-            if not self._in_message and EnvelopeFrom in self._events:
-                raise RemoteProtocolError("RCPT outside a transaction (no MAIL before it)")
-        elif cls is EndOfMessage:
-            self._in_message = False
+    def _negotiate(self, offer: Negotiate) -> None:
+        key = (offer.version, offer.actions, offer.protocol)
+        agreements = self._options.agreements
+        agreement = agreements.get(key)
+        if agreement is None:
+            agreement = _agree(offer, self._options)
+            if len(agreements) < 64:  # bounded: an MTA makes one or two offers
+                agreements[key] = agreement
+        self._negotiated = agreement.negotiated
+        self._handling = agreement.handling
+        self._outbox += agreement.reply
 
-    def _store_macros(self, msg: Macro) -> None:
-        stage = STAGE_OF_COMMAND.get(msg.stage)
+    def _store_macros(self, payload: bytes) -> None:
+        Macro.check(payload)
+        if self._negotiated is None:
+            raise RemoteProtocolError("expected OPTNEG first, got MACRO")
+        stage = _STAGE_BY_CODE.get(payload[0])
         if stage is None:
             return  # macros for L, B, U: dropped, as libmilter does
-        if stage <= MacroStage.ENVRCPT:
-            for later in range(stage + 1, len(self._macros)):
-                if self._macros[later]:
-                    self._macros[later] = {}
-        self._macros[stage] = {_bare(k): v for k, v in msg.macros}
+        macros = self._macros
+        if stage <= _ENVRCPT:
+            for later in range(stage + 1, _STAGES):
+                macros[later] = None
+        macros[stage] = payload if len(payload) > 1 else None
 
-    def _reset(self, msg: Command) -> None:
-        if isinstance(msg, Abort):
+    def _reset(self, code: int) -> None:
+        if code == _CODE_ABORT:
             self._in_message = False
-            for stage in range(MacroStage.ENVFROM, len(self._macros)):
-                self._macros[stage] = {}
-        elif isinstance(msg, QuitNoClose):
+            macros = self._macros
+            for stage in range(_ENVFROM, _STAGES):
+                macros[stage] = None
+        elif code == _CODE_QUIT_NC:
             self._in_message = False
-            self._macros = [{} for _ in MacroStage]
-        elif isinstance(msg, Quit):
+            self._macros = [None] * _STAGES
+        elif code == _CODE_QUIT:
             self._closed = True
 
     # ------------------------------------------------------------------ sending
@@ -364,3 +481,6 @@ class MilterConnection:
         out = bytes(self._outbox)
         self._outbox.clear()
         return out
+
+
+_DEFAULT_OPTIONS = MilterOptions()

@@ -230,18 +230,36 @@ class Macro(Command):
 
     @classmethod
     def unpack(cls, payload: bytes) -> Self:
-        if not payload:
-            raise RemoteProtocolError("MACRO: the command code is missing")
-        stage = bytes(payload[:1])
-        if stage not in COMMANDS or stage in _NOT_MACRO_STAGES:
-            raise RemoteProtocolError(f"MACRO: for unknown command {stage!r}")
+        stage = cls.check(payload)
         if len(payload) == 1:
             return cls(stage)
-        parts = _cstrings(payload[1:], "MACRO")
-        if len(parts) % 2:
-            raise RemoteProtocolError("MACRO: a macro name has no value")
+        parts = payload[1:-1].split(b"\0")
         it = iter(decode_str(p) for p in parts)
         return cls(stage, tuple(zip(it, it, strict=True)))
+
+    @staticmethod
+    def check(payload: bytes) -> bytes:
+        """Validate a MACRO packet's data exactly as ``unpack`` does, without decoding
+        the pairs; return the command code it is for."""
+        if not payload:
+            raise RemoteProtocolError("MACRO: the command code is missing")
+        stage = payload[:1]
+        if stage not in COMMANDS or stage in _NOT_MACRO_STAGES:
+            raise RemoteProtocolError(f"MACRO: for unknown command {stage!r}")
+        if len(payload) > 1:
+            if payload[-1] != 0:
+                raise RemoteProtocolError("MACRO: data is not NUL-terminated")
+            if payload.count(0, 1) % 2:
+                raise RemoteProtocolError("MACRO: a macro name has no value")
+        return stage
+
+    @staticmethod
+    def pairs(payload: bytes) -> list[str]:
+        """Names and values of a MACRO packet's data that ``check`` accepted, decoded,
+        alternating (name, value, name, value...)."""
+        if len(payload) == 1:
+            return []
+        return [decode_str(p) for p in payload[1:-1].split(b"\0")]
 
 
 @dataclass(frozen=True, slots=True)
