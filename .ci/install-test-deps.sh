@@ -29,6 +29,23 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
+# Coverage-guided fuzzing (fuzz/*.py; tests/reliability/test_fuzz_smoke.py runs each harness
+# briefly): atheris ships manylinux wheels for CPython 3.11, so no clang is needed. Only if
+# pip cannot find a wheel does it build from source, which needs Debian's clang.
+if ! .venv/bin/python -c 'import atheris' 2>/dev/null; then
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check --only-binary=:all: \
+      'atheris>=2.3,<4'; then
+    if ! command -v clang >/dev/null; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -q
+      apt-get install -y -q --no-install-recommends clang libclang-rt-dev 2>/dev/null \
+        || apt-get install -y -q --no-install-recommends clang
+    fi
+    CLANG_BIN="$(command -v clang)" .venv/bin/python -m pip install -q \
+      --disable-pip-version-check 'atheris>=2.3,<4'
+  fi
+fi
+
 # GNU Mailman 3 core for tests/mailman: a separate venv (default .venv-mailman, override with
 # LISTGATE_MAILMAN_VENV, relative to the repo root), so Mailman's pinned dependency set never
 # mixes with listgate's. Rebuilt from scratch only when missing, broken, or when

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from listgate.backends.base import MembershipBackend
 from listgate.backends.static import StaticBackend
-from listgate.config import Config, load_config
+from listgate.config import Config, load_config, password_file_warnings
 from listgate.engine import DecideAt
 from listgate.errors import ConfigError, ListgateError
 from listgate.frontends.milter import milter_options
@@ -140,6 +140,8 @@ class Daemon:
 
     async def start(self) -> None:
         """Bind every listener and the metrics endpoint, then tell systemd we are ready."""
+        for warning in password_file_warnings(self.config):
+            log.warning("%s", warning)
         await self.milter.start()
         if self.policy is not None:
             await self.policy.start()

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -72,6 +73,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "parse_config",
+    "password_file_warnings",
 ]
 
 EXAMPLE_CONFIG_PATH = Path(__file__).resolve().parent / "data" / "example.toml"
@@ -438,6 +440,26 @@ def _read_password_file(path: str, key: str) -> Secret:
     if _CONTROL.search(text):
         raise _Invalid(f"{key}: {_show(path)} must hold the password on one line")
     return Secret(text)
+
+
+def password_file_warnings(cfg: Config) -> list[str]:
+    """Warnings about how the REST password is stored: one when ``mailman.password_file``
+    is readable by "other" users (``st_mode & 0o004``). Only the file's metadata is read;
+    its content, the password, never appears in a warning."""
+    path = cfg.mailman.password_file
+    if cfg.backend.type != "mailman" or not path:
+        return []
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return []  # it was readable at load time; a later problem shows up when it is used
+    if mode & 0o004:
+        return [
+            f"mailman.password_file: {_show(path)} is readable by other users (mode "
+            f"{stat.S_IMODE(mode):04o}); anyone on this host can read the Mailman REST "
+            "password: chmod o-r it (0640, group of the listgate user)"
+        ]
+    return []
 
 
 def _finish_mailman(kwargs: dict[str, object], name: str) -> None:
