@@ -89,6 +89,8 @@ class _SinkHandler:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.messages: list[SinkMessage] = []
+        self.by_id: dict[str, list[SinkMessage]] = {}
+        """Message-ID -> messages that are, or carry, that message."""
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
@@ -110,6 +112,8 @@ class _SinkHandler:
         )
         with self.lock:
             self.messages.append(record)
+            for mid in dict.fromkeys((record.message_id, *record.attached_ids)):
+                self.by_id.setdefault(mid, []).append(record)
         return "250 OK"
 
 
@@ -130,6 +134,11 @@ class SmtpSink:
     def snapshot(self) -> list[SinkMessage]:
         with self.handler.lock:
             return list(self.handler.messages)
+
+    def about(self, message_id: str) -> list[SinkMessage]:
+        """The messages that are, or carry, the message with this Message-ID."""
+        with self.handler.lock:
+            return list(self.handler.by_id.get(message_id, ()))
 
 
 @dataclass
@@ -184,6 +193,7 @@ class MailmanOracle:
         self._vette_pos = 0
         self._vette: dict[str, tuple[str, str]] = {}
         self._domains: set[str] = set()
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -273,9 +283,7 @@ class MailmanOracle:
 
     def build_world(self, world: WorldSpec) -> None:
         """Create the world's lists, settings, roster and bans (through REST)."""
-        if LIST_DOMAIN not in self._domains:
-            self._rest("POST", "domains", {"mail_host": LIST_DOMAIN}, ok=(400,))
-            self._domains.add(LIST_DOMAIN)
+        self._domain()
         if world.aux_name:
             self._rest("POST", "lists", {"fqdn_listname": world.aux_address})
             aux_id = f"{world.aux_name}.{LIST_DOMAIN}"
@@ -303,7 +311,15 @@ class MailmanOracle:
         for entry in world.global_bans:
             self._rest("POST", "bans", {"email": entry})
 
+    def _domain(self) -> None:
+        with self._lock:
+            if LIST_DOMAIN not in self._domains:
+                if self.http.get(f"domains/{LIST_DOMAIN}").status_code == 404:
+                    self._rest("POST", "domains", {"mail_host": LIST_DOMAIN})
+                self._domains.add(LIST_DOMAIN)
+
     def build_worlds(self, worlds: Sequence[WorldSpec], threads: int = 2) -> None:
+        self._domain()
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
             for future in [pool.submit(self.build_world, w) for w in worlds]:
                 future.result()
@@ -400,10 +416,10 @@ class MailmanOracle:
         bound = bound if bound is not None else 30.0 + 0.25 * len(deliveries)
         deadline = time.monotonic() + bound
         posts = [d for d in deliveries if not d.service and lmtp.get(d.key) == "250"]
+        pending = list(posts)
         while True:
             self._read_vette()
-            sink = self.snapshot_index()
-            pending = [d for d in posts if not self._settled(d, sink)]
+            pending = [d for d in pending if not self._settled(d)]
             if not pending:
                 break
             if time.monotonic() >= deadline:
@@ -414,25 +430,15 @@ class MailmanOracle:
         # The bound for "none of the above": give the out runner a moment more, then look.
         time.sleep(grace)
         self._read_vette()
-        sink = self.snapshot_index()
         held = self.held_ids(f"{d.world.list_name}.{LIST_DOMAIN}" for d in posts)
-        return {d.key: self._classify(d, lmtp.get(d.key, "no reply"), sink, held)
+        return {d.key: self._classify(d, lmtp.get(d.key, "no reply"), held)
                 for d in deliveries}
 
-    def snapshot_index(self) -> dict[str, list[SinkMessage]]:
-        index: dict[str, list[SinkMessage]] = {}
-        for m in self.sink.snapshot():
-            index.setdefault(m.message_id, []).append(m)
-            for inner in m.attached_ids:
-                if inner != m.message_id:
-                    index.setdefault(inner, []).append(m)
-        return index
-
-    def _settled(self, d: Delivery, sink: dict[str, list[SinkMessage]]) -> bool:
+    def _settled(self, d: Delivery) -> bool:
         chain = self._vette.get(d.message_id)
         if chain is None:
             return False
-        seen = sink.get(d.message_id, [])
+        seen = self.sink.about(d.message_id)
         if chain[0] in ("ACCEPT", "OWNER"):
             return any(m.message_id == d.message_id for m in seen)
         if chain[0] == "REJECT":
@@ -444,13 +450,12 @@ class MailmanOracle:
         return (m.message_id != d.message_id and d.message_id in m.attached_ids
                 and m.subject == d.subject)
 
-    def _classify(self, d: Delivery, lmtp: str, sink: dict[str, list[SinkMessage]],
-                  held: set[str]) -> Observation:
+    def _classify(self, d: Delivery, lmtp: str, held: set[str]) -> Observation:
         if lmtp != "250":
             # Mailman's LMTP runner refused it: the MTA would bounce it to the envelope.
             return Observation("rejected", None, "LMTP refused", lmtp, evidence=[lmtp])
         chain, detail = self._vette.get(d.message_id, (None, ""))
-        seen = sink.get(d.message_id, [])
+        seen = self.sink.about(d.message_id)
         copies = [m for m in seen if m.message_id == d.message_id]
         notices = [m for m in seen if self._is_reject_notice(d, m)]
         evidence = [f"{m.mail_from} -> {','.join(m.rcpt_tos)}: {m.subject[:60]}" for m in seen]
