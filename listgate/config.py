@@ -117,6 +117,12 @@ class MilterConfig:
     """Seconds to receive the rest of a packet once it has started. Default: 30."""
     shutdown_timeout: float = 10.0
     """Seconds SIGTERM waits for in-flight commands before closing. Default: 10."""
+    workers: int = 1
+    """Processes serving the listeners (1 to 64): inet listeners are shared with
+    SO_REUSEPORT, unix ones through one inherited socket; the first process supervises.
+    More than 1 cannot serve [metrics] listen. Default: 1."""
+    uvloop: bool = False
+    """Run the event loop on uvloop (``pip install 'listgate[uvloop]'``). Default: false."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -726,6 +732,8 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, _Key]]] = {
         "idle_timeout": _Key(_seconds(allow_zero=False)),
         "command_timeout": _Key(_seconds(allow_zero=False)),
         "shutdown_timeout": _Key(_seconds(allow_zero=True)),
+        "workers": _Key(_integer(1, 64)),
+        "uvloop": _Key(_boolean),
     }),
     "policy": (PolicyConfig, {
         "listen": _Key(_optional_listen, _render_listen),

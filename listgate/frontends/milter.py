@@ -70,6 +70,25 @@ _MAX_HEADERS = 64
 _SENDER_FIELDS = frozenset({"from", "reply-to", "sender"})
 
 
+_NORMALIZED: dict[str, str] = {}
+_NORMALIZED_MAX = 4096
+_NORMALIZED_KEY_MAX = 256
+
+
+def _normalized(raw: str) -> str:
+    """``normalize_address`` with a small memo: MTAs send the same few list addresses
+    and senders again and again. Bounded (entries and key length): it is emptied when
+    full, so a flood of new addresses costs one ``clear`` per 4096."""
+    value = _NORMALIZED.get(raw)
+    if value is None:
+        value = normalize_address(raw)
+        if len(raw) <= _NORMALIZED_KEY_MAX:
+            if len(_NORMALIZED) >= _NORMALIZED_MAX:
+                _NORMALIZED.clear()
+            _NORMALIZED[raw] = value
+    return value
+
+
 def milter_options(max_packet_size: int, headers: bool = False) -> MilterOptions:
     """The negotiation listgate wants: RCPT, MAIL without reply, and with *headers* the
     header fields (without reply) and EOH."""
@@ -111,7 +130,7 @@ class MilterSession:
     def on_mail(self, event: EnvelopeFrom, conn: MilterConnection) -> None:
         """A new transaction: remember the envelope sender and its macros."""
         self.on_abort()
-        self.sender = normalize_address(event.sender)
+        self.sender = _normalized(event.sender)
         self.auth_user = conn.macro("auth_authen") or None
         self.client_address = conn.macro("client_addr") or self.client_address
 
@@ -127,7 +146,7 @@ class MilterSession:
         """The posting request for one RCPT of the current transaction."""
         return PostingRequest(
             sender=self.sender or "",
-            recipient=normalize_address(event.recipient),
+            recipient=_normalized(event.recipient),
             client_address=self.client_address,
             queue_id=conn.macro("i"),
             auth_user=self.auth_user,

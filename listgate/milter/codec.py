@@ -45,6 +45,21 @@ def _describe_junk(head: bytes) -> str:
     return f"first bytes {shown.hex(' ')} {text!r}{hint}"
 
 
+_BY_CODE: dict[int, tuple[Mapping[bytes, type[Message]], dict[int, type[Message]]]] = {}
+
+
+def _by_code(table: Mapping[bytes, type[Message]]) -> dict[int, type[Message]]:
+    """*table* keyed by the command byte's value (made once per table: one decoder is
+    made per connection)."""
+    cached = _BY_CODE.get(id(table))
+    if cached is not None and cached[0] is table:
+        return cached[1]
+    by_code = {k[0]: v for k, v in table.items()}
+    if len(_BY_CODE) < 16:
+        _BY_CODE[id(table)] = (table, by_code)
+    return by_code
+
+
 class FrameDecoder:
     """Incremental decoder of one direction of a milter stream.
 
@@ -67,7 +82,7 @@ class FrameDecoder:
         self._pos = 0
         self._max = max_packet_size
         self._table = table
-        self._by_code: dict[int, type[Message]] = {k[0]: v for k, v in table.items()}
+        self._by_code = _by_code(table)
         self._what = what
 
     @property

@@ -25,9 +25,42 @@ from typing import Protocol
 from listgate.errors import ListgateError
 from listgate.server.spec import ListenSpec
 
-__all__ = ["ManagedConnection", "StreamService"]
+__all__ = ["ManagedConnection", "StreamService", "bind_unix_listener", "remove_stale_socket"]
 
 log = logging.getLogger("listgate.server")
+
+
+def remove_stale_socket(name: str, spec: ListenSpec) -> None:
+    """Remove a unix socket file nobody answers on; refuse one in use or not a socket."""
+    try:
+        st = os.lstat(spec.path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListgateError(f"{name}: {spec.path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(spec.path)
+    except OSError:
+        os.unlink(spec.path)  # nobody answers: a stale socket from an earlier run
+    else:
+        raise ListgateError(f"{name}: {spec.path} is in use by another process")
+    finally:
+        probe.close()
+
+
+def bind_unix_listener(name: str, spec: ListenSpec, socket_mode: int) -> socket.socket:
+    """A listening unix socket for *spec* (for worker processes to inherit)."""
+    remove_stale_socket(name, spec)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(spec.path)
+        os.chmod(spec.path, socket_mode)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise ListgateError(f"{name}: cannot listen on {spec}: {exc}") from None
+    return sock
 
 
 class ManagedConnection(Protocol):
@@ -72,6 +105,11 @@ class StreamService:
         self._refused_since_log = 0
         self.addresses: list[str] = []
         """What is actually bound, as listen specs (port 0 resolved)."""
+        self.inherited: dict[ListenSpec, socket.socket] = {}
+        """Listening sockets made by a supervising process, by spec: used instead of
+        binding (the supervisor owns them, and removes unix socket files)."""
+        self.reuse_port = False
+        """Bind inet listeners with SO_REUSEPORT (worker processes share the port)."""
 
     # --------------------------------------------------------------- lifecycle
 
@@ -92,6 +130,9 @@ class StreamService:
             return self._factory(self)
 
         try:
+            sock = self.inherited.get(spec)
+            if sock is not None:
+                return await self._listen_inherited(loop, spec, sock, factory)
             if spec.family == "unix":
                 self._remove_stale_socket(spec)
                 server = await loop.create_unix_server(factory, spec.path, backlog=1024)
@@ -101,7 +142,8 @@ class StreamService:
                 return server
             family = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
             server = await loop.create_server(
-                factory, spec.host, spec.port, family=family, reuse_address=True, backlog=1024
+                factory, spec.host, spec.port, family=family, reuse_address=True,
+                reuse_port=self.reuse_port or None, backlog=1024,
             )
         except OSError as exc:
             raise ListgateError(f"{self.name}: cannot listen on {spec}: {exc}") from None
@@ -111,22 +153,24 @@ class StreamService:
             self.addresses.append(str(bound))
         return server
 
+    async def _listen_inherited(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        spec: ListenSpec,
+        sock: socket.socket,
+        factory: Callable[[], asyncio.Protocol],
+    ) -> asyncio.Server:
+        if spec.family == "unix":
+            server = await loop.create_unix_server(factory, sock=sock, backlog=1024)
+            self.addresses.append(str(spec))
+            return server
+        server = await loop.create_server(factory, sock=sock, backlog=1024)
+        host, port = sock.getsockname()[:2]
+        self.addresses.append(str(ListenSpec(spec.family, host, port, "")))
+        return server
+
     def _remove_stale_socket(self, spec: ListenSpec) -> None:
-        try:
-            st = os.lstat(spec.path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise ListgateError(f"{self.name}: {spec.path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(spec.path)
-        except OSError:
-            os.unlink(spec.path)  # nobody answers: a stale socket from an earlier run
-        else:
-            raise ListgateError(f"{self.name}: {spec.path} is in use by another process")
-        finally:
-            probe.close()
+        remove_stale_socket(self.name, spec)
 
     async def _close_listeners(self) -> None:
         for server in self._servers:

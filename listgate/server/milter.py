@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from listgate.frontends.milter import MilterSession, milter_options
 from listgate.gate import Gate
@@ -51,6 +52,7 @@ log = logging.getLogger("listgate.milter")
 decisions_log = logging.getLogger("listgate.decision")
 
 _CONTINUE = Continue()
+_NOT_CONNECTED = object()
 _Answer = Callable[[PostingRequest, Decision], Reply]
 
 
@@ -107,13 +109,13 @@ class MilterProtocol(asyncio.Protocol):
         "_last",
         "_loop",
         "_partial_since",
+        "_peername",
         "_pending",
         "_reading_paused",
         "_service",
         "_timer",
         "conn",
         "conn_id",
-        "peer",
         "session",
         "transport",
     )
@@ -122,7 +124,7 @@ class MilterProtocol(asyncio.Protocol):
         self._service = service
         self._loop = asyncio.get_running_loop()
         self.conn_id = ""
-        self.peer = "-"
+        self._peername: object = _NOT_CONNECTED
         self.transport: asyncio.Transport | None = None
         self.conn = MilterConnection(service.options)
         self.session = MilterSession()
@@ -137,15 +139,14 @@ class MilterProtocol(asyncio.Protocol):
     # --------------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's do not subclass asyncio.Transport: no isinstance).
+        self.transport = cast(asyncio.Transport, transport)
         if not self._service.admit(self):
             self._closing = True
-            transport.abort()
+            self.transport.abort()
             return
         self.conn_id = next_conn_id()
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        self._peername = transport.get_extra_info("peername")
         self._last = self._loop.time()
         self._arm_timer(self._last + self._service.limits.idle_timeout)
         if log.isEnabledFor(logging.DEBUG):
@@ -177,6 +178,14 @@ class MilterProtocol(asyncio.Protocol):
             self._service.release(self)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("[%s] closed%s", self.conn_id, f": {exc}" if exc else "")
+
+    @property
+    def peer(self) -> str:
+        """The MTA's address, for log lines ("unix" on a unix socket)."""
+        peer = self._peername
+        if isinstance(peer, tuple):
+            return f"{peer[0]}:{peer[1]}"
+        return "-" if peer is _NOT_CONNECTED else "unix"
 
     # --------------------------------------------------------------- service interface
 
@@ -282,7 +291,8 @@ class MilterProtocol(asyncio.Protocol):
         self.conn.send(reply)
         self._service.decisions.count("milter", decision.verdict.value, decision.list_address)
         if decision.list_address is not None or decision.verdict is not Verdict.ACCEPT:
-            self._log_decision(request, decision, reply, started)
+            if decisions_log.isEnabledFor(logging.INFO):  # no formatting when off
+                self._log_decision(request, decision, reply, started)
         elif decisions_log.isEnabledFor(logging.DEBUG):
             self._log_decision(request, decision, reply, started, logging.DEBUG)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 from listgate.frontends.policy import answer_for, posting_request
 from listgate.gate import Gate
@@ -162,11 +163,11 @@ class PolicyProtocol(asyncio.Protocol):
     # --------------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's do not subclass asyncio.Transport: no isinstance).
+        self.transport = cast(asyncio.Transport, transport)
         if not self._service.admit(self):
             self._closing = True
-            transport.abort()
+            self.transport.abort()
             return
         self.conn_id = next_conn_id()
         peer = transport.get_extra_info("peername")
