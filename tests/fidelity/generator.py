@@ -95,6 +95,8 @@ class WorldSpec:
     identities: dict[str, list[str]]
     """category -> addresses (lower-case, canonical) a post may use."""
     moderator_password: str | None = None
+    aux_users: list[UserSpec] = field(default_factory=list)
+    """Users subscribed to the other list through their preferred address."""
 
     @property
     def posting_address(self) -> str:
@@ -256,10 +258,15 @@ def _world(rng: random.Random, index: int, namespace: str) -> WorldSpec:
     # ---- @list references and the other list they name
     aux_name: str | None = None
     aux_members: list[str] = []
+    aux_users: list[UserSpec] = []
     if rng.random() < 0.35:
         aux_name = f"l-{uid}-aux"
         aux_members = [f"aux{i}@{out}" for i in range(rng.randint(1, 2))]
         ids["aux"] += aux_members
+        if rng.random() < 0.4:  # a member of the other list through its user
+            pref, alt = f"ua@{out}", f"ua.alt@{out}"  # alt: no @list match (not the member)
+            aux_users.append(UserSpec([pref, alt], pref, [], rng.choice(("", "hold"))))
+            ids["aux"] += [pref, alt]
         legacy["accept"].append(f"@{aux_name}@{LIST_DOMAIN}")
         if rng.random() < 0.3:  # honoured in accept_these_nonmembers only
             legacy[rng.choice(("hold", "reject", "discard"))].append(f"@{aux_name}@{LIST_DOMAIN}")
@@ -341,6 +348,7 @@ def _world(rng: random.Random, index: int, namespace: str) -> WorldSpec:
         aux_members=aux_members,
         identities={k: v for k, v in ids.items() if v},
         moderator_password=password,
+        aux_users=aux_users,
     )
 
 
@@ -397,7 +405,7 @@ def _header_value(rng: random.Random, address: str) -> str:
     if rng.random() < 0.15:
         address = _case_variant(rng, address)
     form = rng.choice(("bare", "bare", "bare", "name", "name", "name", "comma", "rfc2047",
-                       "comment", "angle"))
+                       "comment", "angle", "folded"))
     if form == "bare":
         return address
     if form == "name":
@@ -408,6 +416,8 @@ def _header_value(rng: random.Random, address: str) -> str:
         return f"=?utf-8?q?J=C3=BCrgen_M=C3=BCller?= <{address}>"
     if form == "comment":
         return f"{address} (Some Body)"
+    if form == "folded":
+        return f"Some\r\n Body <{address}>"
     return f"<{address}>"
 
 
@@ -439,7 +449,11 @@ def _post(rng: random.Random, world: WorldSpec, case_id: str) -> PostSpec:
             kind, addr = _identity(rng, world)
             if rng.random() < 0.05:
                 kind, addr = "posting-address", world.posting_address
-            headers.append((name, _header_value(rng, addr)))
+            value = _header_value(rng, addr)
+            if rng.random() < 0.04:
+                other_kind, other = _identity(rng, world)
+                value, kind = f"{value}, {other}", f"{kind},{other_kind}"
+            headers.append((name, value))
             kinds[name.lower()] = kind
     if world.moderator_password and rng.random() < 0.4:
         good = rng.random() < 0.75

@@ -289,6 +289,8 @@ class MailmanOracle:
             aux_id = f"{world.aux_name}.{LIST_DOMAIN}"
             for address in world.aux_members:
                 self._member(aux_id, address)
+            for spec in world.aux_users:
+                self._user(aux_id, spec)
         self._rest("POST", "lists", {"fqdn_listname": world.posting_address})
         list_id = f"{world.list_name}.{LIST_DOMAIN}"
         settings = dict(world.settings)

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{(time.monotonic() - began) / 60:5.1f} min] {line}", flush=True)
 
         stats, results = run(oracle, args.out / "work", args.seed, args.cases,
-                             batch_cases=args.batch, on_case=keep, progress=progress)
+                             batch_cases=args.batch, on_case=keep, progress=progress,
+                             keep_going=True)
     seconds = time.monotonic() - began
     report = stats.report()
     print(report)

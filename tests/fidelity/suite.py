@@ -242,8 +242,11 @@ class Runner:
 def run(oracle: MailmanOracle, workdir: Path, seed: int, cases: int, *,
         batch_cases: int = 200, namespace: str | None = None,
         on_case: Callable[[CaseResult], None] | None = None,
-        progress: Callable[[str], None] | None = None) -> tuple[RunStats, list[CaseResult]]:
-    """Generate *cases* from *seed* and run them in batches of about *batch_cases*."""
+        progress: Callable[[str], None] | None = None,
+        keep_going: bool = False) -> tuple[RunStats, list[CaseResult]]:
+    """Generate *cases* from *seed* and run them in batches of about *batch_cases*. With
+    *keep_going*, a batch that fails (say, a REST error while building a world) is
+    recorded as a harness error and the run goes on with the next batch."""
     full = generate(seed, cases, namespace=namespace)
     runner = Runner(oracle, workdir)
     stats = RunStats()
@@ -258,8 +261,14 @@ def run(oracle: MailmanOracle, workdir: Path, seed: int, cases: int, *,
         count += len(by_world[w.index])
         if count >= batch_cases or w is full.worlds[-1]:
             posts = [p for cw in chunk for p in by_world[cw.index]]
-            results += runner.run_batch(Batch(seed, full.namespace, chunk, posts), stats,
-                                        on_case)
+            try:
+                results += runner.run_batch(Batch(seed, full.namespace, chunk, posts), stats,
+                                            on_case)
+            except Exception as exc:
+                if not keep_going:
+                    raise
+                stats.errors.append(f"batch of worlds {chunk[0].index}..{chunk[-1].index} "
+                                    f"({len(posts)} cases) not run: {exc!r}"[:2000])
             if progress is not None:
                 progress(f"{stats.cases}/{cases} cases; false rejects "
                          f"{ {m: len(v) for m, v in stats.false_rejects.items()} }; "

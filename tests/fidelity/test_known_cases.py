@@ -75,12 +75,12 @@ def test_oracle_tells_the_outcomes_apart(oracle: MailmanOracle, tmp_path: Path) 
 
 
 def test_user_with_several_subscribed_addresses(oracle: MailmanOracle, tmp_path: Path) -> None:
-    """Generator seed 2 (cases f000002c27, f000002c333). A post from a user's unsubscribed
-    address makes Mailman try the user's *other* addresses in its own order (creation
-    order: ``user.addresses``), and the first subscribed one decides. Here that is
-    ``u.z@`` (defer: accepted); ``u.a@`` (reject) comes after it. listgate took the
-    alphabetically first (``users/<id>/addresses`` is sorted by address), u.a@, and
-    rejected the post in both modes."""
+    """Generator seed 2 (cases f000002c27, f000002c333, generator of commit a652d29). A post from a
+    user's unsubscribed address makes Mailman try the user's *other* addresses in its own
+    order (creation order: ``user.addresses``), and the first subscribed one decides. Here
+    that is ``u.z@`` (defer: accepted); ``u.a@`` (reject) comes after it. listgate took the
+    alphabetically first (``users/<id>/addresses`` is sorted by address), u.a@, and rejected
+    the post in both modes."""
     uid = _uid()
     out = f"{uid}.example.net"
     sender, first, second = f"u.from@{out}", f"u.z@{out}", f"u.a@{out}"
@@ -100,11 +100,11 @@ def test_user_with_several_subscribed_addresses(oracle: MailmanOracle, tmp_path:
 
 
 def test_member_whose_address_holds_a_star(oracle: MailmanOracle, tmp_path: Path) -> None:
-    """Generator seed 3 (case f000003c757). ``*`` is legal in a local part, and Mailman
-    (exact SQL equality) counts a subscribed ``we*ird@`` as the member it is. listgate never
-    sends a sender with ``*`` to ``members/find`` (which would read it as a LIKE pattern),
-    so it takes the member for a nonmember and rejects the post on a list that rejects
-    nonmembers, in both modes."""
+    """Generator seed 3 (case f000003c757, generator of commit a652d29). ``*`` is legal in a local
+    part, and Mailman (exact SQL equality) counts a subscribed ``we*ird@`` as the member it
+    is. listgate never sends a sender with ``*`` to ``members/find`` (which would read it as
+    a LIKE pattern), so it takes the member for a nonmember and rejects the post on a list
+    that rejects nonmembers, in both modes."""
     uid = _uid()
     out = f"{uid}.example.net"
     star = f"we*ird@{out}"
