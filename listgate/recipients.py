@@ -133,8 +133,8 @@ def sender_hints(sender: str, verp_delimiter: str = "+") -> tuple[str, ...]:
 
 
 def is_lookup_safe(address: str) -> bool:
-    """Whether *address* may be sent to Mailman's ``members/find``: an address with ``*``
-    switches it to a SQL LIKE match (``*`` → ``%``, and ``%``/``_`` become live), so it
-    could match other members. Such a sender is a nonmember (Mailman's own exact match
-    agrees), and callers still check that every returned email equals the one asked."""
+    """Whether *address* can go to Mailman's ``members/find`` as it is: an address with
+    ``*`` switches it to a SQL LIKE match (``*`` → ``%``, and ``%``/``_`` become live), so
+    it could match other members. Callers look such an address up exactly first, and
+    always check that every returned email equals the one asked."""
     return bool(address) and "*" not in address

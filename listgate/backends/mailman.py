@@ -13,9 +13,12 @@ Invariants:
   ``asyncio.timeout``), well under Postfix's 30 s ``milter_command_timeout``.
 - HTTP connections come from one bounded pool (``max_connections``), so a burst of cache
   misses cannot flood Mailman.
-- A sender address containing ``*`` is never sent to ``members/find``: Mailman turns it
-  into a SQL LIKE pattern. Every returned membership is kept only if its email equals
-  the address asked for.
+- ``members/find`` turns a ``*`` in the subscriber into a SQL LIKE pattern, so a sender
+  such as ``*@example.org`` would match every member there. Such an address is first
+  looked up exactly (``addresses/<email>``); only if Mailman knows that very address
+  (``*`` is legal in a local part, and Mailman matches it exactly when it decides) is
+  ``members/find`` asked, and every returned row is kept only if its email equals the
+  address asked for. A pattern can never stand in for another member.
 
 Where mailmanclient 3.3.5's ``AsyncClient`` works (``lists()``, ``domains()``), it is
 used. Its ``find_members`` sends the filters as a form body on GET, which Mailman
@@ -245,8 +248,14 @@ class MailmanSource:
     async def memberships(self, address: str) -> tuple[MembershipRecord, ...]:
         """Every role *address* holds on any list, directly or as its user's preferred
         address (1 call; none for an address Mailman would read as a pattern)."""
-        if not is_lookup_safe(address):
+        if not address:
             return ()
+        if not is_lookup_safe(address):
+            # A '*' would be read as a wildcard: ask first whether Mailman has this exact
+            # address at all (a 404 is the common, spam, case: a nonmember).
+            known = await self._call(f"addresses/{quote(address, safe='@')}", missing_ok=True)
+            if known is None:
+                return ()
         query = urlencode({"subscriber": address})
         content = await self._call(f"members/find?{query}")
         records = []
@@ -269,7 +278,7 @@ class MailmanSource:
         None when Mailman's REST API cannot say: it routes ``users/<email>`` by path, and
         answers 404 for any address with a '/' (even written %2F), which is legal in a
         local part."""
-        if not is_lookup_safe(address):
+        if not address:
             return ()
         if "/" in address:
             return None
