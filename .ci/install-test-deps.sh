@@ -63,3 +63,21 @@ if [ ! -x "$mm_venv/bin/runner" ] || [ "$(cat "$mm_stamp" 2>/dev/null)" != "$mm_
   printf '*\n' > "$mm_venv/.gitignore"
   printf '%s\n' "$mm_hash" > "$mm_stamp"
 fi
+
+# Benchmark dependencies (tests/test_benchmarks_smoke.py runs benchmarks/milter_load.py
+# --smoke): libmilter-dev and a C compiler to build pymilter, then listgate's [bench]
+# extra (pymilter, uvloop, py-spy) into the project venv. Skipped when already there.
+if ! .venv/bin/python -c 'import milter, uvloop' 2>/dev/null; then
+  bench_apt=()
+  [ -e /usr/include/libmilter/mfapi.h ] || bench_apt+=(libmilter-dev)
+  command -v cc >/dev/null 2>&1 || bench_apt+=(gcc libc6-dev)
+  .venv/bin/python -c 'import os, sysconfig, sys
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || bench_apt+=(python3-dev)
+  if [ ${#bench_apt[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${bench_apt[@]}"
+  fi
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+fi

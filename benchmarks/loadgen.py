@@ -107,6 +107,9 @@ class LoadSpec:
     """Every session uses a sender never used before (a cold cache), all nonmembers
     unless member_share picks from ``members`` (cycled)."""
     seed: int = 1
+    sweep: bool = False
+    """Warm-up mode: one session per sender of the population (members and nonmembers,
+    split over the workers), then stop; no time window (``seconds`` is the limit)."""
 
 
 @dataclass
@@ -257,6 +260,12 @@ class _Worker:
         self.first_error = ""
         self.cpu0 = self.cpu1 = 0.0
         self.fresh = 0
+        self.sweep: list[tuple[str, bool]] | None = None
+        if spec.sweep:
+            pop = spec.population
+            everyone = [(m, True) for m in pop.members] + [(n, False) for n in pop.nonmembers]
+            self.sweep = everyone[index :: max(1, min(spec.procs, spec.concurrency))]
+            self.w0 = start  # every session counts
         self.recipients = [spec.population.list_address] + [
             OTHER_RCPT.format(k) for k in range(1, spec.rcpts)
         ]
@@ -265,6 +274,8 @@ class _Worker:
 
     def _pick_sender(self) -> tuple[str, bool]:
         pop = self.spec.population
+        if self.sweep is not None:
+            return self.sweep.pop()
         member = self.rng.random() < self.spec.member_share
         if self.spec.fresh_senders and not member:
             self.fresh += 1
@@ -446,6 +457,8 @@ class _Worker:
             if not cpu_marked and now >= self.w0:
                 self.cpu0 = time.process_time()
                 cpu_marked = True
+            if self.sweep is not None and not self.sweep and now < stop_at:
+                stop_at = now  # every sender had its session
             if now < stop_at:
                 while len(sessions) < self.concurrency:
                     before = self.errors
@@ -521,3 +534,118 @@ def run_load(spec: LoadSpec, sampler=None) -> LoadResult:
         if first and not result.first_error:
             result.first_error = first
     return result
+
+
+# ------------------------------------------------------------------------ idle connections
+
+
+def _hold_main(host: str, port: int, count: int, hold_until: float, conn) -> None:
+    """Open *count* milter connections as Postfix does (OPTNEG, then the CONNECT and HELO
+    macros), keep them open and silent until *hold_until*, report how many were held."""
+    ep = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    state: dict[int, int] = {}
+    errors = 0
+    first = ""
+    opened = 0
+    held = 0
+    deadline = min(hold_until, time.monotonic() + 120.0)
+    plans: dict[bytes, Plan] = {}
+    while time.monotonic() < deadline:
+        while opened < count and len(socks) - held < 200:  # open in waves of 200
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            rc = sock.connect_ex((host, port))
+            opened += 1
+            if rc not in (0, errno.EINPROGRESS):
+                errors += 1
+                first = first or f"connect: {os.strerror(rc)}"
+                sock.close()
+                continue
+            socks[sock.fileno()] = sock
+            state[sock.fileno()] = 0
+            ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLOUT | select.EPOLLET)
+        if opened >= count and held + errors >= count:
+            conn.send(("held", held))
+            break
+        for fd, ev in ep.poll(0.05):
+            sock = socks.get(fd)
+            if sock is None:
+                continue
+            try:
+                if state[fd] == 0 and ev & select.EPOLLOUT:
+                    sock.send(_OPTNEG)
+                    state[fd] = 1
+                elif state[fd] == 1 and ev & select.EPOLLIN:
+                    data = sock.recv(4096)
+                    if not data:
+                        raise OSError("closed by the milter")
+                    plan = plans.get(data)
+                    if plan is None:
+                        plan = plans[data] = Plan(NegotiateReply.unpack(data[5:]))
+                    sock.send(plan.head_connect + plan.head_helo)
+                    state[fd] = 2
+                    held += 1
+                elif state[fd] == 2 and ev & select.EPOLLIN and not sock.recv(4096):
+                    raise OSError("closed by the milter while idle")
+            except OSError as exc:
+                errors += 1
+                first = first or str(exc)
+                ep.unregister(fd)
+                sock.close()
+                del socks[fd]
+                if state.pop(fd) == 2:
+                    held -= 1
+    else:
+        conn.send(("held", held))
+    while time.monotonic() < hold_until:  # keep them until the parent has measured
+        if conn.poll(0.2):
+            break
+    lost = sum(1 for sock in socks.values() if _closed_by_peer(sock))
+    for sock in socks.values():
+        sock.close()
+    conn.send(("done", errors, lost, first))
+    conn.close()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def hold_idle(host: str, port: int, count: int, procs: int, measure, hold: float = 60.0):
+    """Hold *count* idle milter connections (split over *procs* processes), call
+    *measure()* once all are open, then close them. Returns (held, errors, lost while
+    held, first error, measure's result)."""
+    ctx = mp.get_context("fork")
+    shares = [count // procs + (1 if i < count % procs else 0) for i in range(procs)]
+    hold_until = time.monotonic() + hold
+    children = []
+    for share in shares:
+        parent_end, child_end = ctx.Pipe()
+        p = ctx.Process(target=_hold_main, args=(host, port, share, hold_until, child_end),
+                        daemon=True)
+        p.start()
+        child_end.close()
+        children.append((p, parent_end))
+    held = 0
+    for _, conn in children:
+        if conn.poll(hold):
+            held += conn.recv()[1]
+    result = measure()
+    errors = lost = 0
+    first = ""
+    for p, conn in children:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            conn.send("release")
+        if conn.poll(30):
+            _, e, lo, f = conn.recv()
+            errors += e
+            lost += lo
+            first = first or f
+        p.join(10)
+    return held, errors, lost, first, result

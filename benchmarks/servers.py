@@ -58,11 +58,21 @@ def cpu_seconds(pids: Iterable[int]) -> float:
 
 
 def rss_bytes(pids: Iterable[int]) -> int:
-    """Resident set size of *pids*, summed (listgate workers share little)."""
+    """Memory of *pids*: the RSS of a single process; for several (listgate's supervisor
+    and workers, which share pages after fork) the sum of their PSS, which counts each
+    shared page once."""
+    pids = list(pids)
+    if len(pids) == 1:
+        with contextlib.suppress(OSError, IndexError):
+            return int(Path(f"/proc/{pids[0]}/statm").read_text().split()[1]) * _PAGE
+        return 0
     total = 0
     for pid in pids:
-        with contextlib.suppress(OSError, IndexError):
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
     return total
 
 

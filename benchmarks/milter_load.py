@@ -1,0 +1,670 @@
+"""listgate against pymilter (libmilter) under a Postfix-like milter load, side by side.
+
+One command runs everything and prints the tables (see docs/performance.md):
+
+  .venv/bin/python benchmarks/milter_load.py            # full run, about 8 minutes
+  .venv/bin/python benchmarks/milter_load.py --smoke    # CI: a few seconds, static only
+
+1. Throughput and latency, static backend: listgate (``[static.posters]``, 1,000 allowed
+   senders) and the pymilter gate (``benchmarks/pymilter_gate.py``, the same 1,000 in a
+   set) run at the same time; the load (``benchmarks/loadgen.py``) alternates between
+   them, cell by cell, ``--rounds`` times. Cells: concurrency 10, 100, 1,000 x 1 and 5
+   recipients per session, 50 % member senders.
+2. The same with listgate on the Mailman backend with a warm cache (a real Mailman core
+   from tests/mailman_harness.py; every sender looked up once before measuring). The
+   comparator is still the pymilter gate with its in-memory set.
+3. Idle connections: 10,000 negotiated milter connections held open; listgate's RSS.
+4. Cold path: Mailman backend, empty cache, every session a new sender: RCPT latency
+   against the latency of the REST calls a cold decision needs, made directly; a burst
+   of concurrent RCPTs for one new sender (single flight) and the most connections
+   listgate held open to Mailman (its pool bound).
+5. Through real Postfix: smtp-source, 2,000 messages, 20 sessions in parallel, to a
+   private instance (relay_transport = discard) with no milter, with listgate, with
+   pymilter.
+
+Every figure comes from the same run; ratios are listgate / pymilter (or / no milter).
+The machine is shared: "other" is the CPU that neither the server nor the load
+generator used during the window (other processes, kernel threads, idle = 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(ROOT), str(BENCH), str(ROOT / "tests")]
+
+from loadgen import LoadSpec, Population, hold_idle, run_load  # noqa: E402
+from servers import (  # noqa: E402
+    Listgate,
+    Pymilter,
+    Sampler,
+    Server,
+    free_port,
+    process_tree,
+    raise_nofile,
+    rss_bytes,
+    workdir,
+)
+
+MB = 1024 * 1024
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _machine_busy() -> tuple[int, int]:
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+@dataclass
+class Cell:
+    """One server's figures for one (backend, concurrency, recipients) cell."""
+
+    sessions: list[float] = field(default_factory=list)
+    rcpts: list[float] = field(default_factory=list)
+    latencies: array = field(default_factory=lambda: array("I"))
+    cpu: list[float] = field(default_factory=list)
+    gen_cpu: list[float] = field(default_factory=list)
+    other: list[float] = field(default_factory=list)
+    rss: int = 0
+    errors: int = 0
+    wrong: int = 0
+    first_error: str = ""
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        data = sorted(self.latencies)
+        return data[min(len(data) - 1, round(q / 100 * (len(data) - 1)))] / 1000.0
+
+    @property
+    def sess(self) -> float:
+        return statistics.median(self.sessions) if self.sessions else 0.0
+
+    @property
+    def rcpt(self) -> float:
+        return statistics.median(self.rcpts) if self.rcpts else 0.0
+
+
+class WindowSampler(Sampler):
+    """Server CPU/RSS plus the whole machine's busy time during the window."""
+
+    def begin(self) -> None:
+        self._m0 = _machine_busy()
+        super().begin()
+
+    def end(self) -> None:
+        super().end()
+        b1, t1 = _machine_busy()
+        b0, t0 = self._m0
+        self.machine_pct = 100.0 * (b1 - b0) / max(1, t1 - t0) * (os.cpu_count() or 1)
+
+
+def measure(server: Server, spec: LoadSpec, cell: Cell) -> None:
+    sampler = WindowSampler(server.pid)
+    result = run_load(spec, sampler)
+    cell.sessions.append(result.sessions_per_s)
+    cell.rcpts.append(result.rcpts_per_s)
+    cell.latencies.extend(result.latencies_us)
+    cell.cpu.append(sampler.cpu_pct)
+    cell.gen_cpu.append(result.gen_cpu_pct)
+    cell.other.append(max(0.0, sampler.machine_pct - sampler.cpu_pct - result.gen_cpu_pct))
+    cell.rss = max(cell.rss, sampler.rss_peak)
+    cell.errors += result.errors
+    cell.wrong += result.wrong
+    cell.first_error = cell.first_error or result.first_error
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def print_table(title: str, rows: list[tuple[int, int, Cell, Cell]], names: tuple[str, str]):
+    a, b = names
+    print(f"\n## {title}\n")
+    head = (f"| conc | rcpt | {a} sess/s | {b} sess/s | ratio | {a} RCPT/s | {b} RCPT/s | ratio "
+            f"| {a} p50 ms | {b} p50 ms | {a} p99 ms | {b} p99 ms | p99 ratio "
+            f"| {a} CPU % | {b} CPU % | {a} mem MB | {b} mem MB | gen CPU % | other CPU % |")
+    print(head)
+    print("|" + "|".join("---:" for _ in range(head.count("|") - 1)) + "|")
+    for conc, rcpts, x, y in rows:
+        print(
+            f"| {conc} | {rcpts} | {x.sess:,.0f} | {y.sess:,.0f} | {_ratio(x.sess, y.sess)} "
+            f"| {x.rcpt:,.0f} | {y.rcpt:,.0f} | **{_ratio(x.rcpt, y.rcpt)}** "
+            f"| {x.pct(50):.2f} | {y.pct(50):.2f} | {x.pct(99):.2f} | {y.pct(99):.2f} "
+            f"| {_ratio(x.pct(99), y.pct(99))} "
+            f"| {statistics.mean(x.cpu):.0f} | {statistics.mean(y.cpu):.0f} "
+            f"| {x.rss / MB:.0f} | {y.rss / MB:.0f} "
+            f"| {statistics.mean(x.gen_cpu + y.gen_cpu):.0f} "
+            f"| {statistics.mean(x.other + y.other):.0f} |"
+        )
+    bad = [(c, r, n, cell) for c, r, x, y in rows for n, cell in ((a, x), (b, y))
+           if cell.errors or cell.wrong]
+    for conc, rcpts, name, cell in bad:
+        print(f"  ! {name} c={conc} r={rcpts}: {cell.errors} errors, {cell.wrong} wrong "
+              f"verdicts {cell.first_error}")
+    sys.stdout.flush()
+
+
+def run_matrix(title: str, lg: Server, pm: Server, pop: Population, args) -> list:
+    rows = []
+    for conc in args.concurrency:
+        for rcpts in args.rcpts:
+            x, y = Cell(), Cell()
+            for rnd in range(args.rounds):
+                order = ((lg, x), (pm, y)) if rnd % 2 == 0 else ((pm, y), (lg, x))
+                for server, cell in order:
+                    spec = LoadSpec("127.0.0.1", server.port, conc, rcpts,
+                                    member_share=args.member_share, seconds=args.seconds,
+                                    warmup=args.warmup, procs=args.procs, population=pop,
+                                    seed=rnd + 1)
+                    measure(server, spec, cell)
+            rows.append((conc, rcpts, x, y))
+            print(f"  [{title}] c={conc} r={rcpts}: listgate {x.rcpt:,.0f} RCPT/s, "
+                  f"pymilter {y.rcpt:,.0f} RCPT/s ({_ratio(x.rcpt, y.rcpt)})", flush=True)
+    print_table(title, rows, ("listgate", "pymilter"))
+    return rows
+
+
+# ----------------------------------------------------------------------------- mailman
+
+
+MAILMAN_LIST = "bench"
+
+
+def start_mailman(pop_size: int):
+    from mailman_harness import MailmanCore
+
+    core = MailmanCore(workers=2)
+    core.start()
+    ml = core.new_list({"default_nonmember_action": "reject"}, name=MAILMAN_LIST)
+    fqdn = ml.fqdn_listname
+    pop = Population.make(pop_size, fqdn)
+    began = time.monotonic()
+    subscribe_all(core, ml, pop.members)
+    print(f"  Mailman core up in {core.startup_seconds:.1f} s; {len(pop.members)} members "
+          f"subscribed to {fqdn} in {time.monotonic() - began:.1f} s", flush=True)
+    return core, pop
+
+
+def subscribe_all(core, ml, emails) -> None:
+    """Subscribe in a few threads (each REST call is one gunicorn request)."""
+    from mailman_harness import _SUBSCRIBE_FLAGS  # same flags as core.subscribe
+
+    todo = list(emails)
+    lock = threading.Lock()
+    problems: list[str] = []
+
+    def work() -> None:
+        from mailmanclient import Client
+
+        client = Client(core.url, core.user, core.password)
+        mlist = client.get_list(ml.fqdn_listname)
+        while True:
+            with lock:
+                if not todo:
+                    return
+                email = todo.pop()
+            try:
+                mlist.subscribe(email, None, **_SUBSCRIBE_FLAGS)
+            except Exception as exc:
+                problems.append(f"{email}: {exc}")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if problems:
+        raise RuntimeError(f"{len(problems)} subscriptions failed, e.g. {problems[0]}")
+
+
+def mailman_config(core, ttl: float, max_connections: int = 10, metrics: str = "") -> str:
+    lines = [
+        "[backend]",
+        'type = "mailman"',
+        "[mailman]",
+        f'url = "{core.url}"',
+        f'user = "{core.user}"',
+        f'password = "{core.password}"',
+        f"max_connections = {max_connections}",
+        "[cache]",
+        f"ttl = {ttl}",
+        f"negative_ttl = {ttl}",
+        f"policy_ttl = {ttl}",
+        f"directory_ttl = {ttl}",
+        "max_entries = 100000",
+    ]
+    if metrics:
+        lines += ["[metrics]", f'listen = "{metrics}"']
+    return "\n".join(lines)
+
+
+def warm(server: Server, pop: Population, procs: int) -> float:
+    began = time.monotonic()
+    result = run_load(LoadSpec("127.0.0.1", server.port, 50, 1, seconds=120, warmup=0,
+                               procs=procs, population=pop, sweep=True))
+    if result.errors or result.wrong:
+        raise RuntimeError(f"warm-up: {result.errors} errors, {result.wrong} wrong verdicts "
+                           f"{result.first_error}")
+    return time.monotonic() - began
+
+
+# ----------------------------------------------------------------------------- cold path
+
+
+def _metric(port: int, name: str, labels: dict[str, str]) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _connections_to(port: int) -> int:
+    """Established TCP connections to 127.0.0.1:*port* (from /proc/net/tcp)."""
+    count = 0
+    want = f":{port:04X}"
+    with open("/proc/net/tcp") as fh:
+        next(fh)
+        for line in fh:
+            parts = line.split()
+            if parts[2].endswith(want) and parts[3] == "01":
+                count += 1
+    return count
+
+
+def rest_latency(core, senders: list[str], concurrency: int) -> array:
+    """Mailman's own latency for what a cold nonmember decision asks (members/find for the
+    address, then users/<address>), made directly with httpx: one sample per sender."""
+    from urllib.parse import quote, urlencode
+
+    import httpx
+
+    out = array("I")
+    lock = threading.Lock()
+    todo = list(senders)
+
+    def work() -> None:
+        with httpx.Client(base_url=core.url + "/", auth=core.auth, timeout=10) as client:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    sender = todo.pop()
+                t0 = time.perf_counter()
+                client.get("members/find?" + urlencode({"subscriber": sender}))
+                client.get(f"users/{quote(sender, safe='@')}")
+                dt = int((time.perf_counter() - t0) * 1e6)
+                with lock:
+                    out.append(dt)
+
+    threads = [threading.Thread(target=work) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def _pct(values, q: float) -> float:
+    data = sorted(values)
+    return data[min(len(data) - 1, round(q / 100 * (len(data) - 1)))] / 1000.0 if data else 0.0
+
+
+def cold_path(core, pop: Population, wd: Path, args) -> dict:
+    """Empty cache, every session a new nonmember; REST latency measured alongside."""
+    max_conn = 4
+    mport = free_port()
+    lg = Listgate(free_port(), wd, list_address=pop.list_address, allowed=(),
+                  mailman=mailman_config(core, 3600, max_conn, f"127.0.0.1:{mport}"),
+                  uvloop=not args.no_uvloop)
+    lg.start()
+    try:
+        conc = 10
+        # directory and policy once (a cold daemon fetches them with its first RCPT)
+        run_load(LoadSpec("127.0.0.1", lg.port, 1, 1, seconds=1, warmup=0, procs=1,
+                          population=pop))
+        peak = [0]
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], _connections_to(core.port))
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        fetches0 = _metric(mport, "listgate_cache_requests_total",
+                           {"cache": "memberships", "result": "miss"})
+        result = run_load(LoadSpec("127.0.0.1", lg.port, conc, 1, member_share=0.0,
+                                   seconds=args.cold_seconds, warmup=0.5, procs=1,
+                                   population=pop, fresh_senders=True, seed=7))
+        # single flight: 50 concurrent sessions for one sender nobody asked about yet
+        one = Population((), ("flight-" + str(os.getpid()) + "@elsewhere.example",),
+                         pop.list_address)
+        before = _metric(mport, "listgate_cache_requests_total",
+                         {"cache": "memberships", "result": "miss"})
+        burst = run_load(LoadSpec("127.0.0.1", lg.port, 50, 1, member_share=0.0, seconds=0.5,
+                                  warmup=0, procs=1, population=one))
+        after = _metric(mport, "listgate_cache_requests_total",
+                        {"cache": "memberships", "result": "miss"})
+        stop.set()
+        watcher.join()
+        fetches = _metric(mport, "listgate_cache_requests_total",
+                          {"cache": "memberships", "result": "miss"}) - fetches0
+    finally:
+        lg.stop()
+    senders = [f"rest{i:05d}@elsewhere.example" for i in range(max(200, len(result.latencies_us)))]
+    rest = rest_latency(core, senders[: len(result.latencies_us) or 200], conc)
+    return {
+        "concurrency": conc,
+        "decisions": len(result.latencies_us),
+        "lg_p50": result.percentile_ms(50),
+        "lg_p99": result.percentile_ms(99),
+        "rest_p50": _pct(rest, 50),
+        "rest_p99": _pct(rest, 99),
+        "errors": result.errors + burst.errors,
+        "wrong": result.wrong + burst.wrong,
+        "burst_sessions": burst.sessions,
+        "burst_fetches": after - before,
+        "membership_fetches": fetches,
+        "pool": max_conn,
+        "peak_connections": peak[0],
+    }
+
+
+# ----------------------------------------------------------------------------- idle
+
+
+def idle_connections(server: Server, count: int, procs: int) -> tuple[int, int, int, str]:
+    def measure_rss() -> int:
+        time.sleep(1.0)
+        return rss_bytes(process_tree(server.pid))
+
+    before = rss_bytes(process_tree(server.pid))
+    held, errors, lost, first, rss = hold_idle("127.0.0.1", server.port, count, procs,
+                                               measure_rss)
+    return held, rss, before, f"{errors} errors, {lost} closed while idle {first}".strip()
+
+
+# ----------------------------------------------------------------------------- postfix
+
+
+def postfix_rate(lg: Server, pm: Server, pop: Population, args) -> list[tuple[str, float]]:
+    from e2e.harness import Listener, PostfixInstance, find_binary, traversable_tmpdir
+
+    smtp_source = find_binary("smtp-source")
+    base = traversable_tmpdir("lg-bench-pf-")
+    listeners = [
+        Listener("none", free_port()),
+        Listener("listgate", free_port(), f"inet:127.0.0.1:{lg.port}"),
+        Listener("pymilter", free_port(), f"inet:127.0.0.1:{pm.port}"),
+    ]
+    pf = PostfixInstance(base, listeners, sink_port=9)
+    pf.create()
+    main_cf = pf.config_dir / "main.cf"
+    text = re.sub(r"^relay_transport = .*$", "relay_transport = discard:relay-discarded",
+                  main_cf.read_text(), flags=re.M)
+    main_cf.write_text(text + "smtpd_client_connection_count_limit = 0\n"
+                       "smtpd_client_connection_rate_limit = 0\n")
+    pf.start()
+    rates: dict[str, list[float]] = {lst.name: [] for lst in listeners}
+    try:
+        for _ in range(args.postfix_rounds):
+            for lst in listeners:
+                cmd = [smtp_source, "-m", str(args.postfix_messages), "-s", "20",
+                       "-f", pop.members[0], "-t", pop.list_address, f"127.0.0.1:{lst.port}"]
+                began = time.monotonic()
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                elapsed = time.monotonic() - began
+                if proc.returncode != 0:
+                    raise RuntimeError(f"smtp-source via {lst.name}: {proc.stderr[-500:]}")
+                rates[lst.name].append(args.postfix_messages / elapsed)
+            pf.wait_queue_empty(60)
+        rejected = pf.maillog_text().count("milter-reject")
+    finally:
+        pf.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    if rejected:
+        print(f"  ! Postfix logged {rejected} milter rejections (expected none)")
+    return [(name, statistics.median(r)) for name, r in rates.items()]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def describe_machine() -> str:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    from importlib.metadata import version
+
+    import milter  # pymilter's C module
+
+    try:
+        import uvloop
+
+        uv = uvloop.__version__
+    except ImportError:
+        uv = "not installed"
+    load = os.getloadavg()
+    return (f"{os.cpu_count()} x {cpu}, {mem:.0f} GiB, Linux {platform.release()}, "
+            f"Python {platform.python_version()}, pymilter {version('pymilter')} (libmilter "
+            f"{'.'.join(map(str, milter.getversion()))}), uvloop {uv}; load average at start "
+            f"{load[0]:.2f}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true",
+                    help="CI mode: static backend only, c=10, 1 and 2 recipients, 1 s windows")
+    ap.add_argument("--seconds", type=float, default=4.0, help="measurement window per load")
+    ap.add_argument("--warmup", type=float, default=1.0, help="warm-up before each window")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations per cell")
+    ap.add_argument("--procs", type=int, default=2, help="load generator processes")
+    ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[10, 100, 1000])
+    ap.add_argument("--rcpts", type=lambda s: [int(x) for x in s.split(",")], default=[1, 5])
+    ap.add_argument("--member-share", type=float, default=0.5)
+    ap.add_argument("--senders", type=int, default=1000, help="allowed senders (and as many "
+                    "outsiders)")
+    ap.add_argument("--workers", type=int, default=2, help="listgate [milter] workers")
+    ap.add_argument("--no-uvloop", action="store_true", help="listgate on asyncio's own loop")
+    ap.add_argument("--idle", type=int, default=10000, help="idle connections to hold")
+    ap.add_argument("--cold-seconds", type=float, default=4.0)
+    ap.add_argument("--postfix-messages", type=int, default=2000)
+    ap.add_argument("--postfix-rounds", type=int, default=2)
+    ap.add_argument("--skip", default="", help="comma list of: static,mailman,idle,cold,postfix")
+    ap.add_argument("--json", type=Path, help="also write every figure to this file")
+    args = ap.parse_args(argv)
+    args.skip = set(filter(None, args.skip.split(",")))
+    if args.smoke:
+        args.seconds, args.warmup, args.rounds = 0.6, 0.2, 1
+        args.concurrency, args.rcpts = [10], [1, 2]
+        args.idle = 200
+        args.skip |= {"mailman", "cold", "postfix"}
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_nofile(20000)
+    wd = workdir()
+    pop = Population.make(args.senders)
+    report: dict[str, object] = {"machine": describe_machine(), "args": {
+        k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()}}
+    print(f"# listgate vs pymilter: milter load benchmark\n\nmachine: {report['machine']}")
+    print(f"load: {args.procs} generator processes, {args.seconds:g} s windows after "
+          f"{args.warmup:g} s warm-up, {args.rounds} rounds alternating per cell, "
+          f"{args.member_share:.0%} member senders, {args.senders} allowed senders; "
+          f"listgate: workers = {args.workers}, uvloop = {not args.no_uvloop}, "
+          f'log level "warning" (both gates log nothing per decision)', flush=True)
+    uv = not args.no_uvloop
+    pm = Pymilter(free_port(), wd, list_address=pop.list_address, allowed=pop.members)
+    lg = Listgate(free_port(), wd, list_address=pop.list_address, allowed=pop.members,
+                  workers=args.workers, uvloop=uv)
+    failures: list[str] = []
+    pm.start()
+    try:
+        lg.start()
+        try:
+            if "static" not in args.skip:
+                rows = run_matrix("static backend (1,000 allowed senders)", lg, pm, pop, args)
+                report["static"] = _rows_json(rows)
+                failures += _check(rows, "static")
+            if "idle" not in args.skip:
+                lg.stop()
+                for label, workers in (("workers = 1", 1), (f"workers = {args.workers}",
+                                                             args.workers)):
+                    if (label == "workers = 1" and args.workers == 1) or (
+                            args.smoke and workers > 1):
+                        continue
+                    idle = Listgate(free_port(), wd, list_address=pop.list_address,
+                                    allowed=pop.members, workers=workers, uvloop=uv)
+                    idle.start()
+                    try:
+                        held, rss, base, note = idle_connections(idle, args.idle, args.procs)
+                    finally:
+                        idle.stop()
+                    ok = held == args.idle and rss <= 200 * MB
+                    print(f"\n## idle connections ({label})\n\n{held:,} of {args.idle:,} held "
+                          f"open; listgate RSS {rss / MB:.0f} MB (idle before: "
+                          f"{base / MB:.0f} MB; target <= 200 MB): "
+                          f"{'OK' if ok else 'MISSED'} ({note})", flush=True)
+                    report[f"idle {label}"] = {"held": held, "rss_mb": rss / MB,
+                                               "base_mb": base / MB}
+                    if not ok and workers == 1:
+                        failures.append(f"idle: {held} held, {rss / MB:.0f} MB")
+                lg.start()
+            if "postfix" not in args.skip:
+                rates = postfix_rate(lg, pm, pop, args)
+                none = dict(rates)["none"]
+                print(f"\n## through Postfix (smtp-source -m {args.postfix_messages} -s 20, "
+                      f"median of {args.postfix_rounds})\n")
+                print("| milter | messages/s | vs no milter |\n|---|---:|---:|")
+                for name, rate in rates:
+                    print(f"| {name} | {rate:,.0f} | {rate / none:.0%} |")
+                report["postfix"] = dict(rates)
+                if dict(rates)["listgate"] < 0.9 * none:
+                    failures.append("postfix: listgate below 90 % of no milter")
+        finally:
+            lg.stop()
+        if not ({"mailman", "cold"} <= args.skip):
+            core, mpop = start_mailman(args.senders)
+            try:
+                if "mailman" not in args.skip:
+                    mlg = Listgate(free_port(), wd, list_address=mpop.list_address, allowed=(),
+                                   mailman=mailman_config(core, 3600), workers=args.workers,
+                                   uvloop=uv)
+                    mpm = Pymilter(free_port(), wd, list_address=mpop.list_address,
+                                   allowed=mpop.members)
+                    mlg.start()
+                    mpm.start()
+                    try:
+                        took = warm(mlg, mpop, args.procs)
+                        print(f"  cache warmed: one session per sender ({2 * args.senders}) "
+                              f"in {took:.1f} s", flush=True)
+                        rows = run_matrix("Mailman backend, warm cache", mlg, mpm, mpop, args)
+                        report["mailman"] = _rows_json(rows)
+                        failures += _check(rows, "mailman")
+                    finally:
+                        mlg.stop()
+                        mpm.stop()
+                if "cold" not in args.skip:
+                    cold = cold_path(core, mpop, wd, args)
+                    report["cold"] = cold
+                    gap = cold["lg_p99"] - cold["rest_p99"]
+                    print(f"\n## cold path (Mailman backend, empty cache, concurrency "
+                          f"{cold['concurrency']}, every session a new nonmember)\n")
+                    print("| | p50 ms | p99 ms |\n|---|---:|---:|")
+                    print(f"| listgate RCPT decision ({cold['decisions']:,}) | "
+                          f"{cold['lg_p50']:.2f} | {cold['lg_p99']:.2f} |")
+                    print(f"| Mailman REST, same calls made directly | {cold['rest_p50']:.2f} "
+                          f"| {cold['rest_p99']:.2f} |")
+                    print(f"\np99 gap {gap:+.2f} ms (target <= 2 ms): "
+                          f"{'OK' if gap <= 2 else 'MISSED'}")
+                    print(f"single flight: {cold['burst_sessions']} concurrent sessions for one "
+                          f"new sender -> {cold['burst_fetches']:.0f} membership fetch(es)")
+                    print(f"pool: at most {cold['peak_connections']} connections to Mailman "
+                          f"open at once (max_connections = {cold['pool']}); "
+                          f"{cold['membership_fetches']:.0f} membership fetches for "
+                          f"{cold['decisions']:,} cold decisions; {cold['errors']} errors, "
+                          f"{cold['wrong']} wrong verdicts")
+                    if gap > 2:
+                        failures.append(f"cold: p99 gap {gap:.2f} ms")
+                    if cold["burst_fetches"] > 1 or cold["peak_connections"] > cold["pool"]:
+                        failures.append("cold: single flight or pool bound broken")
+            finally:
+                core.stop()
+                core.close()
+    finally:
+        pm.stop()
+        shutil.rmtree(wd, ignore_errors=True)
+    print("\n## must targets\n")
+    if failures:
+        for f in failures:
+            print(f"- MISSED: {f}")
+    else:
+        print("- all must targets held in this run")
+    if args.json:
+        report["missed"] = failures
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+    return 0
+
+
+def _rows_json(rows) -> list[dict]:
+    out = []
+    for conc, rcpts, x, y in rows:
+        out.append({"concurrency": conc, "rcpts": rcpts, **{
+            f"{n}_{k}": v for n, c in (("listgate", x), ("pymilter", y)) for k, v in {
+                "sessions_per_s": c.sess, "rcpts_per_s": c.rcpt, "p50_ms": c.pct(50),
+                "p99_ms": c.pct(99), "cpu_pct": statistics.mean(c.cpu), "rss_mb": c.rss / MB,
+                "errors": c.errors, "wrong": c.wrong}.items()}})
+    return out
+
+
+def _check(rows, label: str) -> list[str]:
+    out = []
+    for conc, rcpts, x, y in rows:
+        if x.rcpt < y.rcpt:
+            out.append(f"{label} c={conc} r={rcpts}: decisions/s {x.rcpt / y.rcpt:.2f}x pymilter")
+        if conc == 10 and x.pct(99) > y.pct(99):
+            out.append(f"{label} c={conc} r={rcpts}: p99 {x.pct(99):.2f} > {y.pct(99):.2f} ms")
+        if x.errors or x.wrong or y.errors or y.wrong:
+            out.append(f"{label} c={conc} r={rcpts}: errors or wrong verdicts")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
