@@ -142,7 +142,7 @@ class Server:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 list(self.command()), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                cwd=ROOT, start_new_session=True,
+                cwd=ROOT,
             )
         wait_port(self.port, self.proc, self.name)
         time.sleep(0.2)  # let worker processes (if any) bind too
