@@ -279,7 +279,8 @@ class _Worker:
         member = self.rng.random() < self.spec.member_share
         if self.spec.fresh_senders and not member:
             self.fresh += 1
-            return f"cold{self.index:02d}x{self.fresh:07d}@elsewhere.example", False
+            return (f"cold{self.spec.seed}-{self.index:02d}x{self.fresh:07d}@elsewhere.example",
+                    False)
         pool = pop.members if member else pop.nonmembers
         return pool[self.rng.randrange(len(pool))], member
 
@@ -460,7 +461,7 @@ class _Worker:
             if self.sweep is not None and not self.sweep and now < stop_at:
                 stop_at = now  # every sender had its session
             if now < stop_at:
-                while len(sessions) < self.concurrency:
+                while len(sessions) < self.concurrency and self.sweep != []:
                     before = self.errors
                     self.start_session()
                     if self.errors > before:

@@ -202,11 +202,14 @@ def run_matrix(title: str, lg: Server, pm: Server, pop: Population, args) -> lis
 MAILMAN_LIST = "bench"
 
 
-def start_mailman(pop_size: int):
+def start_mailman(pop_size: int, nice: int = 0):
     from mailman_harness import MailmanCore
 
     core = MailmanCore(workers=2)
     core.start()
+    if nice and core._proc is not None:  # Mailman runs in a session of its own
+        for pid in process_tree(core._proc.pid):
+            prioritize(pid, nice)
     ml = core.new_list({"default_nonmember_action": "reject"}, name=MAILMAN_LIST)
     fqdn = ml.fqdn_listname
     pop = Population.make(pop_size, fqdn)
@@ -218,35 +221,21 @@ def start_mailman(pop_size: int):
 
 
 def subscribe_all(core, ml, emails) -> None:
-    """Subscribe in a few threads (each REST call is one gunicorn request)."""
-    from mailman_harness import _SUBSCRIBE_FLAGS  # same flags as core.subscribe
-
-    todo = list(emails)
-    lock = threading.Lock()
-    problems: list[str] = []
-
-    def work() -> None:
-        from mailmanclient import Client
-
-        client = Client(core.url, core.user, core.password)
-        mlist = client.get_list(ml.fqdn_listname)
-        while True:
-            with lock:
-                if not todo:
-                    return
-                email = todo.pop()
-            try:
-                mlist.subscribe(email, None, **_SUBSCRIBE_FLAGS)
-            except Exception as exc:
-                problems.append(f"{email}: {exc}")
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if problems:
-        raise RuntimeError(f"{len(problems)} subscriptions failed, e.g. {problems[0]}")
+    """Subscribe with Mailman's own ``mailman addmembers`` (one process, straight into its
+    database: seconds, where one REST call per member takes minutes)."""
+    members = core.base_dir / "members.txt"
+    members.write_text("\n".join(emails) + "\n")
+    proc = subprocess.run(
+        [str(core.venv / "bin" / "mailman"), "-C", str(core.config_path), "--run-as-root",
+         "addmembers", "--no-welcome-msg", str(members), ml.fqdn_listname],
+        capture_output=True, text=True, cwd=core.base_dir, env=core._runner_env(), timeout=300,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"mailman addmembers: {proc.stdout[-500:]}{proc.stderr[-500:]}")
+    count = len(ml.members)
+    if count != len(emails):
+        raise RuntimeError(f"mailman addmembers: {count} of {len(emails)} members subscribed")
 
 
 def mailman_config(core, ttl: float, max_connections: int = 10, metrics: str = "") -> str:
@@ -270,13 +259,17 @@ def mailman_config(core, ttl: float, max_connections: int = 10, metrics: str = "
     return "\n".join(lines)
 
 
-def warm(server: Server, pop: Population, procs: int) -> float:
+def warm(server: Server, pop: Population, procs: int, sweeps: int) -> float:
+    """One session per sender, *sweeps* times: each worker process has its own cache and
+    the kernel spreads connections over them, so one sweep leaves each worker about half
+    warm; after k sweeps a sender is still cold in one worker with probability 2^-k."""
     began = time.monotonic()
-    result = run_load(LoadSpec("127.0.0.1", server.port, 50, 1, seconds=120, warmup=0,
-                               procs=procs, population=pop, sweep=True))
-    if result.errors or result.wrong:
-        raise RuntimeError(f"warm-up: {result.errors} errors, {result.wrong} wrong verdicts "
-                           f"{result.first_error}")
+    for sweep in range(sweeps):
+        result = run_load(LoadSpec("127.0.0.1", server.port, 50, 1, seconds=120, warmup=0,
+                                   procs=procs, population=pop, sweep=True, seed=sweep + 1))
+        if result.errors or result.wrong:
+            raise RuntimeError(f"warm-up: {result.errors} errors, {result.wrong} wrong "
+                               f"verdicts {result.first_error}")
     return time.monotonic() - began
 
 
@@ -349,64 +342,69 @@ def _pct(values, q: float) -> float:
 
 
 def cold_path(core, pop: Population, wd: Path, args) -> dict:
-    """Empty cache, every session a new nonmember; REST latency measured alongside."""
+    """Empty cache, every session a new nonmember.
+
+    Latency: one cold decision at a time (Mailman, two gunicorn workers on SQLite, is a
+    queue: at higher concurrency its own queueing swamps everything), alternating in
+    slices with the same REST calls made directly, so both see the same Mailman. Then a
+    flood (50 concurrent sessions, each a new sender) against the connection pool bound,
+    and 50 concurrent sessions for one new sender against single flight."""
     max_conn = 4
     mport = free_port()
     lg = Listgate(free_port(), wd, list_address=pop.list_address, allowed=(),
                   mailman=mailman_config(core, 3600, max_conn, f"127.0.0.1:{mport}"),
                   uvloop=not args.no_uvloop)
+    miss = {"cache": "memberships", "result": "miss"}
     lg.start()
     try:
-        conc = 10
-        # directory and policy once (a cold daemon fetches them with its first RCPT)
+        # the directory, list policy and site bans, as any running daemon has them
         run_load(LoadSpec("127.0.0.1", lg.port, 1, 1, seconds=1, warmup=0, procs=1,
                           population=pop))
+        lat_lg, lat_rest = array("I"), array("I")
+        slices = 6
+        for n in range(slices):
+            r = run_load(LoadSpec("127.0.0.1", lg.port, 1, 1, member_share=0.0,
+                                  seconds=args.cold_seconds / slices, warmup=0.2, procs=1,
+                                  population=pop, fresh_senders=True, seed=100 + n))
+            lat_lg.extend(r.latencies_us)
+            senders = [f"rest{n}x{i:05d}@elsewhere.example"
+                       for i in range(max(20, len(r.latencies_us)))]
+            lat_rest.extend(rest_latency(core, senders, 1))
+            if r.errors or r.wrong:
+                raise RuntimeError(f"cold path: {r.errors} errors, {r.wrong} wrong verdicts "
+                                   f"{r.first_error}")
         peak = [0]
         stop = threading.Event()
 
         def watch() -> None:
             while not stop.is_set():
                 peak[0] = max(peak[0], _connections_to(core.port))
-                time.sleep(0.005)
+                time.sleep(0.002)
 
         watcher = threading.Thread(target=watch)
         watcher.start()
-        fetches0 = _metric(mport, "listgate_cache_requests_total",
-                           {"cache": "memberships", "result": "miss"})
-        result = run_load(LoadSpec("127.0.0.1", lg.port, conc, 1, member_share=0.0,
-                                   seconds=args.cold_seconds, warmup=0.5, procs=1,
-                                   population=pop, fresh_senders=True, seed=7))
-        # single flight: 50 concurrent sessions for one sender nobody asked about yet
-        one = Population((), ("flight-" + str(os.getpid()) + "@elsewhere.example",),
-                         pop.list_address)
-        before = _metric(mport, "listgate_cache_requests_total",
-                         {"cache": "memberships", "result": "miss"})
-        burst = run_load(LoadSpec("127.0.0.1", lg.port, 50, 1, member_share=0.0, seconds=0.5,
+        f0 = _metric(mport, "listgate_cache_requests_total", miss)
+        flood = run_load(LoadSpec("127.0.0.1", lg.port, 50, 1, member_share=0.0, seconds=2.0,
+                                  warmup=0, procs=1, population=pop, fresh_senders=True,
+                                  seed=200))
+        f1 = _metric(mport, "listgate_cache_requests_total", miss)
+        one = Population((), (f"flight-{os.getpid()}@elsewhere.example",), pop.list_address)
+        burst = run_load(LoadSpec("127.0.0.1", lg.port, 50, 1, member_share=0.0, seconds=0.3,
                                   warmup=0, procs=1, population=one))
-        after = _metric(mport, "listgate_cache_requests_total",
-                        {"cache": "memberships", "result": "miss"})
+        f2 = _metric(mport, "listgate_cache_requests_total", miss)
         stop.set()
         watcher.join()
-        fetches = _metric(mport, "listgate_cache_requests_total",
-                          {"cache": "memberships", "result": "miss"}) - fetches0
     finally:
         lg.stop()
-    senders = [f"rest{i:05d}@elsewhere.example" for i in range(max(200, len(result.latencies_us)))]
-    rest = rest_latency(core, senders[: len(result.latencies_us) or 200], conc)
     return {
-        "concurrency": conc,
-        "decisions": len(result.latencies_us),
-        "lg_p50": result.percentile_ms(50),
-        "lg_p99": result.percentile_ms(99),
-        "rest_p50": _pct(rest, 50),
-        "rest_p99": _pct(rest, 99),
-        "errors": result.errors + burst.errors,
-        "wrong": result.wrong + burst.wrong,
-        "burst_sessions": burst.sessions,
-        "burst_fetches": after - before,
-        "membership_fetches": fetches,
-        "pool": max_conn,
-        "peak_connections": peak[0],
+        "decisions": len(lat_lg),
+        "lg_p50": _pct(lat_lg, 50), "lg_p99": _pct(lat_lg, 99),
+        "rest_p50": _pct(lat_rest, 50), "rest_p99": _pct(lat_rest, 99),
+        "flood_sessions": flood.sessions, "flood_fetches": f1 - f0,
+        "flood_p99": flood.percentile_ms(99),
+        "errors": flood.errors + burst.errors, "wrong": flood.wrong + burst.wrong,
+        "burst_sessions": burst.sessions, "burst_fetches": f2 - f1,
+        "pool": max_conn, "peak_connections": peak[0],
     }
 
 
@@ -519,6 +517,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--member-share", type=float, default=0.5)
     ap.add_argument("--senders", type=int, default=1000, help="allowed senders (and as many "
                     "outsiders)")
+    ap.add_argument("--mailman-senders", type=int, default=150,
+                    help="list members in Mailman (and as many outsiders): every worker "
+                    "warms its own cache through Mailman's slow REST API")
     ap.add_argument("--workers", type=int, default=2, help="listgate [milter] workers")
     ap.add_argument("--no-uvloop", action="store_true", help="listgate on asyncio's own loop")
     ap.add_argument("--idle", type=int, default=10000, help="idle connections to hold")
@@ -612,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             lg.stop()
         if not ({"mailman", "cold"} <= args.skip):
-            core, mpop = start_mailman(args.senders)
+            core, mpop = start_mailman(args.mailman_senders, args.nice)
             try:
                 if "mailman" not in args.skip:
                     mlg = Listgate(free_port(), wd, list_address=mpop.list_address, allowed=(),
@@ -623,9 +624,11 @@ def main(argv: list[str] | None = None) -> int:
                     mlg.start()
                     mpm.start()
                     try:
-                        took = warm(mlg, mpop, args.procs)
-                        print(f"  cache warmed: one session per sender ({2 * args.senders}) "
-                              f"in {took:.1f} s", flush=True)
+                        sweeps = 1 if args.workers == 1 else 4 * args.workers + 2
+                        took = warm(mlg, mpop, args.procs, sweeps)
+                        print(f"  cache warmed: {sweeps} x one session per sender "
+                              f"({2 * args.mailman_senders} senders) in {took:.1f} s",
+                              flush=True)
                         rows = run_matrix("Mailman backend, warm cache", mlg, mpm, mpop, args)
                         report["mailman"] = _rows_json(rows)
                         failures += _check(rows, "mailman")
@@ -636,22 +639,24 @@ def main(argv: list[str] | None = None) -> int:
                     cold = cold_path(core, mpop, wd, args)
                     report["cold"] = cold
                     gap = cold["lg_p99"] - cold["rest_p99"]
-                    print(f"\n## cold path (Mailman backend, empty cache, concurrency "
-                          f"{cold['concurrency']}, every session a new nonmember)\n")
+                    print("\n## cold path (Mailman backend, empty cache, one decision at a "
+                          "time, every session a new nonmember)\n")
                     print("| | p50 ms | p99 ms |\n|---|---:|---:|")
                     print(f"| listgate RCPT decision ({cold['decisions']:,}) | "
                           f"{cold['lg_p50']:.2f} | {cold['lg_p99']:.2f} |")
-                    print(f"| Mailman REST, same calls made directly | {cold['rest_p50']:.2f} "
-                          f"| {cold['rest_p99']:.2f} |")
+                    print(f"| Mailman REST, the same two calls made directly | "
+                          f"{cold['rest_p50']:.2f} | {cold['rest_p99']:.2f} |")
                     print(f"\np99 gap {gap:+.2f} ms (target <= 2 ms): "
                           f"{'OK' if gap <= 2 else 'MISSED'}")
-                    print(f"single flight: {cold['burst_sessions']} concurrent sessions for one "
-                          f"new sender -> {cold['burst_fetches']:.0f} membership fetch(es)")
-                    print(f"pool: at most {cold['peak_connections']} connections to Mailman "
-                          f"open at once (max_connections = {cold['pool']}); "
-                          f"{cold['membership_fetches']:.0f} membership fetches for "
-                          f"{cold['decisions']:,} cold decisions; {cold['errors']} errors, "
-                          f"{cold['wrong']} wrong verdicts")
+                    print(f"flood: 50 concurrent sessions, each a new sender, for 2 s: "
+                          f"{cold['flood_sessions']:,} sessions, {cold['flood_fetches']:.0f} "
+                          f"membership fetches, at most {cold['peak_connections']} connections "
+                          f"to Mailman open at once (max_connections = {cold['pool']}), RCPT p99 "
+                          f"{cold['flood_p99']:.0f} ms")
+                    print(f"single flight: 50 concurrent sessions for one new sender "
+                          f"({cold['burst_sessions']} in all) -> {cold['burst_fetches']:.0f} "
+                          f"membership fetch(es); {cold['errors']} errors, {cold['wrong']} "
+                          f"wrong verdicts")
                     if gap > 2:
                         failures.append(f"cold: p99 gap {gap:.2f} ms")
                     if cold["burst_fetches"] > 1 or cold["peak_connections"] > cold["pool"]:
