@@ -66,6 +66,7 @@ def create_backend(config: Config) -> MembershipBackend:
             source,
             config.cache,
             directory_file=Path(mm.directory_file) if mm.directory_file else None,
+            deadline=mm.timeout,
         )
     raise ListgateError(f"backend.type: unknown backend {config.backend.type!r}")
 

@@ -196,7 +196,9 @@ class MailmanConfig:
     password_file: str = ""
     """File holding the password, read at load time; "" = use ``password``. Default: ""."""
     timeout: float = 5.0
-    """Seconds per REST call; > 0 and < 30 (Postfix's milter_command_timeout). Default: 5."""
+    """Seconds per REST call, and for each decision as a whole (past it, the cache answers,
+    stale entries included, or the failure policy does); > 0 and < 30 (Postfix's
+    milter_command_timeout). Default: 5."""
     max_connections: int = 10
     """HTTP connection pool size (>= 1). Default: 10."""
     directory_file: str = ""

@@ -28,12 +28,19 @@ Invariants:
   ``lookup`` then joins).
 - A recipient that is not a list is answered from the directory alone, so a Mailman
   outage delays no mail but list mail. ``BackendUnavailable`` carries the list address.
+- With a ``deadline``, ``lookup`` answers within it whatever Mailman does: one decision
+  may need several REST calls in a row (policy, bans, memberships, linked addresses),
+  each bounded by the REST timeout, so without it a hung Mailman could hold an RCPT for
+  several timeouts, past Postfix's 30 s. At the deadline the fetches go on in the
+  background and the lookup is answered from the cache, stale entries included (within
+  ``stale_if_error``), or fails with ``BackendUnavailable``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -78,6 +85,13 @@ MISSING = _Missing()
 
 class NotCached(Exception):
     """Raised by ``FactCache.get(..., wait=False)`` on a miss (after starting the fetch)."""
+
+
+_ACCEPT_STALE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "listgate_accept_stale", default=False
+)
+"""Set while a lookup past its deadline is answered from the cache: ``FactCache.get``
+with ``wait=False`` then returns an expired entry within ``stale_if_error``."""
 
 
 @dataclass(slots=True)
@@ -150,6 +164,14 @@ class FactCache(Generic[K, V]):
             self._inflight[key] = task
             task.add_done_callback(self._fetched(key))
         if not wait:
+            if _ACCEPT_STALE.get():
+                entry = self._entries.get(key)
+                if entry is not None and (
+                    self._clock() - entry.fetched_at
+                    <= max_age(entry.value) + self.stale_if_error
+                ):
+                    self.stale += 1
+                    return entry.value
             raise NotCached(self.name)
         return await asyncio.shield(task)
 
@@ -227,8 +249,11 @@ class CachedBackend:
         *,
         clock: Callable[[], float] = time.monotonic,
         directory_file: Path | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.source = source
+        self.deadline = deadline
+        """Seconds within which ``lookup`` answers (None: no limit; see the module doc)."""
         self.settings = s = settings or CacheSettings()
         self._directory: FactCache[str, _DirectoryView] = FactCache(
             "directory", 1, clock, s.stale_if_error
@@ -312,8 +337,38 @@ class CachedBackend:
         raise AssertionError("cache assembly suspended without waiting")
 
     async def lookup(self, request: PostingRequest) -> ListFacts:
-        """Answer, fetching what is missing; ``BackendUnavailable`` if Mailman cannot."""
-        return await self._assemble(request, wait=True)
+        """Answer, fetching what is missing; ``BackendUnavailable`` if Mailman cannot.
+        With a ``deadline``: at the deadline, answer from the cache (stale entries too)."""
+        if self.deadline is None:
+            return await self._assemble(request, wait=True)
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await self._assemble(request, wait=True)
+        except TimeoutError:
+            pass
+        token = _ACCEPT_STALE.set(True)
+        coro = self._assemble(request, wait=False)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            facts: ListFacts = done.value
+            return facts
+        except NotCached:
+            raise BackendUnavailable(
+                f"Mailman REST: no answer within {self.deadline:g} s and nothing cached",
+                list_address=self._list_address(request),
+            ) from None
+        finally:
+            _ACCEPT_STALE.reset(token)
+        coro.close()  # pragma: no cover - wait=False never suspends
+        raise AssertionError("cache assembly suspended without waiting")
+
+    def _list_address(self, request: PostingRequest) -> str | None:
+        """The list *request* is for, by the newest directory known (None if unknown)."""
+        view = self._persisted
+        if view is None:
+            return None
+        return resolve(request.recipient, view.resolver).list_address
 
     # ------------------------------------------------------------------ assembly
 
