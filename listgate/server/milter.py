@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -53,6 +54,8 @@ decisions_log = logging.getLogger("listgate.decision")
 
 _CONTINUE = Continue()
 _NOT_CONNECTED = object()
+_TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)  # Linux
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _Answer = Callable[[PostingRequest, Decision], Reply]
 
 
@@ -111,6 +114,7 @@ class MilterProtocol(asyncio.Protocol):
         "_partial_since",
         "_peername",
         "_pending",
+        "_quickack",
         "_reading_paused",
         "_service",
         "_timer",
@@ -125,6 +129,8 @@ class MilterProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.conn_id = ""
         self._peername: object = _NOT_CONNECTED
+        self._quickack: socket.socket | None = None
+        """The TCP socket, to ACK packets that get no reply at once (unix: None)."""
         self.transport: asyncio.Transport | None = None
         self.conn = MilterConnection(service.options)
         self.session = MilterSession()
@@ -147,6 +153,9 @@ class MilterProtocol(asyncio.Protocol):
             return
         self.conn_id = next_conn_id()
         self._peername = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if _TCP_QUICKACK and sock is not None and sock.family in _TCP_FAMILIES:
+            self._quickack = sock
         self._last = self._loop.time()
         self._arm_timer(self._last + self._service.limits.idle_timeout)
         if log.isEnabledFor(logging.DEBUG):
@@ -248,7 +257,8 @@ class MilterProtocol(asyncio.Protocol):
         except MilterProtocolError as exc:
             self._protocol_error(exc)
             return
-        self._flush()
+        if not self._flush() and self._quickack is not None:
+            self._ack_now()
         if conn.buffered:
             if progressed or self._partial_since is None:
                 self._partial_since = self._loop.time()
@@ -330,10 +340,28 @@ class MilterProtocol(asyncio.Protocol):
 
     # --------------------------------------------------------------- plumbing
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Write what the connection has queued; whether anything was written."""
         out = self.conn.data_to_send()
         if out and self.transport is not None and not self._closing:
             self.transport.write(out)
+            return True
+        return False
+
+    def _ack_now(self) -> None:
+        """ACK what was just read at once (TCP_QUICKACK) when it needed no reply.
+
+        The MTA writes each milter packet on its own (Postfix: the MACRO packets, MAIL
+        with SMFIP_NR_MAIL, then RCPT), Nagle's algorithm holds each small write until the
+        previous one is ACKed, and Linux delays a bare ACK by up to 40 ms when no reply
+        carries it. Measured through Postfix (smtp-source, 20 sessions): 57 % of the rate
+        without a milter, for listgate and pymilter alike, before this."""
+        sock = self._quickack
+        assert sock is not None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except OSError:
+            self._quickack = None
 
     def _close(self) -> None:
         if not self._closing and self.transport is not None:
