@@ -709,7 +709,7 @@ class ListgateProcess:
         except OSError:
             return ""
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:
         """Start the process and wait until every listen spec accepts connections."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with self.log_path.open("wb") as log:
