@@ -413,18 +413,27 @@ class MailmanOracle:
                 self._vette[m.group("hmid")] = ("HOLD", m.group("hwhy").strip())
 
     def collect(self, deliveries: Sequence[Delivery], lmtp: dict[str, str], *,
-                bound: float | None = None, grace: float = 1.0) -> dict[str, Observation]:
-        """Wait (bounded) until Mailman has visibly dealt with every delivery; classify."""
-        bound = bound if bound is not None else 30.0 + 0.25 * len(deliveries)
-        deadline = time.monotonic() + bound
+                stall: float = 60.0, bound: float = 1800.0,
+                grace: float = 1.0) -> dict[str, Observation]:
+        """Wait until Mailman has visibly dealt with every delivery, then classify.
+
+        The wait ends when nothing is pending, when nothing has settled for *stall*
+        seconds (a loaded machine slows Mailman's runners down, it does not stop them),
+        or after *bound* seconds in all. A post still unsettled then is classified by what
+        was seen (nothing: discarded) and, having no chain logged, reported as a conflict.
+        """
+        began = time.monotonic()
+        progress = began
         posts = [d for d in deliveries if not d.service and lmtp.get(d.key) == "250"]
         pending = list(posts)
         while True:
             self._read_vette()
-            pending = [d for d in pending if not self._settled(d)]
-            if not pending:
-                break
-            if time.monotonic() >= deadline:
+            still = [d for d in pending if not self._settled(d)]
+            now = time.monotonic()
+            if len(still) < len(pending):
+                progress = now
+            pending = still
+            if not pending or now - progress >= stall or now - began >= bound:
                 break
             if health := self.health():
                 raise AssertionError(health)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=200, help="cases per batch of worlds")
     ap.add_argument("--only", action="append", default=[], help="print this case in full")
     args = ap.parse_args(argv)
+    # SIGTERM ends the run like ^C does: the oracle's processes are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.out.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     with (args.out / "results.jsonl").open("w") as fh, \
