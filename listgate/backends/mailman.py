@@ -263,15 +263,20 @@ class MailmanSource:
             email = str(entry.get("email", "")).lower()
             if email != address:
                 continue  # never trust a pattern match
-            records.append(
-                MembershipRecord(
-                    list_id=str(entry.get("list_id", "")),
-                    role=str(entry.get("role", "")),
-                    email=email,
-                    moderation_action=Action.parse(entry.get("moderation_action")),
-                )
+            through_user = entry.get("subscription_mode") == "as_user"
+            record = MembershipRecord(
+                list_id=str(entry.get("list_id", "")),
+                role=str(entry.get("role", "")),
+                email=email,
+                moderation_action=Action.parse(entry.get("moderation_action")),
             )
-        return tuple(records)
+            records.append((through_user, record))
+        # An address may hold a role on a list twice: directly and through its user (whose
+        # preferred address it is). Mailman's roster then uses the direct one
+        # (model/roster.py: get_member), so it comes first; members/find sorts by list,
+        # email and role only, and leaves the order of the two to the database.
+        records.sort(key=lambda pair: pair[0])
+        return tuple(record for _, record in records)
 
     async def linked_addresses(self, address: str) -> tuple[str, ...] | None:
         """The other addresses of the Mailman user that owns *address* (0 to 2 calls);

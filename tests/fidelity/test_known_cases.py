@@ -117,3 +117,29 @@ def test_member_whose_address_holds_a_star(oracle: MailmanOracle, tmp_path: Path
         assert r.verdicts["headers"].verdict == "accept", r.summary()
         if r.post["envelope"] == star:
             assert r.verdicts["rcpt"].verdict == "accept", r.summary()
+
+
+def test_address_subscribed_directly_and_through_its_user(
+    oracle: MailmanOracle, tmp_path: Path
+) -> None:
+    """An address can be a member twice: subscribed directly, and through its user once it
+    becomes the user's preferred address. Mailman's roster then uses the direct
+    subscription (``model/roster.py``: ``get_member``); ``members/find`` returns both rows,
+    sorted only by list, email and role. listgate must use the direct one too."""
+    uid = _uid()
+    home, out = f"{uid}.example.com", f"{uid}.example.net"
+    lenient, strict = f"u1@{home}", f"u2@{home}"
+    world = _world(uid, settings={"default_nonmember_action": "reject"}, users=[
+        UserSpec([lenient, f"u1.alt@{out}"], f"u1.alt@{out}", [(lenient, "accept")], "reject",
+                 repoint=lenient),
+        UserSpec([strict, f"u2.alt@{out}"], f"u2.alt@{out}", [(strict, "reject")], "accept",
+                 repoint=strict),
+    ])
+    posts = [_post(world, 0, lenient, ("From", lenient)),
+             _post(world, 1, strict, ("From", strict))]
+    accepted, rejected = _run(oracle, tmp_path, world, posts)
+    assert accepted.mailman.outcome == "accepted", accepted.summary()
+    assert rejected.mailman.outcome == "rejected", rejected.summary()
+    for mode in ("rcpt", "headers"):
+        assert accepted.verdicts[mode].verdict == "accept", accepted.summary()
+        assert rejected.verdicts[mode].verdict == "reject", rejected.summary()
