@@ -172,8 +172,9 @@ class DecideAt(enum.Enum):
     """At RCPT, on the envelope sender alone."""
     HEADERS = "headers"
     """Mailman-faithful: accept at RCPT if the envelope sender may post, otherwise wait
-    for the end of headers and judge every address Mailman would (From:, envelope,
-    Reply-To:, Sender:)."""
+    for the end of headers; there, judge every address Mailman would (From:, envelope,
+    Reply-To:, Sender:). A post accepted at RCPT is judged again at the end of headers
+    too, and refused there if it is the transaction's only recipient."""
 
 
 class HoldPolicy(enum.Enum):
@@ -294,7 +295,10 @@ def decide(
         if entry is not None:
             return _accept((f"override allow {entry} admits <{address}>",), list_address)
     outcome = mailman_outcome(
-        facts.policy, facts.senders, facts.hints, trust_approved=overrides.trust_approved
+        facts.policy,
+        facts.senders,
+        facts.hints if request.decodes_envelope else (),
+        trust_approved=overrides.trust_approved,
     )
     refused = outcome.action in _REFUSED or (
         outcome.action is Action.HOLD
@@ -304,7 +308,15 @@ def decide(
     reasons = outcome.reasons
     if outcome.action is Action.HOLD:
         reasons = (*reasons, f"Mailman would hold it; hold={overrides.hold.value}")
+    at_rcpt_of_headers_list = (
+        overrides.decide_at is DecideAt.HEADERS and not request.header_senders
+    )
     if not refused:
+        if at_rcpt_of_headers_list and overrides.mode is GateMode.ENFORCE:
+            # Accepted on the envelope alone: a header sender may still make Mailman
+            # refuse the post (a ban, a member whose action rejects, a nonmember rule).
+            return Decision(Verdict.ACCEPT, None, None, "", reasons, list_address,
+                            provisional=True)
         return _accept(reasons, list_address)
     if overrides.mode is GateMode.MONITOR:
         return _accept(("monitor mode: would reject", *reasons), list_address)
@@ -318,7 +330,7 @@ def decide(
         text,
         reasons,
         list_address,
-        provisional=overrides.decide_at is DecideAt.HEADERS and not request.header_senders,
+        provisional=at_rcpt_of_headers_list,
     )
 
 

@@ -82,6 +82,14 @@ class PostingRequest:
         """The senders to judge: the header senders once known, else the envelope."""
         return self.header_senders or (self.sender,)
 
+    @property
+    def decodes_envelope(self) -> bool:
+        """Whether other spellings of the envelope sender (SRS/BATV decoded, ``+tag``
+        stripped) may admit the post: at RCPT only, where the envelope is all there is.
+        At end of headers listgate judges exactly the senders Mailman judges, and
+        Mailman decodes none of them."""
+        return not self.header_senders
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -99,8 +107,10 @@ class Decision:
     list_address: str | None = None
     """The list posting address the recipient resolved to, if any."""
     provisional: bool = False
-    """A REJECT taken at RCPT for a list that decides at end of headers: the header
-    senders may still admit the post, so the front end must wait for them."""
+    """A verdict taken at RCPT, on the envelope alone, for a list that decides at end of
+    headers. A provisional REJECT: the header senders may still admit the post, so the
+    front end must wait for them. A provisional ACCEPT: a header sender may still make
+    Mailman refuse the post; a front end that sees the headers may judge it again."""
 
     @property
     def smtp_reply(self) -> str | None:

@@ -400,8 +400,11 @@ class CachedBackend:
                     await self._sender(address, list_id, record, global_bans, view, wait)
                 )
             hints = []
-            for address in sender_hints(request.sender, view.directory.verp_delimiter):
-                hints.append(await self._sender(address, list_id, record, global_bans, view, wait))
+            if request.decodes_envelope:
+                for address in sender_hints(request.sender, view.directory.verp_delimiter):
+                    hints.append(
+                        await self._sender(address, list_id, record, global_bans, view, wait)
+                    )
         except ListNotFound:
             # The list was deleted since the directory was fetched: Mailman would refuse
             # the recipient itself. Forget the directory so the next lookup refetches it.

@@ -16,6 +16,12 @@ Invariants:
   once one is pending, every later recipient gets ``452 4.5.3``. SMTP clients retry a
   452 recipient in a transaction of its own, so no other recipient is ever rejected
   because of the list.
+- Headers mode, the other way round: a list recipient whose envelope sender may post is
+  accepted at RCPT, but Mailman may still refuse the post because of a header sender (a
+  banned ``From:``, a member whose action rejects, a nonmember rule). If that recipient
+  is the transaction's only one, it is judged again at EOH and may be refused there;
+  with any other recipient accepted, the RCPT verdict stands (a refusal at EOH would hit
+  the others too).
 """
 
 from __future__ import annotations
@@ -125,6 +131,9 @@ class MilterSession:
     """Recipients answered CONTINUE in this transaction."""
     pending: PostingRequest | None = None
     """The list recipient waiting for the end of headers (headers mode)."""
+    recheck: PostingRequest | None = None
+    """The transaction's first recipient, a list accepted on its envelope sender alone
+    (headers mode): judged again at EOH if it is still the only recipient."""
     headers: list[tuple[str, str]] = field(default_factory=list)
 
     def on_mail(self, event: EnvelopeFrom, conn: MilterConnection) -> None:
@@ -140,6 +149,7 @@ class MilterSession:
         self.auth_user = None
         self.accepted = 0
         self.pending = None
+        self.recheck = None
         self.headers.clear()
 
     def request_for(self, event: EnvelopeRecipient, conn: MilterConnection) -> PostingRequest:
@@ -167,31 +177,41 @@ class MilterSession:
             return _CONTINUE
         reply = reply_for(decision)
         if reply is _CONTINUE:
+            if decision.provisional and not self.accepted:
+                self.recheck = request
             self.accepted += 1
         return reply
 
+    def _judged_at_eoh(self) -> PostingRequest | None:
+        """The recipient EOH decides: the pending one, or the one to judge again."""
+        if self.pending is not None:
+            return self.pending
+        return self.recheck if self.accepted == 1 else None
+
     def on_header(self, event: Header) -> None:
-        """Keep the sender headers while a recipient is pending."""
+        """Keep the sender headers while a recipient waits for EOH."""
         if (
-            self.pending is not None
+            (self.pending is not None or self.recheck is not None)
             and event.field.lower() in _SENDER_FIELDS
             and len(self.headers) < _MAX_HEADERS
         ):
             self.headers.append((event.field, event.value))
 
     def eoh_request(self, conn: MilterConnection) -> PostingRequest | None:
-        """The request to judge at end of headers, or None when nothing is pending."""
-        if self.pending is None:
+        """The request to judge at end of headers, or None when there is none."""
+        waiting = self._judged_at_eoh()
+        if waiting is None:
             return None
-        senders = mailman_senders(self.headers, self.pending.sender)
+        senders = mailman_senders(self.headers, waiting.sender)
         return dataclasses.replace(
-            self.pending,
-            header_senders=senders or (self.pending.sender,),
-            queue_id=conn.macro("i") or self.pending.queue_id,
+            waiting,
+            header_senders=senders or (waiting.sender,),
+            queue_id=conn.macro("i") or waiting.queue_id,
         )
 
     def answer_eoh(self, request: PostingRequest, decision: Decision) -> Reply:
-        """The EOH reply: the pending recipient's final verdict (for the whole message,
-        which holds no other recipient)."""
+        """The EOH reply: that recipient's final verdict (for the whole message, which
+        holds no other recipient)."""
         self.pending = None
+        self.recheck = None
         return reply_for(decision)

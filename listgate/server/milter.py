@@ -316,8 +316,10 @@ class MilterProtocol(asyncio.Protocol):
     ) -> None:
         if isinstance(reply, ReplyCode):
             shown = f"{reply.code} {reply.dsn or ''} {reply.text}"
-        elif decision.provisional:
+        elif decision.provisional and decision.verdict is Verdict.REJECT:
             shown = "continue (pending: judged at end of headers)"
+        elif decision.provisional:
+            shown = "continue (judged again at end of headers if the only recipient)"
         else:
             shown = "continue"
         senders = ",".join(request.header_senders) if request.header_senders else None

@@ -46,6 +46,8 @@ OUTSIDER = "outsider@example.net"
 STRANGER = "stranger@example.net"
 SRS_SENDER = "SRS0=HHH=TT=example.com=anne@fwd.example"
 """A forwarder's SRS envelope; the address inside it (anne@example.com) is no member."""
+BANNED = "banned@example.net"
+"""Banned from the list (Mailman discards any post that names it as a sender)."""
 ALICE = "alice@example.org"
 """A recipient in the relayed domain that is not a list (delivered to the sink)."""
 
@@ -102,6 +104,7 @@ def populate(core: MailmanCore) -> MailmanWorld:
     core.add_nonmember(ml, FRIEND, "accept")
     core.subscribe(ml, CAROL)
     core.link_address(CAROL, CAROL_ALT)
+    core.ban(ml, BANNED)
     return MailmanWorld(core, str(ml.fqdn_listname), str(ml.list_id))
 
 

@@ -30,6 +30,7 @@ from .harness import (
 from .mailman_fixtures import (
     ALICE,
     ALONE,
+    BANNED,
     CAROL_ALT,
     FRIEND,
     MAIL_OK,
@@ -315,6 +316,45 @@ def test_headers_stranger_is_rejected_at_end_of_headers(
     logged(lg_headers, rf"from=<{re.escape(STRANGER)}> to=<{re.escape(lst)}> "
            rf"senders={re.escape(STRANGER)} .*verdict=reject reply=550 5\.7\.1 ")
     refused_then_member_delivered(c, mm_postfix, sink, lst, token)
+
+
+def test_headers_member_envelope_banned_from_is_rejected_at_end_of_headers(
+    world: MailmanWorld, mm_postfix: MailmanPostfix, lg_headers: MailmanListgate,
+    sink: LmtpSink, smtp: Sessions,
+) -> None:
+    """Headers mode: a member's envelope is accepted at RCPT, but with From: a banned
+    address (Mailman would discard the post) the list, alone in its transaction, gets
+    550 5.7.1 as the DATA reply and nothing is delivered."""
+    lst = world.list_address
+    c = smtp.connect("headers", "member envelope, From: banned")
+    assert c.hello().code == 250
+    assert c.mail(MEMBER).line == MAIL_OK
+    assert c.rcpt(lst).line == RCPT_OK
+    token = new_token()
+    first, final = c.data_message(message_bytes(BANNED, [lst], token))
+    assert first.code == 354
+    assert final is not None, "no reply after the message body"
+    assert final.line == rejection(MEMBER, lst)
+    logged(lg_headers, rf"from=<{re.escape(MEMBER)}> to=<{re.escape(lst)}> "
+           rf"senders={re.escape(BANNED)},{re.escape(MEMBER)} .*verdict=reject "
+           rf"reply=550 5\.7\.1 .*reason=banned: <{re.escape(BANNED)}>")
+    refused_then_member_delivered(c, mm_postfix, sink, lst, token)
+
+
+def test_headers_member_envelope_banned_from_with_other_recipient_is_delivered(
+    world: MailmanWorld, mm_postfix: MailmanPostfix, lg_headers: MailmanListgate,
+    sink: LmtpSink, smtp: Sessions,
+) -> None:
+    """Headers mode: the same post with a second, ordinary recipient is delivered to both:
+    a refusal at end of headers would hit the other recipient too, so the RCPT verdict
+    stands (Mailman decides the list's copy, as without listgate)."""
+    lst = world.list_address
+    c = smtp.connect("headers", "member envelope, From: banned, two recipients")
+    assert c.hello().code == 250
+    assert c.mail(MEMBER).line == MAIL_OK
+    assert c.rcpt(lst).line == RCPT_OK
+    assert c.rcpt(ALICE).line == RCPT_OK
+    deliver(c, mm_postfix, sink, MEMBER, [lst, ALICE], header_from=BANNED)
 
 
 def test_headers_pending_list_after_accepted_recipient_gets_452(

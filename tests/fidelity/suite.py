@@ -79,8 +79,8 @@ def _miss_class(mode: str, r: CaseResult, world: WorldSpec, post: PostSpec) -> s
     if not r.mailman_senders:
         return "no valid sender: Mailman discards (no-senders); listgate judges the envelope"
     if mode == "headers" and verdict.phase == "rcpt":
-        return ("envelope may post, so accepted at RCPT; Mailman decided on a header "
-                "sender listgate never reads then")
+        return ("accepted at RCPT and not judged at end of headers; Mailman decided on a "
+                "header sender")
     if mode == "rcpt" and not _informative(post, r.mailman_senders):
         return "Mailman refused because of a header sender, which RCPT cannot see"
     if r.mailman.chain is None and r.mailman.outcome == "discarded":

@@ -5,8 +5,9 @@ In process: ``listgate.app.build_gate`` over the real Mailman backend (``[backen
 backend, asked exactly as the milter front end asks it:
 
 - ``rcpt``: one ``PostingRequest`` per RCPT (envelope sender, recipient).
-- ``headers``: the same RCPT request; a provisional reject waits for the end of headers,
-  where the request is judged again with ``header_senders`` built by
+- ``headers``: the same RCPT request; a provisional verdict (a reject that waits, or an
+  accept of a post that has no other recipient, as every generated post) is judged again
+  at the end of headers, with ``header_senders`` built by
   ``listgate.senders.mailman_senders`` from the ``From:``/``Reply-To:``/``Sender:`` headers
   (what ``MilterSession.eoh_request`` does).
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from listgate.app import build_gate
 from listgate.config import load_config
 from listgate.gate import Gate
-from listgate.model import Decision, PostingRequest, Verdict, normalize_address
+from listgate.model import Decision, PostingRequest, normalize_address
 from listgate.senders import mailman_senders
 
 from .generator import PostSpec
@@ -88,7 +89,7 @@ async def _decide(gates: dict[str, Gate], post: PostSpec) -> dict[str, ModeVerdi
     rcpt = request_for(post)
     out = {"rcpt": _mode(await gates["rcpt"].decide(rcpt), "rcpt")}
     first = await gates["headers"].decide(rcpt)
-    if first.verdict is Verdict.REJECT and first.provisional:
+    if first.provisional:  # a single-recipient post: judged (again) at end of headers
         out["headers"] = _mode(await gates["headers"].decide(eoh_request(post)), "eoh")
     else:
         out["headers"] = _mode(first, "rcpt")

@@ -61,8 +61,8 @@ def reject(sender: str, *reasons: str, texts: ReplyTexts = TEXTS, text: str | No
                     provisional)
 
 
-def accept(*reasons: str, list_address: str | None = LIST) -> Decision:
-    return Decision(Verdict.ACCEPT, None, None, "", reasons, list_address)
+def accept(*reasons: str, list_address: str | None = LIST, provisional: bool = False) -> Decision:
+    return Decision(Verdict.ACCEPT, None, None, "", reasons, list_address, provisional)
 
 
 DEFAULTS = ListOverrides()
@@ -189,6 +189,32 @@ CASES = [
          facts(poster("boss@example.org"), nonmember("bounce@esp.example")),
          accept("member <boss@example.org>; default_member_action=accept"),
          ListOverrides(decide_at=DecideAt.HEADERS)),
+    Case("headers-accept-at-rcpt-is-provisional", BOSS, facts(poster("boss@example.org")),
+         accept("member <boss@example.org>; default_member_action=accept", provisional=True),
+         ListOverrides(decide_at=DecideAt.HEADERS)),
+    Case("headers-accept-at-eoh-is-final",
+         PostingRequest("boss@example.org", LIST, header_senders=("boss@example.org",)),
+         facts(poster("boss@example.org")),
+         accept("member <boss@example.org>; default_member_action=accept"),
+         ListOverrides(decide_at=DecideAt.HEADERS)),
+    Case("headers-monitor-accept-is-final", BOSS, facts(poster("boss@example.org")),
+         accept("member <boss@example.org>; default_member_action=accept"),
+         ListOverrides(decide_at=DecideAt.HEADERS, mode=GateMode.MONITOR)),
+    Case("headers-allow-is-final", EVE, facts(nonmember("eve@example.com")),
+         accept("override allow @example.com admits <eve@example.com>"),
+         ListOverrides(decide_at=DecideAt.HEADERS, allow=("@example.com",))),
+    Case("headers-eoh-decodes-nothing",
+         PostingRequest("srs0=h=tt=example.org=boss@fwd.example", LIST,
+                        header_senders=("eve@example.com",
+                                        "srs0=h=tt=example.org=boss@fwd.example")),
+         facts(nonmember("eve@example.com"), nonmember("srs0=h=tt=example.org=boss@fwd.example"),
+               hints=(poster("boss@example.org"),)),
+         reject("srs0=h=tt=example.org=boss@fwd.example",
+                "nonmember <eve@example.com>, <srs0=h=tt=example.org=boss@fwd.example>; "
+                "default_nonmember_action=reject"),
+         ListOverrides(decide_at=DecideAt.HEADERS)),
+    Case("rcpt-accept-is-final", BOSS, facts(poster("boss@example.org")),
+         accept("member <boss@example.org>; default_member_action=accept")),
     Case("rcpt-reject-is-final", EVE, facts(nonmember("eve@example.com")),
          reject("eve@example.com", REJECTED)),
     # Hints: a decoded SRS envelope that is a member is accepted, saying why.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from listgate.frontends.milter import MilterSession, milter_options, reply_for
+from listgate.frontends.milter import ALONE_REPLY, MilterSession, milter_options, reply_for
 from listgate.milter import (
     NEED_DATA,
     POSTFIX_OFFER,
@@ -12,6 +12,7 @@ from listgate.milter import (
     Continue,
     EnvelopeFrom,
     EnvelopeRecipient,
+    Header,
     Macro,
     MacroStage,
     MilterConnection,
@@ -181,3 +182,96 @@ def test_session_resets_on_abort(chunk: int | None) -> None:
     ))
     _, requests = _run(session, second, chunk, conn)
     assert requests == [PostingRequest("b@example.com", "l@example.org", "192.0.2.7")]
+
+
+# ------------------------------------------------------------------ headers mode
+
+
+LIST_ADDR = "list@example.org"
+
+
+def _rcpt_decision(verdict: Verdict, *, provisional: bool, list_address: str | None = LIST_ADDR,
+                   ) -> Decision:
+    if verdict is Verdict.ACCEPT:
+        return Decision(verdict, None, None, "", ("test",), list_address, provisional)
+    return Decision(verdict, 550, "5.7.1", "no", ("test",), list_address, provisional)
+
+
+def _headers_session(*rcpts: tuple[str, Decision]) -> tuple[MilterSession, MilterConnection,
+                                                            list[object]]:
+    """A transaction from m@example.com to *rcpts* (each answered with its decision),
+    then a From: and a Subject: header; the RCPT replies."""
+    conn = MilterConnection(milter_options(1024 * 1024, headers=True))
+    session = MilterSession()
+    session.on_mail(EnvelopeFrom("<m@example.com>"), conn)
+    replies = []
+    for rcpt, decision in rcpts:
+        early = session.precheck_rcpt()
+        event = EnvelopeRecipient(f"<{rcpt}>")
+        replies.append(early or session.answer_rcpt(session.request_for(event, conn), decision))
+    session.on_header(Header("From", "Banned <banned@example.net>"))
+    session.on_header(Header("Subject", "hello"))
+    return session, conn, replies
+
+
+def test_headers_accepted_list_alone_is_judged_again_at_eoh() -> None:
+    """A list accepted at RCPT on its envelope alone (provisional ACCEPT), alone in the
+    transaction, is judged again at EOH on Mailman's senders (From: first), and a reject
+    there becomes the EOH reply."""
+    session, conn, replies = _headers_session(
+        (LIST_ADDR, _rcpt_decision(Verdict.ACCEPT, provisional=True)))
+    assert replies == [Continue()]
+    request = session.eoh_request(conn)
+    assert request is not None
+    assert (request.recipient, request.header_senders) == (
+        LIST_ADDR, ("banned@example.net", "m@example.com"))
+    reply = session.answer_eoh(request, _rcpt_decision(Verdict.REJECT, provisional=False))
+    assert reply == ReplyCode(550, "5.7.1", "no")
+    assert session.eoh_request(conn) is None  # answered once
+
+
+@pytest.mark.parametrize("order", ["list-first", "other-first"])
+def test_headers_accepted_list_with_other_recipients_is_not_judged_again(order: str) -> None:
+    """With another recipient accepted in the same transaction (before or after the
+    list), a list accepted at RCPT stays accepted: EOH has nothing to judge, so a header
+    sender can never get the other recipient refused."""
+    lst = (LIST_ADDR, _rcpt_decision(Verdict.ACCEPT, provisional=True))
+    other = ("alice@example.org", _rcpt_decision(Verdict.ACCEPT, provisional=False,
+                                                 list_address=None))
+    rcpts = (lst, other) if order == "list-first" else (other, lst)
+    session, conn, replies = _headers_session(*rcpts)
+    assert replies == [Continue(), Continue()]
+    assert session.eoh_request(conn) is None
+
+
+def test_rcpt_mode_accept_is_never_judged_again() -> None:
+    """A final (non-provisional) ACCEPT at RCPT leaves nothing for EOH, and no header is
+    kept."""
+    session, conn, _ = _headers_session(
+        (LIST_ADDR, _rcpt_decision(Verdict.ACCEPT, provisional=False)))
+    assert session.eoh_request(conn) is None
+    assert session.headers == []
+
+
+def test_headers_pending_list_still_waits_for_eoh() -> None:
+    """A provisional REJECT is pending (CONTINUE at RCPT, judged at EOH); a recipient after
+    it gets 452 4.5.3; after an accepted recipient, the pending list gets 452 4.5.3."""
+    session, conn, replies = _headers_session(
+        (LIST_ADDR, _rcpt_decision(Verdict.REJECT, provisional=True)),
+        ("bob@example.org", _rcpt_decision(Verdict.ACCEPT, provisional=False)))
+    assert replies == [Continue(), ALONE_REPLY]
+    request = session.eoh_request(conn)
+    assert request is not None
+    assert request.recipient == LIST_ADDR
+    _, _, replies = _headers_session(
+        ("bob@example.org", _rcpt_decision(Verdict.ACCEPT, provisional=False)),
+        (LIST_ADDR, _rcpt_decision(Verdict.REJECT, provisional=True)))
+    assert replies == [Continue(), ALONE_REPLY]
+
+
+def test_headers_judgement_is_reset_by_abort() -> None:
+    """ABORT ends the transaction: nothing is judged again at the next EOH."""
+    session, conn, _ = _headers_session(
+        (LIST_ADDR, _rcpt_decision(Verdict.ACCEPT, provisional=True)))
+    session.on_abort()
+    assert session.eoh_request(conn) is None
