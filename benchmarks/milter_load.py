@@ -20,7 +20,9 @@ One command runs everything and prints the tables (see docs/performance.md):
    listgate held open to Mailman (its pool bound).
 5. Through real Postfix: smtp-source, 2,000 messages, 20 sessions in parallel, to a
    private instance (relay_transport = discard) with no milter, with listgate, with
-   pymilter.
+   pymilter, and with benchmarks/nullmilter.c (built with cc if there is one): a C milter
+   that answers with listgate's own negotiation and decides nothing, so its rate is the
+   most any milter negotiating like listgate can reach on this machine.
 
 Every figure comes from the same run; ratios are listgate / pymilter (or / no milter).
 The machine is shared: "other" is the CPU that neither the server nor the load
@@ -52,6 +54,7 @@ sys.path[:0] = [str(ROOT), str(BENCH), str(ROOT / "tests")]
 from loadgen import LoadSpec, Population, hold_idle, run_load  # noqa: E402
 from servers import (  # noqa: E402
     Listgate,
+    NullMilter,
     Pymilter,
     Sampler,
     Server,
@@ -425,6 +428,17 @@ def idle_connections(server: Server, count: int, procs: int) -> tuple[int, int, 
 # ----------------------------------------------------------------------------- postfix
 
 
+def _listgate_optneg_reply() -> bytes:
+    """listgate's answer to Postfix's OPTNEG offer, from its own negotiation code."""
+    from listgate.frontends.milter import milter_options
+    from listgate.milter import POSTFIX_OFFER, MilterConnection, encode
+
+    conn = MilterConnection(milter_options(1024 * 1024))
+    conn.receive_data(encode(POSTFIX_OFFER))
+    conn.next_event()
+    return conn.data_to_send()
+
+
 def postfix_rate(lg: Server, pm: Server, pop: Population, args) -> list[tuple[str, float]]:
     from e2e.harness import Listener, PostfixInstance, find_binary, traversable_tmpdir
 
@@ -435,6 +449,15 @@ def postfix_rate(lg: Server, pm: Server, pop: Population, args) -> list[tuple[st
         Listener("listgate", free_port(), f"inet:127.0.0.1:{lg.port}"),
         Listener("pymilter", free_port(), f"inet:127.0.0.1:{pm.port}"),
     ]
+    # The floor: a C milter that does nothing but answer with listgate's negotiation,
+    # so Postfix sends it exactly the packets it sends listgate.
+    null = None
+    binary = NullMilter.build(lg.workdir)
+    if binary is not None:
+        null = NullMilter(free_port(), lg.workdir, binary, _listgate_optneg_reply())
+        null.start()
+        listeners.append(Listener("null-milter-C", free_port(),
+                                  f"inet:127.0.0.1:{null.port}"))
     pf = PostfixInstance(base, listeners, sink_port=9)
     pf.create()
     main_cf = pf.config_dir / "main.cf"
@@ -462,6 +485,8 @@ def postfix_rate(lg: Server, pm: Server, pop: Population, args) -> list[tuple[st
         rejected = pf.maillog_text().count("milter-reject")
     finally:
         pf.stop()
+        if null is not None:
+            null.stop()
         shutil.rmtree(base, ignore_errors=True)
     if rejected:
         print(f"  ! Postfix logged {rejected} milter rejections (expected none)")
@@ -604,9 +629,12 @@ def main(argv: list[str] | None = None) -> int:
                 none = dict(rates)["none"]
                 print(f"\n## through Postfix (smtp-source -m {args.postfix_messages} -s 20, "
                       f"median of {args.postfix_rounds})\n")
-                print("| milter | messages/s | vs no milter |\n|---|---:|---:|")
+                floor = dict(rates).get("null-milter-C")
+                print("| milter | messages/s | vs no milter | vs the null milter |\n"
+                      "|---|---:|---:|---:|")
                 for name, rate in rates:
-                    print(f"| {name} | {rate:,.0f} | {rate / none:.0%} |")
+                    vs_floor = f"{rate / floor:.0%}" if floor else "-"
+                    print(f"| {name} | {rate:,.0f} | {rate / none:.0%} | {vs_floor} |")
                 report["postfix"] = dict(rates)
                 if dict(rates)["listgate"] < 0.9 * none:
                     failures.append("postfix: listgate below 90 % of no milter")

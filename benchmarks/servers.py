@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -221,6 +222,31 @@ class Pymilter(Server):
     def command(self) -> Sequence[str]:
         return [sys.executable, str(BENCH / "pymilter_gate.py"), str(self.port),
                 self.list_address, str(self.allowed)]
+
+
+class NullMilter(Server):
+    """benchmarks/nullmilter.c: a C milter that answers OPTNEG with listgate's own
+    negotiation and CONTINUEs every RCPT and EOM (the floor of what any milter costs)."""
+
+    name = "nullmilter"
+
+    def __init__(self, port: int, workdir: Path, binary: Path, optneg_reply: bytes) -> None:
+        super().__init__(port, workdir)
+        self.binary = binary
+        self.optneg_reply = optneg_reply
+
+    @classmethod
+    def build(cls, workdir: Path) -> Path | None:
+        """Compile nullmilter.c into *workdir*; None without a C compiler."""
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            return None
+        out = workdir / "nullmilter"
+        subprocess.run([cc, "-O2", "-o", str(out), str(BENCH / "nullmilter.c")], check=True)
+        return out
+
+    def command(self) -> Sequence[str]:
+        return [str(self.binary), str(self.port), self.optneg_reply.hex()]
 
 
 def workdir() -> Path:
