@@ -181,6 +181,17 @@ def post(
     deliver(c, env, sink, sender, recipients)
 
 
+def refused_after_data(c: RecordingSMTP, header_from: str, lst: str, reply: str) -> str:
+    """DATA with From: *header_from* to *lst*: 354, then *reply* after the body; the
+    message's token."""
+    token = new_token()
+    first, final = c.data_message(message_bytes(header_from, [lst], token))
+    assert first.code == 354
+    assert final is not None, "no reply after the message body"
+    assert final.line == reply
+    return token
+
+
 def refused_then_member_delivered(
     c: RecordingSMTP, env: MailmanPostfix, sink: LmtpSink, lst: str, refused_token: str
 ) -> None:
@@ -306,11 +317,7 @@ def test_headers_stranger_is_rejected_at_end_of_headers(
     assert c.hello().code == 250
     assert c.mail(STRANGER).line == MAIL_OK
     assert c.rcpt(lst).line == RCPT_OK  # pending
-    token = new_token()
-    first, final = c.data_message(message_bytes(STRANGER, [lst], token))
-    assert first.code == 354
-    assert final is not None, "no reply after the message body"
-    assert final.line == rejection(STRANGER, lst)
+    token = refused_after_data(c, STRANGER, lst, rejection(STRANGER, lst))
     # Postfix runs content milters after the whole message and logs END-OF-MESSAGE; the
     # "senders=" (read from the headers) shows listgate answered at end of headers.
     logged(lg_headers, rf"from=<{re.escape(STRANGER)}> to=<{re.escape(lst)}> "
@@ -330,11 +337,7 @@ def test_headers_member_envelope_banned_from_is_rejected_at_end_of_headers(
     assert c.hello().code == 250
     assert c.mail(MEMBER).line == MAIL_OK
     assert c.rcpt(lst).line == RCPT_OK
-    token = new_token()
-    first, final = c.data_message(message_bytes(BANNED, [lst], token))
-    assert first.code == 354
-    assert final is not None, "no reply after the message body"
-    assert final.line == rejection(MEMBER, lst)
+    token = refused_after_data(c, BANNED, lst, rejection(MEMBER, lst))
     logged(lg_headers, rf"from=<{re.escape(MEMBER)}> to=<{re.escape(lst)}> "
            rf"senders={re.escape(BANNED)},{re.escape(MEMBER)} .*verdict=reject "
            rf"reply=550 5\.7\.1 .*reason=banned: <{re.escape(BANNED)}>")

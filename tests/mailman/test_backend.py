@@ -4,7 +4,7 @@ posting rules, each decided end to end by ``Gate(CachedBackend(MailmanSource(...
 Truth: Mailman 3.3.10's behaviour as written down in /work/shared/reference/mailman-domain.md
 (§1 posting chain, §2 recipients, §5 edge cases); where cheap, Mailman's own
 ``_find_sender_member`` (``MailmanCore.sender_member``) or its ban endpoint is asked too.
-Nothing of Mailman is mocked.
+Nothing of Mailman is faked or replaced.
 """
 
 from __future__ import annotations
