@@ -459,13 +459,18 @@ def postfix_rate(lg: Server, pm: Server, pop: Population, args) -> list[tuple[st
         listeners.append(Listener("null-milter-C", free_port(),
                                   f"inet:127.0.0.1:{null.port}"))
     pf = PostfixInstance(base, listeners, sink_port=9)
-    pf.create()
-    main_cf = pf.config_dir / "main.cf"
-    text = re.sub(r"^relay_transport = .*$", "relay_transport = discard:relay-discarded",
-                  main_cf.read_text(), flags=re.M)
-    main_cf.write_text(text + "smtpd_client_connection_count_limit = 0\n"
-                       "smtpd_client_connection_rate_limit = 0\n")
-    pf.start()
+    try:
+        pf.create()
+        main_cf = pf.config_dir / "main.cf"
+        text = re.sub(r"^relay_transport = .*$", "relay_transport = discard:relay-discarded",
+                      main_cf.read_text(), flags=re.M)
+        main_cf.write_text(text + "smtpd_client_connection_count_limit = 0\n"
+                           "smtpd_client_connection_rate_limit = 0\n")
+        pf.start()
+    except BaseException:
+        if null is not None:
+            null.stop()
+        raise
     if args.nice and (master := pf.master_pid()):  # Postfix runs in its own session
         for pid in pf.processes() or [master]:
             prioritize(pid, args.nice)
