@@ -269,8 +269,10 @@ def not_a_list() -> ListFacts:
     return ListFacts(NOT_A_LIST)
 
 
-def _accept(reasons: tuple[str, ...], list_address: str | None) -> Decision:
-    return Decision(Verdict.ACCEPT, None, None, "", reasons, list_address)
+def _accept(
+    reasons: tuple[str, ...], list_address: str | None, *, provisional: bool = False
+) -> Decision:
+    return Decision(Verdict.ACCEPT, None, None, "", reasons, list_address, provisional)
 
 
 _REFUSED = frozenset({Action.REJECT, Action.DISCARD})
@@ -312,12 +314,14 @@ def decide(
         overrides.decide_at is DecideAt.HEADERS and not request.header_senders
     )
     if not refused:
-        if at_rcpt_of_headers_list and overrides.mode is GateMode.ENFORCE:
-            # Accepted on the envelope alone: a header sender may still make Mailman
-            # refuse the post (a ban, a member whose action rejects, a nonmember rule).
-            return Decision(Verdict.ACCEPT, None, None, "", reasons, list_address,
-                            provisional=True)
-        return _accept(reasons, list_address)
+        # Accepted on the envelope alone at RCPT of a headers list: a header sender may
+        # still make Mailman refuse the post (a ban, a member whose action rejects, a
+        # nonmember rule), so the front end may judge it again.
+        return _accept(
+            reasons,
+            list_address,
+            provisional=at_rcpt_of_headers_list and overrides.mode is GateMode.ENFORCE,
+        )
     if overrides.mode is GateMode.MONITOR:
         return _accept(("monitor mode: would reject", *reasons), list_address)
     text = render_reply_text(
