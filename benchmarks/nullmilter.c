@@ -3,7 +3,7 @@
  * the milter itself does (almost) nothing.
  *
  *   cc -O2 -o nullmilter benchmarks/nullmilter.c
- *   ./nullmilter PORT OPTNEG_REPLY_HEX
+ *   ./nullmilter PORT OPTNEG_REPLY_HEX [accept-rcpt]
  *
  * Listens on 127.0.0.1:PORT only. One epoll thread. It answers OPTNEG with the given
  * packet (the benchmark passes listgate's own, so the MTA sends exactly what it sends
@@ -11,6 +11,10 @@
  * ABORT need no reply); QUIT closes. It never decides anything: every RCPT continues.
  * Like listgate, it sets TCP_NODELAY and ACKs at once (TCP_QUICKACK) a read that got no
  * reply. Packets above 64 KiB close the connection. Stops on SIGTERM.
+ *
+ * With "accept-rcpt" it answers RCPT with ACCEPT instead: the MTA then skips this milter
+ * for the rest of the transaction (later RCPTs unjudged, no end-of-message), which shows
+ * what the stages after the first RCPT cost the MTA. Not something a list gate may do.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -38,6 +42,8 @@ static volatile sig_atomic_t stop;
 static unsigned char optneg[1024];
 static size_t optneg_len;
 static const unsigned char cont[5] = {0, 0, 0, 1, 'c'};
+static const unsigned char accept_[5] = {0, 0, 0, 1, 'a'};
+static const unsigned char *rcpt_reply = cont;
 
 static void on_term(int sig) { (void)sig; stop = 1; }
 
@@ -68,7 +74,8 @@ static int handle(struct conn *c) {
         const unsigned char *reply = NULL;
         size_t rlen = 0;
         if (cmd == 'O') { reply = optneg; rlen = optneg_len; }
-        else if (cmd == 'R' || cmd == 'E') { reply = cont; rlen = sizeof cont; }
+        else if (cmd == 'R') { reply = rcpt_reply; rlen = sizeof cont; }
+        else if (cmd == 'E') { reply = cont; rlen = sizeof cont; }
         else if (cmd == 'Q') { quit = 1; }
         if (reply != NULL && olen + rlen <= sizeof out) {
             memcpy(out + olen, reply, rlen);
@@ -91,8 +98,10 @@ static int handle(struct conn *c) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s PORT OPTNEG_REPLY_HEX\n", argv[0]);
+    if (argc == 4 && strcmp(argv[3], "accept-rcpt") == 0) {
+        rcpt_reply = accept_;
+    } else if (argc != 3) {
+        fprintf(stderr, "usage: %s PORT OPTNEG_REPLY_HEX [accept-rcpt]\n", argv[0]);
         return 2;
     }
     size_t hl = strlen(argv[2]);

@@ -183,8 +183,11 @@ class Listgate(Server):
         self, port: int, workdir: Path, *, list_address: str, allowed: Sequence[str],
         extra: str = "", log_level: str = "warning", workers: int | None = None,
         uvloop: bool | None = None, mailman: str | None = None,
+        policy_port: int | None = None,
     ) -> None:
         super().__init__(port, workdir)
+        self.policy_port = policy_port
+        """Also a [policy] listener (Postfix check_policy_service) on this port."""
         self.config = workdir / f"listgate-{port}.toml"
         lines = [
             "[milter]",
@@ -195,6 +198,8 @@ class Listgate(Server):
             lines.append(f"workers = {workers}")
         if uvloop is not None:
             lines.append(f"uvloop = {'true' if uvloop else 'false'}")
+        if policy_port is not None:
+            lines += ["", "[policy]", f'listen = "inet:127.0.0.1:{policy_port}"']
         lines += ["", "[log]", f'level = "{log_level}"', ""]
         if mailman is None:
             lines += ["[static.posters]",
@@ -230,10 +235,13 @@ class NullMilter(Server):
 
     name = "nullmilter"
 
-    def __init__(self, port: int, workdir: Path, binary: Path, optneg_reply: bytes) -> None:
+    def __init__(self, port: int, workdir: Path, binary: Path, optneg_reply: bytes,
+                 *, accept_rcpt: bool = False) -> None:
         super().__init__(port, workdir)
         self.binary = binary
         self.optneg_reply = optneg_reply
+        self.accept_rcpt = accept_rcpt
+        """Answer RCPT with ACCEPT (the MTA skips the rest of the transaction)."""
 
     @classmethod
     def build(cls, workdir: Path) -> Path | None:
@@ -246,7 +254,8 @@ class NullMilter(Server):
         return out
 
     def command(self) -> Sequence[str]:
-        return [str(self.binary), str(self.port), self.optneg_reply.hex()]
+        return [str(self.binary), str(self.port), self.optneg_reply.hex(),
+                *(["accept-rcpt"] if self.accept_rcpt else [])]
 
 
 def workdir() -> Path:
