@@ -405,3 +405,44 @@ def test_any_byte_stream_gives_requests_or_protocol_error(
     except PolicyProtocolError:
         pass
     assert conn.buffered <= len(data)
+
+
+class _LineByLine(PolicyConnection):
+    """The codec with its whole-request fast path switched off."""
+
+    __slots__ = ()
+
+    def _whole_request(self) -> PolicyRequest | None:
+        return None
+
+
+def _outcome(conn: PolicyConnection, data: bytes, size: int) -> list[object]:
+    out: list[object] = []
+    try:
+        for piece in chunks(data, size):
+            conn.receive_data(piece)
+            while (event := conn.next_event()) is not NEED_DATA:
+                assert isinstance(event, PolicyRequest)
+                out.append(dict(event.attributes))
+                conn.send("DUNNO")
+            out.append(conn.buffered)
+    except PolicyProtocolError as exc:
+        out.append(str(exc))
+    return out
+
+
+@settings(max_examples=400)
+@given(
+    data=st.lists(st.sampled_from([b"a=1\n", b"b=x=y\n", b"\n", b"\r\n", b"=", b"x", b"\r",
+                                   b"\xff", b"request=smtpd_access_policy\n", b"z" * 70,
+                                   b"a=2\n\n", b"c=\n", b"\xc3", "é".encode(), b"\xe2\x82"]),
+                  max_size=40).map(b"".join),
+    size=st.sampled_from([1, 3, 17, 64, 4096]),
+)
+def test_whole_request_path_agrees_with_the_line_by_line_path(data: bytes, size: int) -> None:
+    """The fast path (a whole request parsed at once) gives the same requests, the same
+    buffered counts and the same error as reading line by line, for any byte stream."""
+    limits = PolicyLimits(max_line_length=64, max_attributes=8, max_request_bytes=256)
+    assert _outcome(PolicyConnection(limits), data, size) == _outcome(
+        _LineByLine(limits), data, size
+    )
