@@ -26,7 +26,9 @@ Invariants:
 
 - Pure: no sockets, no asyncio, no clock.
 - Limits are checked before anything is allocated for the data they guard: the end of a
-  line is searched only within ``max_line_length`` bytes; the attribute count and the
+  line is searched only within ``max_line_length`` bytes, the end of a whole request
+  (parsed in one go when it arrived whole, as Postfix writes it) only within
+  ``max_request_bytes``; the attribute count and the
   request size are checked before a line is sliced or decoded; a partial line or request
   that is already over its limit fails at once, without waiting for its end.
 - Every defect of the peer's byte stream raises ``PolicyProtocolError``; the connection is
