@@ -70,6 +70,8 @@ from servers import (  # noqa: E402
 )
 
 MB = 1024 * 1024
+LG_MILTER = "listgate-milter"
+LG_POLICY = "listgate-policy"
 NULL_MILTER = "null-milter-C"
 NULL_ACCEPT = "null-milter-C-accept-rcpt"
 
@@ -445,13 +447,7 @@ def _listgate_optneg_reply() -> bytes:
     return conn.data_to_send()
 
 
-def _busy_ticks() -> int:
-    """Clock ticks the whole machine spent busy (not idle, not iowait), from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(fields) - fields[3] - fields[4]
-
-
-def postfix_rate(lg: Server, pm: Server, pop: Population, args) -> list[tuple[str, float, float]]:
+def postfix_rate(lg: Listgate, pm: Server, pop: Population, args) -> list[tuple[str, float, float]]:
     """(setup, messages/s, machine CPU µs per message) for each Postfix setup, medians."""
     from e2e.harness import Listener, PostfixInstance, find_binary, traversable_tmpdir
 
@@ -459,14 +455,14 @@ def postfix_rate(lg: Server, pm: Server, pop: Population, args) -> list[tuple[st
     base = traversable_tmpdir("lg-bench-pf-")
     listeners = [
         Listener("none", free_port()),
-        Listener("listgate-milter", free_port(), f"inet:127.0.0.1:{lg.port}"),
+        Listener(LG_MILTER, free_port(), f"inet:127.0.0.1:{lg.port}"),
         Listener("pymilter", free_port(), f"inet:127.0.0.1:{pm.port}"),
     ]
     if lg.policy_port is not None:
         # The same gate as a Postfix policy service: smtpd keeps one connection per
         # process open across SMTP sessions and asks once per RCPT (master.cf -o values
         # cannot hold spaces; a comma separates the restriction from its argument).
-        listeners.append(Listener("listgate-policy", free_port(), "", overrides=(
+        listeners.append(Listener(LG_POLICY, free_port(), "", overrides=(
             ("smtpd_recipient_restrictions",
              f"check_policy_service,inet:127.0.0.1:{lg.policy_port}"),)))
     # The floor: a C milter that does nothing but answer with listgate's negotiation, so
@@ -475,9 +471,9 @@ def postfix_rate(lg: Server, pm: Server, pop: Population, args) -> list[tuple[st
     nulls: list[NullMilter] = []
     binary = NullMilter.build(lg.workdir)
     if binary is not None:
+        optneg = _listgate_optneg_reply()
         for name, accept in ((NULL_MILTER, False), (NULL_ACCEPT, True)):
-            null = NullMilter(free_port(), lg.workdir, binary, _listgate_optneg_reply(),
-                              accept_rcpt=accept)
+            null = NullMilter(free_port(), lg.workdir, binary, optneg, accept_rcpt=accept)
             nulls.append(null)
             listeners.append(Listener(name, free_port(), f"inet:127.0.0.1:{null.port}"))
     pf = PostfixInstance(base, listeners, sink_port=9)
@@ -507,11 +503,11 @@ def postfix_rate(lg: Server, pm: Server, pop: Population, args) -> list[tuple[st
                 pf.wait_queue_empty(60)  # no delivery left over from the previous setup
                 cmd = [smtp_source, "-m", str(args.postfix_messages), "-s", "20",
                        "-f", pop.members[0], "-t", pop.list_address, f"127.0.0.1:{lst.port}"]
-                ticks = _busy_ticks()
+                ticks = _machine_busy()[0]
                 began = time.monotonic()
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
                 elapsed = time.monotonic() - began
-                ticks = _busy_ticks() - ticks
+                ticks = _machine_busy()[0] - ticks
                 if proc.returncode != 0:
                     raise RuntimeError(f"smtp-source via {lst.name}: {proc.stderr[-500:]}")
                 rates[lst.name].append(args.postfix_messages / elapsed)
@@ -747,7 +743,7 @@ def _print_postfix(rows: list[tuple[str, float, float]], args) -> list[str]:
         vs_floor = f"{r / floor:.0%}" if floor else "-"
         print(f"| {name} | {r:,.0f} | {r / none:.0%} | {vs_floor} | {us:,.0f} |")
     out = []
-    policy, milter = rate.get("listgate-policy"), rate["listgate-milter"]
+    policy, milter = rate.get(LG_POLICY), rate[LG_MILTER]
     print()
     if policy is not None:
         ok = policy >= 0.9 * none
