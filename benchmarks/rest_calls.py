@@ -30,9 +30,9 @@ from mailman_harness import MailmanCore  # noqa: E402
 
 from listgate.backends.cached import CachedBackend, CacheSettings  # noqa: E402
 from listgate.backends.mailman import MailmanSource  # noqa: E402
-from listgate.engine import ReplyTexts  # noqa: E402
-from listgate.gate import Gate  # noqa: E402
-from listgate.model import PostingRequest  # noqa: E402
+from listgate.decision.engine import ReplyTexts  # noqa: E402
+from listgate.decision.gate import Gate  # noqa: E402
+from listgate.decision.model import PostingRequest  # noqa: E402
 
 SEED = 20240601
 LISTS = 20

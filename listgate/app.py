@@ -27,10 +27,10 @@ from pathlib import Path
 from listgate.backends.base import MembershipBackend
 from listgate.backends.static import StaticBackend
 from listgate.config import Config, load_config, password_file_warnings
-from listgate.engine import DecideAt
+from listgate.decision.engine import DecideAt
+from listgate.decision.gate import Gate
 from listgate.errors import ConfigError, ListgateError
 from listgate.frontends.milter import milter_options
-from listgate.gate import Gate
 from listgate.log import setup_logging
 from listgate.metrics import Metrics, parse_metrics_listen
 from listgate.server.base import StreamService, bind_unix_listener

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from listgate import __version__
 from listgate.config import EXAMPLE_CONFIG_PATH, Config, config_to_dict, load_config
+from listgate.decision.model import Decision, PostingRequest, Verdict, normalize_address
+from listgate.decision.senders import mailman_senders
 from listgate.errors import ConfigError, ListgateError
 from listgate.log import setup_logging
-from listgate.model import Decision, PostingRequest, Verdict, normalize_address
-from listgate.senders import mailman_senders
 
 __all__ = ["build_parser", "main"]
 

@@ -41,7 +41,7 @@ from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from listgate.backends.base import CacheSettings as CacheConfig
-from listgate.engine import (
+from listgate.decision.engine import (
     DSN_PATTERN,
     Bypass,
     DecideAt,
@@ -52,10 +52,10 @@ from listgate.engine import (
     ReplyTexts,
     reply_template_problem,
 )
+from listgate.decision.model import normalize_address
 from listgate.errors import ConfigError
 from listgate.log import LOG_TARGETS
 from listgate.metrics import parse_metrics_listen
-from listgate.model import normalize_address
 from listgate.server.spec import ListenSpec, parse_listen_spec
 
 __all__ = [

@@ -11,7 +11,7 @@ Invariants:
   never delayed by a backend outage.
 - Backends raise only ``BackendError`` (``BackendUnavailable``, ``ListNotFound``) on purpose;
   the library errors they see are translated at their boundary. The failure policy is not
-  theirs to apply: ``listgate.gate.Gate`` does it.
+  theirs to apply: ``listgate.decision.gate.Gate`` does it.
 - ``aclose`` releases what the backend holds (HTTP sessions...) and may be called once.
 """
 
@@ -21,9 +21,9 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
-from listgate.engine import ListFacts
-from listgate.model import PostingRequest
-from listgate.rules import ListPolicy
+from listgate.decision.engine import ListFacts
+from listgate.decision.model import PostingRequest
+from listgate.decision.rules import ListPolicy
 
 __all__ = ["PENDING", "CacheSettings", "LookupNow", "MembershipBackend", "Pending"]
 

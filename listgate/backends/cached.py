@@ -56,11 +56,11 @@ from cachetools import LRUCache
 
 from listgate.backends.base import PENDING, CacheSettings, LookupNow
 from listgate.backends.mailman import Directory, MembershipRecord, PolicyRecord
-from listgate.engine import ListFacts
+from listgate.decision.engine import ListFacts
+from listgate.decision.model import PostingRequest
+from listgate.decision.recipients import NOT_A_LIST, ListDirectory, Target, resolve, sender_hints
+from listgate.decision.rules import Action, ListPolicy, Membership, SenderFacts, is_banned
 from listgate.errors import BackendError, BackendUnavailable, ListNotFound
-from listgate.model import PostingRequest
-from listgate.recipients import NOT_A_LIST, ListDirectory, Target, resolve, sender_hints
-from listgate.rules import Action, ListPolicy, Membership, SenderFacts, is_banned
 
 __all__ = ["CacheSettings", "CachedBackend", "FactCache", "FactSource"]
 

@@ -41,9 +41,9 @@ from urllib.parse import quote, urlencode
 import httpx
 from mailmanclient.asynclient import AsyncClient
 
+from listgate.decision.recipients import is_lookup_safe
+from listgate.decision.rules import Action, ListPolicy
 from listgate.errors import BackendUnavailable, ListNotFound
-from listgate.recipients import is_lookup_safe
-from listgate.rules import Action, ListPolicy
 
 __all__ = [
     "Directory",

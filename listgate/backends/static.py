@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from listgate.engine import ListFacts
-from listgate.model import PostingRequest, normalize_address
-from listgate.recipients import ListDirectory, Target, resolve
-from listgate.rules import Action, ListPolicy, Membership, SenderFacts
+from listgate.decision.engine import ListFacts
+from listgate.decision.model import PostingRequest, normalize_address
+from listgate.decision.recipients import ListDirectory, Target, resolve
+from listgate.decision.rules import Action, ListPolicy, Membership, SenderFacts
 
 __all__ = ["StaticBackend"]
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from listgate.decision.model import Decision, PostingRequest, Verdict, normalize_address
+from listgate.decision.senders import mailman_senders
 from listgate.milter import (
     Command,
     Continue,
@@ -44,8 +46,6 @@ from listgate.milter import (
     ReplyCode,
     TempFail,
 )
-from listgate.model import Decision, PostingRequest, Verdict, normalize_address
-from listgate.senders import mailman_senders
 
 __all__ = [
     "ALONE_REPLY",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from listgate.model import Decision, PostingRequest, Verdict, normalize_address
+from listgate.decision.model import Decision, PostingRequest, Verdict, normalize_address
 from listgate.policyd import PolicyRequest
 
 __all__ = [

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+from listgate.decision.model import Verdict
 from listgate.errors import ListgateError
 from listgate.milter import (
     FINAL_REPLIES,
@@ -42,7 +43,6 @@ from listgate.milter import (
     ReplyCode,
     TempFail,
 )
-from listgate.model import Verdict
 from listgate.server.spec import ListenSpec, parse_listen_spec
 
 __all__ = ["MilterClient", "ViaReply", "ask_daemon", "verdict_of"]

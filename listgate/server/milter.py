@@ -23,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from listgate.decision.gate import Gate
+from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.frontends.milter import MilterSession, milter_options
-from listgate.gate import Gate
 from listgate.log import next_conn_id, printable
 from listgate.metrics import DecisionStats
 from listgate.milter import (
@@ -43,7 +44,6 @@ from listgate.milter import (
     Reply,
     ReplyCode,
 )
-from listgate.model import Decision, PostingRequest, Verdict
 from listgate.server.base import StreamService
 from listgate.server.spec import ListenSpec
 

@@ -29,11 +29,11 @@ import logging
 from dataclasses import dataclass
 from typing import cast
 
+from listgate.decision.gate import Gate
+from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.frontends.policy import answer_for, posting_request
-from listgate.gate import Gate
 from listgate.log import next_conn_id, printable
 from listgate.metrics import DecisionStats
-from listgate.model import Decision, PostingRequest, Verdict
 from listgate.policyd import (
     DEFAULT_MAX_ATTRIBUTES,
     DEFAULT_MAX_LINE_LENGTH,

@@ -124,7 +124,7 @@ class RunStats:
     errors: list[str] = field(default_factory=list)
     """Oracle conflicts, tempfails, sender-list disagreements: the harness's own problems."""
     sender_mismatches: list[str] = field(default_factory=list)
-    """Posts where listgate.senders.mailman_senders differs from Mailman's msg.senders."""
+    """Posts where listgate.decision.senders.mailman_senders differs from Mailman's msg.senders."""
     twins: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
 

@@ -8,7 +8,7 @@ backend, asked exactly as the milter front end asks it:
 - ``headers``: the same RCPT request; a provisional verdict (a reject that waits, or an
   accept of a post that has no other recipient, as every generated post) is judged again
   at the end of headers, with ``header_senders`` built by
-  ``listgate.senders.mailman_senders`` from the ``From:``/``Reply-To:``/``Sender:`` headers
+  ``listgate.decision.senders.mailman_senders`` from the ``From:``/``Reply-To:``/``Sender:`` headers
   (what ``MilterSession.eoh_request`` does).
 
 As a subprocess, for a sample: ``listgate check SENDER LIST --config CFG --json [--from
@@ -28,9 +28,9 @@ from pathlib import Path
 
 from listgate.app import build_gate
 from listgate.config import load_config
-from listgate.gate import Gate
-from listgate.model import Decision, PostingRequest, normalize_address
-from listgate.senders import mailman_senders
+from listgate.decision.gate import Gate
+from listgate.decision.model import Decision, PostingRequest, normalize_address
+from listgate.decision.senders import mailman_senders
 
 from .generator import PostSpec
 

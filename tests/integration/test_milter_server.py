@@ -18,7 +18,8 @@ import pytest
 
 from listgate.backends.base import PENDING, LookupNow
 from listgate.backends.static import StaticBackend
-from listgate.engine import ListFacts
+from listgate.decision.engine import ListFacts
+from listgate.decision.model import PostingRequest
 from listgate.errors import ListgateError
 from listgate.milter import (
     POSTFIX_OFFER,
@@ -31,7 +32,6 @@ from listgate.milter import (
     Reply,
     ReplyCode,
 )
-from listgate.model import PostingRequest
 from listgate.server.client import MilterClient, ask_daemon
 from tests.integration.conftest import (
     Daemon,

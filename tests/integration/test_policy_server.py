@@ -22,8 +22,8 @@ from listgate.app import build_gate, build_policy_service, serve
 from listgate.backends.base import PENDING, LookupNow, MembershipBackend
 from listgate.backends.static import StaticBackend
 from listgate.config import Config, parse_config
-from listgate.engine import ListFacts
-from listgate.model import PostingRequest
+from listgate.decision.engine import ListFacts
+from listgate.decision.model import PostingRequest
 from listgate.policyd import NEED_DATA, ReplyReader, encode_request
 from listgate.server.policy import PolicyService
 

@@ -21,9 +21,9 @@ from mailmanclient.restobjects.mailinglist import MailingList
 
 from listgate.backends.cached import CachedBackend, CacheSettings
 from listgate.backends.mailman import MailmanSource
-from listgate.engine import HoldPolicy, ListOverrides, ReplyTexts
-from listgate.gate import Gate
-from listgate.model import Decision, PostingRequest, Verdict
+from listgate.decision.engine import HoldPolicy, ListOverrides, ReplyTexts
+from listgate.decision.gate import Gate
+from listgate.decision.model import Decision, PostingRequest, Verdict
 
 ACCEPT, REJECT, TEMPFAIL = Verdict.ACCEPT, Verdict.REJECT, Verdict.TEMPFAIL
 

@@ -17,11 +17,11 @@ import time
 
 from listgate.backends.cached import CachedBackend, CacheSettings
 from listgate.backends.mailman import Directory, MembershipRecord, PolicyRecord
-from listgate.engine import ReplyTexts
+from listgate.decision.engine import ReplyTexts
+from listgate.decision.gate import Gate
+from listgate.decision.model import PostingRequest, Verdict
+from listgate.decision.rules import Action, ListPolicy
 from listgate.errors import BackendUnavailable
-from listgate.gate import Gate
-from listgate.model import PostingRequest, Verdict
-from listgate.rules import Action, ListPolicy
 
 LIST, LIST_ID = "list@example.org", "list.example.org"
 MEMBER, OUTSIDER = "member@example.com", "outsider@example.net"

@@ -35,12 +35,12 @@ from listgate.backends.cached import CachedBackend, CacheSettings
 from listgate.backends.mailman import MailmanSource
 from listgate.backends.static import StaticBackend
 from listgate.config import config_to_dict, load_config, parse_config
-from listgate.engine import ReplyTexts
+from listgate.decision.engine import ReplyTexts
+from listgate.decision.gate import Gate
+from listgate.decision.model import PostingRequest, Verdict, normalize_address
 from listgate.errors import BackendUnavailable
 from listgate.frontends.policy import answer_for, posting_request
-from listgate.gate import Gate
 from listgate.milter.constants import MAX_REPLY_TEXT
-from listgate.model import PostingRequest, Verdict, normalize_address
 from listgate.policyd import PolicyRequest, ReplyReader, format_action
 from tests.integration.conftest import run_daemon
 

@@ -13,10 +13,10 @@ import pytest
 
 from listgate.backends.static import StaticBackend
 from listgate.config import parse_config
-from listgate.engine import Bypass, ReplyTexts
-from listgate.gate import Gate
+from listgate.decision.engine import Bypass, ReplyTexts
+from listgate.decision.gate import Gate
+from listgate.decision.model import PostingRequest, Verdict
 from listgate.log import setup_logging
-from listgate.model import PostingRequest, Verdict
 
 POSTERS = {"list@example.org": ["member@example.com"]}
 

@@ -20,7 +20,7 @@ from listgate.config import (
     load_config,
     parse_config,
 )
-from listgate.engine import (
+from listgate.decision.engine import (
     DecideAt,
     FailurePolicy,
     GateMode,

@@ -1,4 +1,4 @@
-"""Table-driven tests of the pure posting decision (listgate.engine)."""
+"""Table-driven tests of the pure posting decision (listgate.decision.engine)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import listgate.engine
-from listgate.engine import (
+import listgate.decision.engine
+from listgate.decision.engine import (
     MAX_TEXT_CHARS,
     MAX_VALUE_CHARS,
     NOT_A_LIST_REASON,
@@ -27,9 +27,9 @@ from listgate.engine import (
     render_reply_text,
     reply_template_problem,
 )
-from listgate.model import Decision, PostingRequest, Verdict
-from listgate.recipients import Resolution, Target
-from listgate.rules import Action, ListPolicy, Membership, SenderFacts
+from listgate.decision.model import Decision, PostingRequest, Verdict
+from listgate.decision.recipients import Resolution, Target
+from listgate.decision.rules import Action, ListPolicy, Membership, SenderFacts
 
 LIST = "announce@example.org"
 TEXTS = ReplyTexts()
@@ -353,7 +353,7 @@ def test_reply_texts_refuse_bad_codes(kwargs: dict[str, object], message: str) -
 
 def test_engine_is_pure() -> None:
     """engine.py imports nothing that does I/O or concurrency (asyncio, socket, os, logging...)."""
-    tree = ast.parse(Path(listgate.engine.__file__).read_text())
+    tree = ast.parse(Path(listgate.decision.engine.__file__).read_text())
     imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -361,8 +361,8 @@ def test_engine_is_pure() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
     assert imported <= {"__future__", "enum", "ipaddress", "re", "string", "dataclasses",
-                        "listgate.model",
-                        "listgate.recipients", "listgate.rules"}
+                        "listgate.decision.model",
+                        "listgate.decision.recipients", "listgate.decision.rules"}
 
 
 def test_null_sender_never_a_poster_whatever_the_backend_says() -> None:

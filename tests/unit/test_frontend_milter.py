@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.frontends.milter import ALONE_REPLY, MilterSession, milter_options, reply_for
 from listgate.milter import (
     NEED_DATA,
@@ -20,7 +21,6 @@ from listgate.milter import (
     ReplyCode,
     encode,
 )
-from listgate.model import Decision, PostingRequest, Verdict
 
 from .milter import CHUNKED, pieces
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from listgate.backends.static import StaticBackend
-from listgate.engine import DecideAt, ListOverrides, ReplyTexts
+from listgate.decision.engine import DecideAt, ListOverrides, ReplyTexts
+from listgate.decision.gate import Gate
+from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.frontends.policy import (
     DUNNO,
     PROVISIONAL_NOTE,
@@ -14,8 +16,6 @@ from listgate.frontends.policy import (
     answer_for,
     posting_request,
 )
-from listgate.gate import Gate
-from listgate.model import Decision, PostingRequest, Verdict
 from listgate.policyd import PolicyRequest
 
 LIST = "list@example.org"

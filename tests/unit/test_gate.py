@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from listgate.backends import PENDING, LookupNow, StaticBackend
-from listgate.engine import (
+from listgate.decision.engine import (
     FailurePolicy,
     GateMode,
     ListFacts,
@@ -16,11 +16,11 @@ from listgate.engine import (
     ReplyTexts,
     not_a_list,
 )
+from listgate.decision.gate import Gate
+from listgate.decision.model import PostingRequest, Verdict
+from listgate.decision.recipients import Resolution, Target
+from listgate.decision.rules import Action, ListPolicy, SenderFacts
 from listgate.errors import BackendError, BackendUnavailable
-from listgate.gate import Gate
-from listgate.model import PostingRequest, Verdict
-from listgate.recipients import Resolution, Target
-from listgate.rules import Action, ListPolicy, SenderFacts
 
 LIST = "announce@example.org"
 REQUEST = PostingRequest("eve@example.com", LIST)

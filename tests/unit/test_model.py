@@ -1,10 +1,10 @@
-"""Address normalisation and Decision rendering (listgate.model)."""
+"""Address normalisation and Decision rendering (listgate.decision.model)."""
 
 from __future__ import annotations
 
 import pytest
 
-from listgate.model import Decision, PostingRequest, Verdict, normalize_address
+from listgate.decision.model import Decision, PostingRequest, Verdict, normalize_address
 
 NORMALIZE = [
     pytest.param("anne@example.com", "anne@example.com", id="plain"),

@@ -1,10 +1,11 @@
-"""Recipient resolution and sender hints (listgate.recipients), per mailman-domain.md §2 and §5."""
+"""Recipient resolution and sender hints (listgate.decision.recipients), per
+mailman-domain.md §2 and §5."""
 
 from __future__ import annotations
 
 import pytest
 
-from listgate.recipients import (
+from listgate.decision.recipients import (
     SUBADDRESSES,
     ListDirectory,
     Resolution,

@@ -1,4 +1,5 @@
-"""Mailman's posting rules (listgate.rules) checked against mailman-domain.md §1.4-1.7 and §5."""
+"""Mailman's posting rules (listgate.decision.rules), checked against mailman-domain.md
+§1.4-1.7 and §5."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from listgate.rules import (
+from listgate.decision.rules import (
     Action,
     ListPolicy,
     Membership,

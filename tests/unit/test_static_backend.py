@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from listgate.backends import MembershipBackend, StaticBackend
-from listgate.engine import ListFacts, ReplyTexts, decide
-from listgate.model import PostingRequest, Verdict
-from listgate.recipients import Resolution, Target
-from listgate.rules import Action, ListPolicy, Membership, SenderFacts
+from listgate.decision.engine import ListFacts, ReplyTexts, decide
+from listgate.decision.model import PostingRequest, Verdict
+from listgate.decision.recipients import Resolution, Target
+from listgate.decision.rules import Action, ListPolicy, Membership, SenderFacts
 
 LIST = "announce@example.org"
 CLOSED = "closed@example.org"

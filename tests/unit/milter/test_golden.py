@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.frontends.milter import MilterSession, milter_options, reply_for
 from listgate.milter import (
     FINAL_REPLIES,
@@ -44,7 +45,6 @@ from listgate.milter import (
     encode,
     reply_decoder,
 )
-from listgate.model import Decision, PostingRequest, Verdict
 
 from . import CHUNKED, SCENARIOS, decode_all, load_capture, pieces, replies_in, split_packets
 

@@ -11,7 +11,7 @@ Invariants:
   anything else at construction (``reply_template_problem``), so rendering cannot fail, and
   refuses reject codes outside 5xx/"5.X.Y" and tempfail codes outside 4xx/"4.X.Y".
 - The failure policy is *not* applied here: ``failure_decision``/``fail_open_decision`` build
-  the decisions, and ``listgate.gate.Gate`` is the one place that chooses between them.
+  the decisions, and ``listgate.decision.gate.Gate`` is the one place that chooses between them.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import re
 import string
 from dataclasses import dataclass
 
-from listgate.model import Decision, PostingRequest, Verdict
-from listgate.recipients import NOT_A_LIST, Resolution, Target
-from listgate.rules import Action, ListPolicy, SenderFacts, mailman_outcome
+from listgate.decision.model import Decision, PostingRequest, Verdict
+from listgate.decision.recipients import NOT_A_LIST, Resolution, Target
+from listgate.decision.rules import Action, ListPolicy, SenderFacts, mailman_outcome
 
 __all__ = [
     "DSN_PATTERN",

@@ -7,7 +7,7 @@ Invariants:
 - ``BaseException``s that are not ``Exception``s (``asyncio.CancelledError``,
   ``KeyboardInterrupt``, ``SystemExit``) propagate untouched.
 - Successful decisions are not logged here (the caller logs decisions); failures are, on
-  ``listgate.gate``: a ``BackendError`` as one WARNING line, anything else as an ERROR with
+  ``listgate.decision.gate``: a ``BackendError`` as one WARNING line, anything else as an ERROR with
   its traceback (it is a bug).
 - No I/O of its own: ``decide_now`` is synchronous and never waits; ``decide`` awaits only
   the backend.
@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 from listgate.backends.base import PENDING, MembershipBackend
-from listgate.engine import (
+from listgate.decision.engine import (
     DEFAULT_OVERRIDES,
     NO_BYPASS,
     Bypass,
@@ -32,8 +32,8 @@ from listgate.engine import (
     failure_decision,
     sanitize_reply_value,
 )
+from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.errors import BackendError, BackendUnavailable
-from listgate.model import Decision, PostingRequest, Verdict
 
 __all__ = ["FailurePolicy", "Gate"]
 
