@@ -31,13 +31,13 @@ from listgate.decision.engine import DecideAt
 from listgate.decision.gate import Gate
 from listgate.errors import ConfigError, ListgateError
 from listgate.frontends.milter import milter_options
+from listgate.listen import ListenSpec, parse_metrics_listen
 from listgate.log import setup_logging
-from listgate.metrics import Metrics, parse_metrics_listen
+from listgate.metrics import Metrics
 from listgate.server.base import StreamService, bind_unix_listener
 from listgate.server.milter import MilterLimits, MilterService
 from listgate.server.notify import notify
 from listgate.server.policy import PolicyServerLimits, PolicyService
-from listgate.server.spec import ListenSpec
 
 __all__ = ["build_gate", "build_policy_service", "create_backend", "run", "serve"]
 

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["BackendTimer", "DecisionStats", "Metrics", "parse_metrics_listen"]
+__all__ = ["BackendTimer", "DecisionStats", "Metrics"]
 
 log = logging.getLogger("listgate.metrics")
 
@@ -134,14 +134,3 @@ class Metrics:
             self._server.server_close()
             self._server = None
 
-
-def parse_metrics_listen(spec: str) -> tuple[str, int]:
-    """``"127.0.0.1:9107"`` or ``"[::1]:9107"`` → (host, port); ``ValueError`` otherwise."""
-    host, sep, port = spec.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{spec!r}: expected HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host:
-        raise ValueError(f"{spec!r}: missing host")
-    return host, int(port)

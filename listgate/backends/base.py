@@ -18,9 +18,9 @@ Invariants:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
+from listgate.config import CacheConfig as CacheSettings
 from listgate.decision.engine import ListFacts
 from listgate.decision.model import PostingRequest
 from listgate.decision.rules import ListPolicy
@@ -68,22 +68,3 @@ class MembershipBackend(Protocol):
         """The posting policy of every list (for ``listgate lists``); may do I/O."""
         ...
 
-
-@dataclass(frozen=True, slots=True)
-class CacheSettings:
-    """``[cache]``: how long the Mailman backend trusts what it learned."""
-
-    ttl: float = 60.0
-    """Seconds a positive answer (may post) is reused. Default: 60."""
-    negative_ttl: float = 10.0
-    """Seconds an answer that would reject is reused; keep it short, so a new subscriber's
-    first post is not refused for long. Default: 10."""
-    policy_ttl: float = 120.0
-    """Seconds a list's policy (config, nonmember patterns) is reused. Default: 120."""
-    directory_ttl: float = 300.0
-    """Seconds the set of lists, domains and [mta] settings is reused. Default: 300."""
-    max_entries: int = 100_000
-    """Most cached answers kept (>= 1). Default: 100000."""
-    stale_if_error: float = 3600.0
-    """Seconds past expiry an answer may still be served while Mailman fails (0 = never).
-    Default: 3600."""

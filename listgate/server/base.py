@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from listgate.errors import ListgateError
-from listgate.server.spec import ListenSpec
+from listgate.listen import ListenSpec
 
 __all__ = ["ManagedConnection", "StreamService", "bind_unix_listener", "remove_stale_socket"]
 

@@ -17,6 +17,7 @@ from typing import Self
 
 from listgate.decision.model import Verdict
 from listgate.errors import ListgateError
+from listgate.listen import ListenSpec, parse_listen_spec
 from listgate.milter import (
     FINAL_REPLIES,
     NEED_DATA,
@@ -43,7 +44,6 @@ from listgate.milter import (
     ReplyCode,
     TempFail,
 )
-from listgate.server.spec import ListenSpec, parse_listen_spec
 
 __all__ = ["MilterClient", "ViaReply", "ask_daemon", "verdict_of"]
 

@@ -26,6 +26,7 @@ from typing import cast
 from listgate.decision.gate import Gate
 from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.frontends.milter import MilterSession, milter_options
+from listgate.listen import ListenSpec
 from listgate.log import next_conn_id, printable
 from listgate.metrics import DecisionStats
 from listgate.milter import (
@@ -45,7 +46,6 @@ from listgate.milter import (
     ReplyCode,
 )
 from listgate.server.base import StreamService
-from listgate.server.spec import ListenSpec
 
 __all__ = ["MilterLimits", "MilterProtocol", "MilterService"]
 

@@ -32,6 +32,7 @@ from typing import cast
 from listgate.decision.gate import Gate
 from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.frontends.policy import answer_for, posting_request
+from listgate.listen import ListenSpec
 from listgate.log import next_conn_id, printable
 from listgate.metrics import DecisionStats
 from listgate.policyd import (
@@ -45,7 +46,6 @@ from listgate.policyd import (
     PolicyRequest,
 )
 from listgate.server.base import StreamService
-from listgate.server.spec import ListenSpec
 
 __all__ = ["PolicyProtocol", "PolicyServerLimits", "PolicyService"]
 

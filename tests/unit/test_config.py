@@ -29,7 +29,7 @@ from listgate.decision.engine import (
     ReplyTexts,
 )
 from listgate.errors import ConfigError
-from listgate.server.spec import ListenSpec
+from listgate.listen import ListenSpec
 
 DEPLOY_EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "listgate.toml.example"
 

@@ -1,4 +1,4 @@
-"""Listen specifications, as Postfix and libmilter spell them.
+"""Listen addresses, as Postfix and libmilter spell them, and the metrics endpoint's.
 
 Accepted forms (one per socket):
 
@@ -7,8 +7,12 @@ Accepted forms (one per socket):
 - ``unix:/PATH``         absolute path of a unix-domain socket
 
 libmilter's ``inet:PORT@HOST`` form is accepted too, since postmasters paste it from
-Sendmail configs. Invariant: pure parsing, no sockets; errors are ``ValueError`` with a
-message that quotes the offending spec.
+Sendmail configs. The metrics endpoint is a plain ``HOST:PORT`` (``[ADDR]:PORT`` for IPv6).
+
+Invariants:
+- Pure parsing: no sockets, no asyncio, nothing but the standard library's ``ipaddress``;
+  ``listgate.config`` and the server both read these types from here.
+- Errors are ``ValueError`` with a message that quotes the offending spec.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ListenSpec", "parse_listen_spec"]
+__all__ = ["ListenSpec", "parse_listen_spec", "parse_metrics_listen"]
 
 Family = Literal["inet", "inet6", "unix"]
 
@@ -81,3 +85,15 @@ def parse_listen_spec(spec: str) -> ListenSpec:
             raise ValueError(f"{spec!r}: {addr!r} is not an IPv6 address") from None
         return ListenSpec("inet6", addr, _port(port_text, spec), "")
     raise ValueError(f"{spec!r}: unknown socket family {kind!r} (use inet, inet6 or unix)")
+
+
+def parse_metrics_listen(spec: str) -> tuple[str, int]:
+    """``"127.0.0.1:9107"`` or ``"[::1]:9107"`` → (host, port); ``ValueError`` otherwise."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{spec!r}: expected HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ValueError(f"{spec!r}: missing host")
+    return host, int(port)
