@@ -3,6 +3,9 @@
 Invariants:
 - This is the only module that turns a ``Config`` into running objects; the layers below
   know nothing of TOML or of each other's construction.
+- One lifecycle, ``serve``: tests and production (``run``, and every worker process of
+  ``listgate.server.supervisor``) start, reload and drain the daemon through it.
+- The settings a reload cannot change are listed once, in ``RESTART_ONLY``.
 - SIGTERM and SIGINT drain (stop listening, let in-flight commands finish, close); a
   second signal aborts every connection and exits at once.
 - Start-up failures (bad listen address, busy socket) surface as ``ListgateError`` with a
@@ -12,34 +15,38 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import os
-import select
 import signal
-import socket
-import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 from listgate.backends.base import MembershipBackend
 from listgate.backends.static import StaticBackend
-from listgate.config import Config, load_config, password_file_warnings
+from listgate.config import Config, config_warnings, load_config
 from listgate.decision.engine import DecideAt
 from listgate.decision.gate import Gate
 from listgate.errors import ConfigError, ListgateError
 from listgate.frontends.milter import milter_options
-from listgate.listen import ListenSpec, parse_metrics_listen
+from listgate.listen import parse_metrics_listen
 from listgate.log import setup_logging
 from listgate.metrics import Metrics
-from listgate.server.base import StreamService, bind_unix_listener
+from listgate.server.base import StreamService
 from listgate.server.milter import MilterLimits, MilterService
 from listgate.server.notify import notify
 from listgate.server.policy import PolicyServerLimits, PolicyService
+from listgate.server.supervisor import Inherited, Supervisor
 
-__all__ = ["build_gate", "build_policy_service", "create_backend", "run", "serve"]
+__all__ = [
+    "RESTART_ONLY",
+    "Daemon",
+    "build_gate",
+    "build_policy_service",
+    "create_backend",
+    "keep_restart_only",
+    "run",
+    "serve",
+]
 
 log = logging.getLogger("listgate")
 
@@ -121,6 +128,32 @@ def build_policy_service(config: Config, gate: Gate) -> PolicyService | None:
     )
 
 
+RESTART_ONLY: tuple[tuple[str, str], ...] = (
+    ("milter", "listen"),
+    ("milter", "socket_mode"),
+    ("policy", "listen"),
+    ("metrics", "listen"),
+    ("milter", "max_packet_size"),
+    ("milter", "workers"),
+    ("milter", "uvloop"),
+)
+"""(section, key) of the settings bound at start (sockets, the negotiated packet size,
+processes, the event loop): a reload warns when one changed and keeps the running value."""
+
+RESTART_ONLY_SECTIONS = ("backend", "mailman")
+"""Whole sections a reload keeps (the backend's connection settings)."""
+
+
+def keep_restart_only(new: Config, old: Config) -> Config:
+    """*new* with every ``RESTART_ONLY`` setting and section taken from *old*."""
+    sections: dict[str, object] = {name: getattr(old, name) for name in RESTART_ONLY_SECTIONS}
+    for section, key in RESTART_ONLY:
+        current = sections.get(section, getattr(new, section))
+        sections[section] = dataclasses.replace(  # type: ignore[type-var]
+            current, **{key: getattr(getattr(old, section), key)})
+    return dataclasses.replace(new, **sections)  # type: ignore[arg-type]
+
+
 class Daemon:
     """The running daemon: listeners, gate, backend and metrics, with reload and drain."""
 
@@ -129,7 +162,7 @@ class Daemon:
         config: Config,
         path: Path | None = None,
         *,
-        inherited: Mapping[tuple[str, ListenSpec], socket.socket] | None = None,
+        inherited: Inherited | None = None,
     ) -> None:
         self.config = config
         self.path = path
@@ -160,7 +193,7 @@ class Daemon:
 
     async def start(self) -> None:
         """Bind every listener and the metrics endpoint, then tell systemd we are ready."""
-        for warning in password_file_warnings(self.config):
+        for warning in config_warnings(self.config):
             log.warning("%s", warning)
         await self.milter.start()
         if self.policy is not None:
@@ -210,19 +243,12 @@ class Daemon:
 
     def _apply(self, new: Config) -> None:
         old = self.config
-        for what, before, after in (
-            ("milter.listen", old.milter.listen, new.milter.listen),
-            ("milter.socket_mode", old.milter.socket_mode, new.milter.socket_mode),
-            ("policy.listen", old.policy.listen, new.policy.listen),
-            ("metrics.listen", old.metrics.listen, new.metrics.listen),
-            ("milter.max_packet_size", old.milter.max_packet_size, new.milter.max_packet_size),
-            ("milter.workers", old.milter.workers, new.milter.workers),
-            ("milter.uvloop", old.milter.uvloop, new.milter.uvloop),
-        ):
-            if before != after:
-                log.warning("reload: %s changed; it takes effect at the next restart", what)
+        for section, key in RESTART_ONLY:
+            if getattr(getattr(old, section), key) != getattr(getattr(new, section), key):
+                log.warning("reload: %s.%s changed; it takes effect at the next restart",
+                            section, key)
         backend = self.gate.backend
-        if (new.backend, new.mailman) != (old.backend, old.mailman):
+        if any(getattr(new, s) != getattr(old, s) for s in RESTART_ONLY_SECTIONS):
             log.warning("reload: [backend]/[mailman] changed; they take effect at the next restart")
         elif new.backend.type == "static" and new.static != old.static:
             backend = create_backend(new)  # a static map is cheap to rebuild
@@ -241,15 +267,7 @@ class Daemon:
             self.policy.gate = self.gate
             self.policy.max_connections = new.policy.max_connections
         setup_logging(new.log.level_number, new.log.target, new.log.syslog_address)
-        self.config = dataclasses.replace(
-            new, milter=dataclasses.replace(new.milter, listen=old.milter.listen,
-                                            max_packet_size=old.milter.max_packet_size,
-                                            socket_mode=old.milter.socket_mode,
-                                            workers=old.milter.workers,
-                                            uvloop=old.milter.uvloop),
-            policy=dataclasses.replace(new.policy, listen=old.policy.listen),
-            metrics=old.metrics, backend=old.backend, mailman=old.mailman,
-        )
+        self.config = keep_restart_only(new, old)
 
     async def stop(self) -> None:
         """Stop listening, drain every connection, release the backend."""
@@ -264,47 +282,46 @@ class Daemon:
 
 async def serve(
     config: Config,
-    stop: asyncio.Event,
+    stop: asyncio.Event | None = None,
     *,
+    path: Path | None = None,
+    inherited: Inherited | None = None,
     on_ready: Callable[[Daemon], None] | None = None,
+    handle_signals: bool = False,
 ) -> None:
-    """Run the daemon until *stop* is set, then drain and return."""
-    daemon = Daemon(config)
-    try:
-        await daemon.start()
-        if on_ready is not None:
-            on_ready(daemon)
-        await stop.wait()
-        log.info("shutting down")
-    finally:
-        await daemon.stop()
+    """Run the daemon until *stop* is set (or, with *handle_signals*, until SIGTERM or
+    SIGINT), then drain and return. The one lifecycle: tests call it with a *stop* event,
+    ``run`` (and each worker process) with *handle_signals*.
 
-
-def _loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when ``[milter] uvloop = true``, else None (asyncio's default)."""
-    if not config.milter.uvloop:
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        raise ListgateError(
-            "milter.uvloop = true, but uvloop is not installed: pip install 'listgate[uvloop]'"
-        ) from None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-async def _serve_until_signalled(
-    config: Config,
-    path: Path | None,
-    inherited: Mapping[tuple[str, ListenSpec], socket.socket] | None = None,
-    on_ready: Callable[[], None] | None = None,
-) -> None:
+    With *handle_signals* (main thread only): SIGTERM/SIGINT drain, a second one cancels
+    this task (exit at once); SIGHUP re-reads *path*. *on_ready* is called once every
+    listener and the metrics endpoint are up."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
+    daemon = Daemon(config, path, inherited=inherited)
+    handled: tuple[signal.Signals, ...] = ()
+    if handle_signals:
+        handled = _handle_signals(loop, stop, daemon, path)
+    try:
+        try:
+            await daemon.start()
+            if on_ready is not None:
+                on_ready(daemon)
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await daemon.stop()
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
+def _handle_signals(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, daemon: Daemon, path: Path | None
+) -> tuple[signal.Signals, ...]:
+    """Install the daemon's signal handlers on *loop*; the signals handled."""
     task = asyncio.current_task()
     signals_seen = 0
-    daemon = Daemon(config, path, inherited=inherited)
     reloading: set[asyncio.Task[bool]] = set()
 
     def on_signal(signum: int) -> None:
@@ -328,25 +345,38 @@ async def _serve_until_signalled(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    return (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when ``[milter] uvloop = true``, else None (asyncio's default)."""
+    if not config.milter.uvloop:
+        return None
     try:
-        await daemon.start()
-        if on_ready is not None:
-            on_ready()
-        await stop.wait()
-        log.info("shutting down")
-    finally:
-        await daemon.stop()
+        import uvloop
+    except ImportError:
+        raise ListgateError(
+            "milter.uvloop = true, but uvloop is not installed: pip install 'listgate[uvloop]'"
+        ) from None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _run_loop(
     config: Config,
     path: Path | None,
-    inherited: Mapping[tuple[str, ListenSpec], socket.socket] | None = None,
+    inherited: Inherited | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> int:
+    """``serve`` with signal handling on a new event loop; the exit status."""
+    def ready(_daemon: Daemon) -> None:
+        if on_ready is not None:
+            on_ready()
+
     try:
         with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
-            runner.run(_serve_until_signalled(config, path, inherited, on_ready))
+            runner.run(serve(config, path=path, inherited=inherited, on_ready=ready,
+                             handle_signals=True))
     except ListgateError as exc:
         log.error("%s", exc)
         return 1
@@ -359,194 +389,12 @@ def run(config: Config, path: Path | None = None) -> int:
     """Run the daemon in the foreground with signal handling; the process exit status.
 
     SIGTERM/SIGINT drain (a second one exits at once); SIGHUP re-reads *path*. With
-    ``[milter] workers`` > 1 this process supervises that many worker processes."""
+    ``[milter] workers`` > 1 this process supervises that many worker processes
+    (``listgate.server.supervisor``), each running ``serve``."""
     if config.milter.workers > 1:
         try:
-            return _Supervisor(config, path).run()
+            return Supervisor(config, path, _run_loop).run()
         except ListgateError as exc:
             log.error("%s", exc)
             return 1
     return _run_loop(config, path)
-
-
-class _Supervisor:
-    """``[milter] workers`` > 1: fork the workers, pass signals on, replace a worker that
-    dies (unless it dies at once: then stop them all and fail).
-
-    inet listeners: every worker binds its own socket with SO_REUSEPORT, so the kernel
-    spreads connections over the workers (a port 0 is resolved here first and held until
-    the workers listen). unix listeners: bound here once; the workers inherit them.
-    Only this process talks to systemd (READY once every worker listens)."""
-
-    RESTART_AFTER = 5.0
-    """A worker that dies sooner than this after its start is not replaced."""
-
-    def __init__(self, config: Config, path: Path | None) -> None:
-        if config.metrics.listen:
-            raise ListgateError(
-                "milter.workers: more than 1 worker cannot serve [metrics] listen (each "
-                'worker counts only its own decisions): set workers = 1 or listen = ""'
-            )
-        self.path = path
-        self.count = config.milter.workers
-        self.inherited: dict[tuple[str, ListenSpec], socket.socket] = {}
-        self.reserved: list[socket.socket] = []
-        self.unix_paths: list[str] = []
-        self.config = self._bind(config)
-        self.children: dict[int, tuple[int, float]] = {}
-        """pid -> (worker index, start time)."""
-        self.stopping = 0
-        self.failed = False
-        self.ready_r, self.ready_w = os.pipe()
-
-    def _bind(self, config: Config) -> Config:
-        def resolve(name: str, specs: tuple[ListenSpec, ...], mode: int) -> tuple[ListenSpec, ...]:
-            out = []
-            for spec in specs:
-                if spec.family == "unix":
-                    self.inherited[(name, spec)] = bind_unix_listener(name, spec, mode)
-                    self.unix_paths.append(spec.path)
-                elif spec.port == 0:  # pick the port here, so that every worker shares it
-                    family = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
-                    sock = socket.socket(family, socket.SOCK_STREAM)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                    try:
-                        sock.bind((spec.host, 0))
-                    except OSError as exc:
-                        sock.close()
-                        raise ListgateError(f"{name}: cannot listen on {spec}: {exc}") from None
-                    self.reserved.append(sock)
-                    spec = dataclasses.replace(spec, port=sock.getsockname()[1])
-                out.append(spec)
-            return tuple(out)
-
-        try:
-            milter = resolve("milter", config.milter.listen, config.milter.socket_mode)
-            policy = resolve("policy", config.policy.listen, config.policy.socket_mode)
-        except BaseException:
-            self._close()
-            raise
-        return dataclasses.replace(
-            config,
-            milter=dataclasses.replace(config.milter, listen=milter),
-            policy=dataclasses.replace(config.policy, listen=policy),
-        )
-
-    def run(self) -> int:
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        previous = {signum: signal.getsignal(signum) for signum in handled}
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hangup)
-        try:
-            for index in range(self.count):
-                self._spawn(index)
-            if self._wait_ready():
-                for sock in self.reserved:
-                    sock.close()
-                self.reserved.clear()
-                log.info("listgate supervising %d workers", self.count)
-                notify("READY=1", f"STATUS=serving with {self.count} workers")
-            self._reap()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            self._close()
-        return 1 if self.failed else 0
-
-    def _spawn(self, index: int) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 1
-            try:
-                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    signal.signal(signum, signal.SIG_DFL)
-                os.environ.pop("NOTIFY_SOCKET", None)
-                os.close(self.ready_r)
-                for sock in self.reserved:
-                    sock.close()
-
-                def ready() -> None:
-                    os.write(self.ready_w, bytes((index,)))
-
-                code = _run_loop(self.config, self.path, self.inherited, ready)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        self.children[pid] = (index, time.monotonic())
-
-    def _wait_ready(self) -> bool:
-        """Wait until every worker listens; False (all stopped) if one fails first."""
-        ready: set[int] = set()
-        deadline = time.monotonic() + 60.0
-        while len(ready) < self.count:
-            if self.stopping or self.failed:
-                return False
-            left = deadline - time.monotonic()
-            if left <= 0:
-                log.error("workers did not start within 60 s; stopping")
-                self._fail()
-                return False
-            readable, _, _ = select.select([self.ready_r], [], [], min(left, 0.1))
-            if readable:
-                ready.update(os.read(self.ready_r, 64))
-            self._collect(block=False)
-        return True
-
-    def _reap(self) -> None:
-        while self.children:
-            self._collect(block=True)
-
-    def _collect(self, block: bool) -> None:
-        try:
-            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
-        except ChildProcessError:
-            self.children.clear()
-            return
-        if pid == 0 or pid not in self.children:
-            return
-        index, started = self.children.pop(pid)
-        if self.stopping:
-            return
-        code = os.waitstatus_to_exitcode(status)
-        if time.monotonic() - started < self.RESTART_AFTER or self.failed:
-            log.error("worker %d exited (status %d) right after it started; stopping", index, code)
-            self._fail()
-            return
-        log.error("worker %d exited unexpectedly (status %d); starting a new one", index, code)
-        self._spawn(index)
-
-    def _fail(self) -> None:
-        self.failed = True
-        self.stopping += 1
-        self._signal_all(signal.SIGTERM)
-
-    def _signal_all(self, signum: int) -> None:
-        for pid in list(self.children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    def _on_stop(self, signum: int, frame: object) -> None:
-        self.stopping += 1
-        if self.stopping == 1:
-            log.info("%s received: draining the workers", signal.Signals(signum).name)
-            notify("STOPPING=1")
-        self._signal_all(signal.SIGTERM)  # a second one makes the workers exit at once
-
-    def _on_hangup(self, signum: int, frame: object) -> None:
-        log.info("SIGHUP received: the workers reload %s", self.path or "(no config file)")
-        self._signal_all(signal.SIGHUP)
-
-    def _close(self) -> None:
-        for sock in (*self.inherited.values(), *self.reserved):
-            sock.close()
-        for path in self.unix_paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        self.unix_paths.clear()
-        for fd in (getattr(self, "ready_r", -1), getattr(self, "ready_w", -1)):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self.ready_r = self.ready_w = -1

@@ -3,7 +3,10 @@
 Invariants:
 - ``main(argv)`` returns the exit status instead of exiting, so tests call it directly.
 - Configuration problems print one line per problem, each naming its key, and exit 2
-  (``serve``) or 1 (``config check``); they never print a traceback.
+  (``serve``) or 1 (``config check``); they never print a traceback. ``config check``
+  prints ``config_warnings`` in the same form (and exits 0); ``serve`` logs them.
+- ``check`` and ``lists`` print their answer and nothing else at the default log level:
+  other libraries log only warnings unless ``[log] level = "debug"`` (``setup_logging``).
 - ``check`` exits 0 for accept, 1 for reject, 2 for tempfail or error.
 """
 
@@ -19,7 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from listgate import __version__
-from listgate.config import EXAMPLE_CONFIG_PATH, Config, config_to_dict, load_config
+from listgate.config import (
+    EXAMPLE_CONFIG_PATH,
+    Config,
+    config_to_dict,
+    config_warnings,
+    load_config,
+)
 from listgate.decision.model import Decision, PostingRequest, Verdict, normalize_address
 from listgate.decision.senders import mailman_senders
 from listgate.errors import ConfigError, ListgateError
@@ -239,6 +248,8 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return 1
+    for warning in config_warnings(config):  # the lines ``serve`` logs at WARNING
+        print(f"listgate: {config.source}: {warning}", file=sys.stderr)
     print(f"# {config.source}: OK")
     print(json.dumps(config_to_dict(config), indent=2, default=str))
     return 0

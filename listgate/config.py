@@ -9,6 +9,11 @@ Invariants:
   ``ConfigError(problems, source)`` is raised. Unknown sections and keys are problems, with
   a "did you mean" suggestion when one is close.
 - TOML types are checked strictly: a bool is not an integer, a string is not a list.
+- Nothing is silently ignored: a key the file sets (to other than its default) that has no
+  effect under the file's other settings is a problem that names it and says what to set
+  (``_NO_EFFECT`` lists every such case; ``[mailman]`` never turns the Mailman backend on
+  by itself). ``config_warnings`` gives what runs but deserves a word (no lists at all);
+  ``serve`` logs and ``config check`` prints the same text.
 - ``config_to_dict`` gives back TOML-shaped data that ``parse_config`` accepts and that
   yields an equal ``Config`` (apart from ``source``).
 - ``config_to_dict`` never shows a secret: ``mailman.password`` is rendered as ``"***"``
@@ -19,6 +24,9 @@ Invariants:
   holds complete overrides keyed by normalised posting address.
 - No I/O except in ``load_config``, which reads one file, and in reading
   ``mailman.password_file`` (at parse time, so the password is checked at startup).
+- A leaf: it imports only the decision core's value types, ``listen`` and ``log``'s
+  constants, never the server, metrics or a backend, and importing it does not import
+  asyncio, prometheus_client, httpx or mailmanclient.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ __all__ = [
     "Secret",
     "StaticConfig",
     "config_to_dict",
+    "config_warnings",
     "load_config",
     "parse_config",
     "password_file_warnings",
@@ -966,12 +975,180 @@ def _cross_section_problems(data: Mapping[str, object]) -> list[str]:
     return []
 
 
+# ------------------------------------------------------------------------ settings with no effect
+
+
+def _backend_reason(cfg: Config, data: Mapping[str, object], backend_type: str) -> str | None:
+    if cfg.backend.type != backend_type:
+        return None
+    backend = data.get("backend")
+    if isinstance(backend, dict) and "type" in backend:
+        return f'backend.type is "{backend_type}"'
+    return f'backend.type is not set, so it is "{backend_type}" (the default)'
+
+
+def _static_backend(cfg: Config, data: Mapping[str, object]) -> str | None:
+    return _backend_reason(cfg, data, "static")
+
+
+def _mailman_backend(cfg: Config, data: Mapping[str, object]) -> str | None:
+    return _backend_reason(cfg, data, "mailman")
+
+
+def _no_policy_listener(cfg: Config, data: Mapping[str, object]) -> str | None:
+    return None if cfg.policy.listen else "policy.listen is empty (no policy listener)"
+
+
+def _no_unix_socket(name: str) -> Callable[[Config, Mapping[str, object]], str | None]:
+    def why(cfg: Config, data: Mapping[str, object]) -> str | None:
+        specs: tuple[ListenSpec, ...] = getattr(cfg, name).listen
+        if not specs or any(spec.family == "unix" for spec in specs):
+            return None
+        return f"{name}.listen has no unix: socket"
+
+    return why
+
+
+def _not_syslog(cfg: Config, data: Mapping[str, object]) -> str | None:
+    if cfg.log.target == "syslog":
+        return None
+    return f'log.target is "{cfg.log.target}"'
+
+
+@dataclass(frozen=True, slots=True)
+class _NoEffect:
+    """Keys of *section* that have no effect when *why* gives a reason (``None``: they do).
+
+    A key counts only when the file sets it to something other than its default: writing
+    a default down changes nothing, whether or not the key is read (the documented example
+    and ``config_to_dict``'s output show every key)."""
+
+    section: str
+    keys: tuple[str, ...] | None
+    """The keys concerned; None = every key of the section."""
+    why: Callable[[Config, Mapping[str, object]], str | None]
+    fix: str
+    """What to do instead, after "; "."""
+    reads: tuple[str, ...]
+    """The other sections *why* reads; a rule is skipped when one of them is invalid."""
+
+
+_TO_MAILMAN = 'set [backend] type = "mailman" to use Mailman'
+_NO_EFFECT: tuple[_NoEffect, ...] = (
+    _NoEffect("mailman", None, _static_backend, f"{_TO_MAILMAN}, or remove it", ("backend",)),
+    _NoEffect("cache", None, _static_backend,
+              f"[cache] is the Mailman backend's; {_TO_MAILMAN}, or remove it", ("backend",)),
+    _NoEffect("static", None, _mailman_backend,
+              'Mailman decides who may post; remove it, or set [backend] type = "static"',
+              ("backend",)),
+    _NoEffect("gate", ("hold",), _static_backend,
+              f"a static list never holds a post; remove it, or {_TO_MAILMAN}", ("backend",)),
+    _NoEffect("gate", ("trust_approved",), _static_backend,
+              f"a static list has no moderator password; remove it, or {_TO_MAILMAN}",
+              ("backend",)),
+    _NoEffect("policy", tuple(k for k in _SCHEMA["policy"][1] if k != "listen"),
+              _no_policy_listener,
+              'set policy.listen (e.g. "inet:127.0.0.1:8891") to run the policy listener, '
+              "or remove it", ()),
+    _NoEffect("policy", ("socket_mode",), _no_unix_socket("policy"),
+              "it applies to unix:/PATH sockets only; remove it", ()),
+    _NoEffect("milter", ("socket_mode",), _no_unix_socket("milter"),
+              "it applies to unix:/PATH sockets only; remove it", ()),
+    _NoEffect("log", ("syslog_address",), _not_syslog,
+              'set log.target = "syslog" to log there, or remove it', ()),
+)
+"""Every setting that can be silently ignored, and when. The rest always has an effect:
+all of [milter] (the milter listener always runs), policy.listen, backend.type, gate.mode
+and gate.decide_at, [reply] and [failure] (a backend may fail, or have a bug, whatever its
+type), [bypass], log.level, log.target and metrics.listen."""
+
+_LIST_NO_EFFECT: Mapping[str, str] = {
+    "hold": "a static list never holds a post",
+    "trust_approved": "a static list has no moderator password",
+}
+"""``[lists."addr"]`` keys that have no effect on a static list (as in ``[gate]``)."""
+
+
+def _set_keys(section: object, raw: object, keys: Mapping[str, _Key],
+              default: object) -> list[str]:
+    """The keys of the TOML table *raw* whose parsed value in *section* is not the default."""
+    if not isinstance(raw, dict):
+        return []
+    return [key for key in raw
+            if key in keys and getattr(section, key) != getattr(default, key)]
+
+
+def _no_effect_problems(data: Mapping[str, object], cfg: Config,
+                        invalid: set[str]) -> list[str]:
+    """One problem per key the file sets that has no effect under its other settings
+    (sections in *invalid* did not parse: their keys, and rules reading them, are skipped)."""
+    problems: list[str] = []
+    defaults = Config()
+    for rule in _NO_EFFECT:
+        if rule.section in invalid or invalid.intersection(rule.reads):
+            continue
+        keys = _SCHEMA[rule.section][1]
+        set_keys = _set_keys(getattr(cfg, rule.section), data.get(rule.section), keys,
+                             getattr(defaults, rule.section))
+        concerned = [k for k in set_keys if rule.keys is None or k in rule.keys]
+        if not concerned:
+            continue
+        reason = rule.why(cfg, data)
+        if reason is not None:
+            problems.extend(f"{rule.section}.{key}: has no effect: {reason}; {rule.fix}"
+                            for key in concerned)
+    raw_lists = data.get("lists")
+    if "lists" in invalid or invalid.intersection(("backend", "static", "gate")) or \
+            not isinstance(raw_lists, dict):
+        return problems
+    reason = _static_backend(cfg, data)
+    if reason is None:
+        return problems
+    for raw_list, table in raw_lists.items():
+        list_key = f"lists.{_toml_key(raw_list)}"
+        list_address = normalize_address(raw_list)
+        if list_address not in cfg.static.posters:
+            problems.append(f"{list_key}: has no effect: {_show(list_address)} is not a list "
+                            "of the static map; add it to [static.posters], or remove the table")
+            continue
+        for key, why in _LIST_NO_EFFECT.items():
+            if isinstance(table, dict) and key in table and \
+                    getattr(cfg.lists[list_address], key) != getattr(DEFAULT_GATE, key):
+                problems.append(f"{list_key}.{key}: has no effect: {reason}; {why}; remove "
+                                f"it, or {_TO_MAILMAN}")
+    return problems
+
+
+WORKERS_WITH_METRICS = (
+    "milter.workers: more than 1 worker cannot serve [metrics] listen (each worker counts "
+    'only its own decisions): set workers = 1 or listen = ""'
+)
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """What ``serve`` warns about at startup and ``config check`` prints, each line
+    starting with its dotted key: a static backend with no lists (every post passes
+    ungated), and a REST password file that other users can read."""
+    warnings: list[str] = []
+    if cfg.backend.type == "static" and not cfg.static.posters:
+        warnings.append(
+            "static.posters: the static backend has no lists, so every post is accepted "
+            'ungated; add lists to [static.posters], or set [backend] type = "mailman"'
+        )
+    warnings.extend(password_file_warnings(cfg))
+    return warnings
+
+
 def parse_config(data: Mapping[str, object], source: str = "<config>") -> Config:
     """Build a ``Config`` from TOML-shaped *data*; one ``ConfigError`` lists all problems.
 
-    Reads ``mailman.password_file`` when it is set (an unreadable file is a problem)."""
+    A setting the file changes from its default that has no effect under the file's other
+    settings (``[mailman]`` with the static backend, ``[policy]`` limits with no policy
+    listener...) is a problem too. Reads ``mailman.password_file`` when it is set (an
+    unreadable file is a problem)."""
     problems: list[str] = []
     sections: dict[str, object] = {}
+    invalid: set[str] = set()
     for name, value in data.items():
         if name == "lists":
             continue  # after [gate], which its tables are merged over
@@ -981,16 +1158,24 @@ def parse_config(data: Mapping[str, object], source: str = "<config>") -> Config
         section = _parse_section(name, value, problems)
         if section is not None:
             sections[name] = section
+        else:
+            invalid.add(name)
     if "lists" in data:
         gate = sections.get("gate", DEFAULT_GATE)
         assert isinstance(gate, ListOverrides)
         lists = _parse_lists(data["lists"], gate, problems)
         if lists is not None:
             sections["lists"] = lists
+        else:
+            invalid.add("lists")
     problems.extend(_cross_section_problems(data))
+    cfg = Config(**sections, source=source)  # type: ignore[arg-type]
+    problems.extend(_no_effect_problems(data, cfg, invalid))
+    if cfg.milter.workers > 1 and cfg.metrics.listen:
+        problems.append(WORKERS_WITH_METRICS)
     if problems:
         raise ConfigError(problems, source)
-    return Config(**sections, source=source)  # type: ignore[arg-type]
+    return cfg
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -4,17 +4,21 @@ Invariants:
 - Anything that came from the network is passed through ``printable`` before it reaches
   a log line, so a sender address can never forge or split log lines.
 - Secrets never reach a log line (nothing here formats config values).
+- Other libraries' loggers (``THIRD_PARTY_LOGGERS``) log WARNING and above only, unless
+  listgate's own level is DEBUG: then they log everything too (REST traffic included).
+  So at the default level every line is listgate's own.
+- Importing this module imports only ``logging`` (the syslog handler is imported when it
+  is used), so ``listgate.config`` can read ``LOG_TARGETS`` and stay light.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import logging.handlers
 import re
 import sys
 
-__all__ = ["LOG_TARGETS", "next_conn_id", "printable", "setup_logging"]
+__all__ = ["LOG_TARGETS", "THIRD_PARTY_LOGGERS", "next_conn_id", "printable", "setup_logging"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ids = itertools.count(1)
@@ -39,6 +43,10 @@ LOG_TARGETS = ("stderr", "syslog", "journal")
 """Where log lines go: stderr with timestamps; syslog (facility mail, /dev/log); or the
 systemd journal (stderr with ``<N>`` priority prefixes, which journald reads)."""
 
+THIRD_PARTY_LOGGERS = ("httpx", "httpcore", "mailmanclient", "asyncio", "urllib3")
+"""Loggers of the libraries listgate uses; held at WARNING unless ``[log] level = "debug"``
+(httpx logs each REST request at INFO)."""
+
 _JOURNAL_PRIORITY = {
     logging.DEBUG: 7,
     logging.INFO: 6,
@@ -57,7 +65,8 @@ class _JournalFormatter(logging.Formatter):
 
 
 def setup_logging(level: int, target: str = "stderr", syslog_address: str = "/dev/log") -> None:
-    """Send log lines to *target* (one of ``LOG_TARGETS``); idempotent."""
+    """Send log lines to *target* (one of ``LOG_TARGETS``) from *level* up, other libraries'
+    from WARNING up unless *level* is DEBUG; idempotent (a reload calls it again)."""
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_listgate", False):
@@ -65,9 +74,9 @@ def setup_logging(level: int, target: str = "stderr", syslog_address: str = "/de
             old.close()
     handler: logging.Handler
     if target == "syslog":
-        handler = logging.handlers.SysLogHandler(
-            address=syslog_address, facility=logging.handlers.SysLogHandler.LOG_MAIL
-        )
+        from logging.handlers import SysLogHandler  # imports socket: only when used
+
+        handler = SysLogHandler(address=syslog_address, facility=SysLogHandler.LOG_MAIL)
         handler.setFormatter(logging.Formatter("listgate[%(process)d]: %(name)s: %(message)s"))
     elif target == "journal":
         handler = logging.StreamHandler(sys.stderr)
@@ -80,3 +89,6 @@ def setup_logging(level: int, target: str = "stderr", syslog_address: str = "/de
     setattr(handler, "_listgate", True)  # noqa: B010 - marks our own handlers
     root.addHandler(handler)
     root.setLevel(level)
+    others = logging.NOTSET if level <= logging.DEBUG else logging.WARNING
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(others)

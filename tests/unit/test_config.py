@@ -107,12 +107,10 @@ def test_deploy_example_documents_every_key_with_its_default() -> None:
     assert {k: v for k, v in example.items() if k in raw["gate"]} == raw["gate"]
 
 
-def test_round_trip() -> None:
-    """config_to_dict output parses back to an equal Config."""
-    cfg = parse_config({
+ROUND_TRIP = [
+    pytest.param({
         "milter": {"listen": ["unix:/run/listgate.sock", "inet6:[::1]:9"], "socket_mode": "0600",
                    "idle_timeout": 5},
-        "static": {"posters": {"<A@X.org>": ["<P@x.org>", "q@x.org"], "b@x.org": []}},
         "reply": {"reject_text": "{{no}} {list}"},
         "failure": {"policy": "accept"},
         "log": {"level": "debug"},
@@ -126,9 +124,24 @@ def test_round_trip() -> None:
                  "trust_approved": False},
         "lists": {"<L@X.org>": {"allow": ["A@x.org", "@Y.org", "^b"], "reject_text": "no {list}"},
                   "m@x.org": {"mode": "off"}},
-    }, "a")
+    }, id="mailman"),
+    pytest.param({
+        "static": {"posters": {"<A@X.org>": ["<P@x.org>", "q@x.org"], "b@x.org": []}},
+        "policy": {"listen": "unix:/run/listgate-policy.sock", "socket_mode": "0600",
+                   "max_attributes": 50},
+        "log": {"target": "syslog", "syslog_address": "/run/log"},
+        "lists": {"a@x.org": {"allow": ["A@x.org"], "mode": "monitor"}},
+    }, id="static"),
+]
+
+
+@pytest.mark.parametrize("data", ROUND_TRIP)
+def test_round_trip(data: dict[str, object]) -> None:
+    """config_to_dict output parses back to an equal Config."""
+    cfg = parse_config(data, "a")
     again = parse_config(config_to_dict(cfg), "b")
-    assert again.mailman.password == Secret("***")  # the one key that does not round-trip
+    if cfg.mailman.password is not None:
+        assert again.mailman.password == Secret("***")  # the one key that does not round-trip
     assert replace(again, mailman=replace(again.mailman, password=None)) == replace(
         cfg, source="b", mailman=replace(cfg.mailman, password=None))
 
@@ -152,7 +165,8 @@ def test_listen_string_or_list(value: object, expected: tuple[str, ...]) -> None
                                             ("0000", 0), ("0777", 0o777)])
 def test_socket_mode_octal(text: str, mode: int) -> None:
     """milter.socket_mode is read as octal."""
-    assert parse_config({"milter": {"socket_mode": text}}).milter.socket_mode == mode
+    milter = {"listen": "unix:/run/listgate.sock", "socket_mode": text}
+    assert parse_config({"milter": milter}).milter.socket_mode == mode
 
 
 def test_posters_normalised() -> None:
@@ -346,6 +360,11 @@ def test_load_validates(tmp_path: Path) -> None:
 
 MAILMAN_OK = {"backend": {"type": "mailman"}, "mailman": {"password": "s3cret"}}
 
+
+def with_mailman(**mailman: object) -> dict[str, object]:
+    """A Mailman-backend config with these [mailman] keys (and a password)."""
+    return {"backend": {"type": "mailman"}, "mailman": {"password": "s3cret", **mailman}}
+
 NEW_BAD = [
     ("backend-type-new", {"backend": {"type": "mailmain"}},
      'backend.type: must be one of "static", "mailman", got "mailmain" (did you mean '
@@ -357,7 +376,8 @@ NEW_BAD = [
      'mailman.password: required when backend.type = "mailman" (set mailman.password or '
      "mailman.password_file)"),
     ("mailman-both-passwords",
-     {"mailman": {"password": "x", "password_file": "/etc/listgate/pw"}},
+     {"backend": {"type": "mailman"},
+      "mailman": {"password": "x", "password_file": "/etc/listgate/pw"}},
      "mailman.password: set either mailman.password or mailman.password_file, not both"),
     ("mailman-password-not-string", {"mailman": {"password": 1234}},
      "mailman.password: must be a string"),
@@ -557,10 +577,10 @@ def test_mailman_password_file_unreadable_directory(tmp_path: Path) -> None:
 
 
 def test_password_not_required_for_static() -> None:
-    """With the static backend [mailman] needs no password."""
-    cfg = parse_config({"mailman": {"url": "https://mm.example/3.1"}})
+    """With the static backend no REST password is needed (nor allowed: see test_no_effect)."""
+    cfg = parse_config({"static": {"posters": {"a@x.org": ["b@x.org"]}}})
     assert cfg.mailman.password is None
-    assert cfg.mailman.url == "https://mm.example/3.1"
+    assert cfg.mailman.url == "http://127.0.0.1:8001/3.1"
 
 
 def test_password_problem_never_echoes_value() -> None:
@@ -576,7 +596,7 @@ def test_password_problem_never_echoes_value() -> None:
 )
 def test_config_to_dict_redacts_password(mailman: dict[str, object], shown: str) -> None:
     """config_to_dict shows an inline password as "***" and an unset one as ""."""
-    cfg = parse_config({"mailman": mailman})
+    cfg = parse_config({"backend": {"type": "mailman"}, "mailman": mailman} if mailman else {})
     assert config_to_dict(cfg)["mailman"]["password"] == shown
 
 
@@ -598,27 +618,27 @@ def test_config_to_dict_password_file_round_trips(tmp_path: Path) -> None:
 )
 def test_mailman_url_accepted(url: str) -> None:
     """http and https URLs with a host are accepted as written."""
-    assert parse_config({"mailman": {"url": url}}).mailman.url == url
+    assert parse_config(with_mailman(url=url)).mailman.url == url
 
 
 def test_mailman_timeout_just_under_postfix() -> None:
     """29.9 s is accepted; integers become floats."""
-    assert parse_config({"mailman": {"timeout": 29.9}}).mailman.timeout == 29.9
-    assert parse_config({"mailman": {"timeout": 3}}).mailman.timeout == 3.0
+    assert parse_config(with_mailman(timeout=29.9)).mailman.timeout == 29.9
+    assert parse_config(with_mailman(timeout=3)).mailman.timeout == 3.0
 
 
 def test_cache_values() -> None:
     """[cache] values are read as given; stale_if_error may be 0 (never)."""
-    cfg = parse_config({"cache": {"ttl": 30, "negative_ttl": 2.5, "policy_ttl": 60,
-                                  "directory_ttl": 600, "max_entries": 5,
-                                  "stale_if_error": 0}})
+    cfg = parse_config({**MAILMAN_OK, "cache": {"ttl": 30, "negative_ttl": 2.5, "policy_ttl": 60,
+                                                "directory_ttl": 600, "max_entries": 5,
+                                                "stale_if_error": 0}})
     assert cfg.cache == CacheConfig(30.0, 2.5, 60.0, 600.0, 5, 0.0)
 
 
 def test_gate_defaults_parsed_by_value() -> None:
     """[gate] enums are read by their value and trust_approved as a bool."""
-    cfg = parse_config({"gate": {"mode": "monitor", "decide_at": "headers", "hold": "reject",
-                                 "trust_approved": False}})
+    cfg = parse_config({**MAILMAN_OK, "gate": {"mode": "monitor", "decide_at": "headers",
+                                               "hold": "reject", "trust_approved": False}})
     assert cfg.gate == ListOverrides(mode=GateMode.MONITOR, decide_at=DecideAt.HEADERS,
                                      hold=HoldPolicy.REJECT, trust_approved=False)
 
@@ -647,26 +667,27 @@ def test_list_merged_over_gate(
     gate: dict[str, object], table: dict[str, object], expected: ListOverrides
 ) -> None:
     """A [lists."addr"] table takes each key it does not set from [gate]."""
-    cfg = parse_config({"gate": gate, "lists": {"<Announce@Example.ORG>": table}})
+    cfg = parse_config({**MAILMAN_OK, "gate": gate, "lists": {"<Announce@Example.ORG>": table}})
     assert dict(cfg.lists) == {"announce@example.org": expected}
 
 
 def test_lists_merge_independent_of_table_order() -> None:
     """[lists] written before [gate] still merges over [gate]."""
-    cfg = parse_config({"lists": {"a@x.org": {}}, "gate": {"mode": "off"}})
+    cfg = parse_config({"lists": {"a@x.org": {}}, "gate": {"mode": "off"}, **MAILMAN_OK})
     assert cfg.lists["a@x.org"].mode is GateMode.OFF
 
 
 def test_lists_mapping_is_read_only() -> None:
     """Config.lists cannot be changed after parsing."""
-    cfg = parse_config({"lists": {"a@x.org": {}}})
+    cfg = parse_config({**MAILMAN_OK, "lists": {"a@x.org": {}}})
     with pytest.raises(TypeError):
         cfg.lists["b@x.org"] = ListOverrides()  # type: ignore[index]
 
 
 def test_allowed_regex_used_like_engine() -> None:
     """A configured ^regex allow entry admits what ListOverrides.allows admits."""
-    cfg = parse_config({"lists": {"a@x.org": {"allow": [r"^.*@staff\.example\.org$"]}}})
+    cfg = parse_config({**MAILMAN_OK,
+                        "lists": {"a@x.org": {"allow": [r"^.*@staff\.example\.org$"]}}})
     overrides = cfg.lists["a@x.org"]
     assert overrides.allows("ann@staff.example.org") == r"^.*@staff\.example\.org$"
     assert overrides.allows("ann@staff.example.org.evil") is None

@@ -1,0 +1,224 @@
+"""The fork supervisor: ``[milter] workers`` > 1 processes serving the same listeners.
+
+Invariants:
+- Only the supervising process talks to systemd (READY once every worker listens,
+  STOPPING on the first SIGTERM/SIGINT); workers have ``NOTIFY_SOCKET`` removed.
+- SIGTERM/SIGINT are passed on to every worker (a second one makes them exit at once);
+  SIGHUP is passed on (each worker reloads the file itself).
+- A worker that dies later than ``RESTART_AFTER`` after its start is replaced; one that
+  dies sooner stops them all, and the supervisor exits 1.
+- The supervisor imports no application module: what a worker runs is handed in
+  (``RunWorker``), so dependencies point down from ``listgate.app``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from listgate.config import WORKERS_WITH_METRICS, Config
+from listgate.errors import ListgateError
+from listgate.listen import ListenSpec
+from listgate.server.base import bind_unix_listener
+from listgate.server.notify import notify
+
+__all__ = ["Inherited", "RunWorker", "Supervisor"]
+
+log = logging.getLogger("listgate")
+
+Inherited = Mapping[tuple[str, ListenSpec], socket.socket]
+"""Listening sockets a worker inherits, by (service name, listen spec)."""
+
+RunWorker = Callable[[Config, Path | None, Inherited, Callable[[], None]], int]
+"""Runs one worker until it stops: (config, config path, inherited sockets, ready
+callback) -> exit status."""
+
+
+class Supervisor:
+    """``[milter] workers`` > 1: fork the workers, pass signals on, replace a worker that
+    dies (unless it dies at once: then stop them all and fail).
+
+    inet listeners: every worker binds its own socket with SO_REUSEPORT, so the kernel
+    spreads connections over the workers (a port 0 is resolved here first and held until
+    the workers listen). unix listeners: bound here once; the workers inherit them.
+    Only this process talks to systemd (READY once every worker listens)."""
+
+    RESTART_AFTER = 5.0
+    """A worker that dies sooner than this after its start is not replaced."""
+
+    def __init__(self, config: Config, path: Path | None, run_worker: RunWorker) -> None:
+        if config.metrics.listen:  # parse_config refuses it too; a built Config may not
+            raise ListgateError(WORKERS_WITH_METRICS)
+        self.path = path
+        self.run_worker = run_worker
+        self.count = config.milter.workers
+        self.inherited: dict[tuple[str, ListenSpec], socket.socket] = {}
+        self.reserved: list[socket.socket] = []
+        self.unix_paths: list[str] = []
+        self.config = self._bind(config)
+        self.children: dict[int, tuple[int, float]] = {}
+        """pid -> (worker index, start time)."""
+        self.stopping = 0
+        self.failed = False
+        self.ready_r, self.ready_w = os.pipe()
+
+    def _bind(self, config: Config) -> Config:
+        def resolve(name: str, specs: tuple[ListenSpec, ...], mode: int) -> tuple[ListenSpec, ...]:
+            out = []
+            for spec in specs:
+                if spec.family == "unix":
+                    self.inherited[(name, spec)] = bind_unix_listener(name, spec, mode)
+                    self.unix_paths.append(spec.path)
+                elif spec.port == 0:  # pick the port here, so that every worker shares it
+                    family = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    try:
+                        sock.bind((spec.host, 0))
+                    except OSError as exc:
+                        sock.close()
+                        raise ListgateError(f"{name}: cannot listen on {spec}: {exc}") from None
+                    self.reserved.append(sock)
+                    spec = dataclasses.replace(spec, port=sock.getsockname()[1])
+                out.append(spec)
+            return tuple(out)
+
+        try:
+            milter = resolve("milter", config.milter.listen, config.milter.socket_mode)
+            policy = resolve("policy", config.policy.listen, config.policy.socket_mode)
+        except BaseException:
+            self._close()
+            raise
+        return dataclasses.replace(
+            config,
+            milter=dataclasses.replace(config.milter, listen=milter),
+            policy=dataclasses.replace(config.policy, listen=policy),
+        )
+
+    def run(self) -> int:
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {signum: signal.getsignal(signum) for signum in handled}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hangup)
+        try:
+            for index in range(self.count):
+                self._spawn(index)
+            if self._wait_ready():
+                for sock in self.reserved:
+                    sock.close()
+                self.reserved.clear()
+                log.info("listgate supervising %d workers", self.count)
+                notify("READY=1", f"STATUS=serving with {self.count} workers")
+            self._reap()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._close()
+        return 1 if self.failed else 0
+
+    def _spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(signum, signal.SIG_DFL)
+                os.environ.pop("NOTIFY_SOCKET", None)
+                os.close(self.ready_r)
+                for sock in self.reserved:
+                    sock.close()
+
+                def ready() -> None:
+                    os.write(self.ready_w, bytes((index,)))
+
+                code = self.run_worker(self.config, self.path, self.inherited, ready)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self.children[pid] = (index, time.monotonic())
+
+    def _wait_ready(self) -> bool:
+        """Wait until every worker listens; False (all stopped) if one fails first."""
+        ready: set[int] = set()
+        deadline = time.monotonic() + 60.0
+        while len(ready) < self.count:
+            if self.stopping or self.failed:
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.error("workers did not start within 60 s; stopping")
+                self._fail()
+                return False
+            readable, _, _ = select.select([self.ready_r], [], [], min(left, 0.1))
+            if readable:
+                ready.update(os.read(self.ready_r, 64))
+            self._collect(block=False)
+        return True
+
+    def _reap(self) -> None:
+        while self.children:
+            self._collect(block=True)
+
+    def _collect(self, block: bool) -> None:
+        try:
+            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            self.children.clear()
+            return
+        if pid == 0 or pid not in self.children:
+            return
+        index, started = self.children.pop(pid)
+        if self.stopping:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        if time.monotonic() - started < self.RESTART_AFTER or self.failed:
+            log.error("worker %d exited (status %d) right after it started; stopping", index, code)
+            self._fail()
+            return
+        log.error("worker %d exited unexpectedly (status %d); starting a new one", index, code)
+        self._spawn(index)
+
+    def _fail(self) -> None:
+        self.failed = True
+        self.stopping += 1
+        self._signal_all(signal.SIGTERM)
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self.stopping += 1
+        if self.stopping == 1:
+            log.info("%s received: draining the workers", signal.Signals(signum).name)
+            notify("STOPPING=1")
+        self._signal_all(signal.SIGTERM)  # a second one makes the workers exit at once
+
+    def _on_hangup(self, signum: int, frame: object) -> None:
+        log.info("SIGHUP received: the workers reload %s", self.path or "(no config file)")
+        self._signal_all(signal.SIGHUP)
+
+    def _close(self) -> None:
+        for sock in (*self.inherited.values(), *self.reserved):
+            sock.close()
+        for path in self.unix_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self.unix_paths.clear()
+        for fd in (getattr(self, "ready_r", -1), getattr(self, "ready_w", -1)):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.ready_r = self.ready_w = -1
