@@ -45,6 +45,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from support import free_port as free_port  # re-exported: tests import it from here
+
 if TYPE_CHECKING:
     import httpx
     from mailmanclient import Client
@@ -79,13 +81,6 @@ def mailman_venv() -> Path:
     """The Mailman venv: ``$LISTGATE_MAILMAN_VENV`` (relative to the repo root) or
     ``<repo>/.venv-mailman``. The same rule as in ``.ci/install-test-deps.sh``."""
     return REPO_ROOT / os.environ.get(VENV_ENV, ".venv-mailman")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tail(path: Path, lines: int = 40) -> str:

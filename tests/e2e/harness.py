@@ -19,19 +19,24 @@ import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from support import (  # free_port and the others are re-exported for the e2e tests
+    ListgateServe,
+)
+from support import accepts_connections as accepts_connections
+from support import free_port as free_port
+from support import listgate_command as listgate_command
+from support import wait_until as wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LUA_DIR = Path(__file__).resolve().parent / "lua"
@@ -45,9 +50,6 @@ BOSS = "boss@example.org"
 POSTERS: dict[str, list[str]] = {LIST: [MEMBER], ANNOUNCE: [BOSS]}
 CLIENT_HELO = "client.feas.test"
 
-T = TypeVar("T")
-
-
 # --------------------------------------------------------------------------- generic
 
 
@@ -58,34 +60,6 @@ def find_binary(name: str) -> str:
     if path is None:
         raise AssertionError(f"required program {name!r} is not installed: {INSTALL_HINT}")
     return path
-
-
-def wait_until(
-    probe: Callable[[], T | None],
-    timeout: float,
-    what: str,
-    interval: float = 0.02,
-    detail: Callable[[], str] | None = None,
-) -> T:
-    """Poll *probe* until it returns something truthy; fail after *timeout* seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = f"\n{detail()}" if detail else ""
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}{extra}")
-        time.sleep(interval)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on *host* a moment ago (bind port 0, read it back, close)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def ipv6_loopback_available() -> bool:
@@ -617,18 +591,6 @@ class RecordingSMTP(smtplib.SMTP):
 # --------------------------------------------------------------------------- listgate
 
 
-def listgate_command() -> list[str]:
-    """How to run listgate: ``python -m listgate`` with this interpreter.
-
-    ``LISTGATE_E2E_COMMAND`` replaces that prefix (shell words), e.g. to point the suite at
-    an installed ``listgate`` script; the suite still passes ``serve --config FILE``.
-    """
-    override = os.environ.get("LISTGATE_E2E_COMMAND")
-    if override:
-        return shlex.split(override)
-    return [sys.executable, "-m", "listgate"]
-
-
 def toml_config(
     listen: Sequence[str],
     posters: dict[str, list[str]],
@@ -650,28 +612,10 @@ def toml_config(
     return "\n".join(out) + "\n"
 
 
-def accepts_connections(spec: str) -> bool:
-    """True if something accepts a connection on the listen *spec*."""
-    kind, _, rest = spec.partition(":")
-    try:
-        if kind == "unix":
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(1)
-                s.connect(rest)
-            return True
-        if kind == "inet6":
-            addr, _, port = rest[1:].partition("]:")
-            with socket.create_connection((addr, int(port)), timeout=1):
-                return True
-        host, _, port = rest.rpartition(":")
-        with socket.create_connection((host, int(port)), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-class ListgateProcess:
-    """``listgate serve --config FILE`` as a child process, logging to a file."""
+class ListgateProcess(ListgateServe):
+    """``listgate serve --config FILE`` as a child process, logging to a file; ready once
+    every milter and policy listen spec accepts connections. ``stop`` fails the test if
+    SIGTERM does not end it in time."""
 
     def __init__(
         self,
@@ -683,88 +627,24 @@ class ListgateProcess:
         policy_listen: Sequence[str] = (),
         policy: dict[str, str | int | float] | None = None,
     ) -> None:
-        self.workdir = workdir
         self.listen = list(listen)
         self.policy_listen = list(policy_listen)
         """[policy] listen specs; start() waits for these too."""
-        self.config_path = workdir / "listgate.toml"
-        self.log_path = workdir / "listgate.stderr"
-        self.config_path.write_text(
-            toml_config(
-                self.listen, posters, milter, policy_listen=self.policy_listen, policy=policy
-            )
+        super().__init__(
+            workdir,
+            toml_config(self.listen, posters, milter, policy_listen=self.policy_listen,
+                        policy=policy),
+            wait_for=self.listen + self.policy_listen,
+            ready_line=None,
         )
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.returncode: int | None = None
-
-    @property
-    def command(self) -> list[str]:
-        """The full command line."""
-        return [*listgate_command(), "serve", "--allow-root", "--config", str(self.config_path)]
 
     def stderr_text(self) -> str:
         """What the process logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return self.log()
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start the process and wait until every listen spec accepts connections."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.command,
-                cwd=REPO_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"listgate exited early with rc {self.proc.returncode}: {self.command}\n"
-                    f"--- listgate stderr ---\n{self.stderr_text()}"
-                )
-            return all(accepts_connections(spec) for spec in self.listen + self.policy_listen)
-
-        try:
-            wait_until(
-                ready,
-                timeout,
-                f"listgate to accept connections on {self.listen + self.policy_listen}",
-                interval=0.05,
-                detail=lambda: (
-                    f"command: {self.command}\n--- listgate stderr ---\n{self.stderr_text()}"
-                ),
-            )
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait up to *timeout* s (then SIGKILL); return the exit status."""
-        if self.proc is None:
-            return self.returncode
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-                self.returncode = proc.returncode
-                raise AssertionError(
-                    f"listgate did not exit within {timeout} s of SIGTERM (killed)\n"
-                    f"--- listgate stderr ---\n{self.stderr_text()}"
-                ) from None
-        self.returncode = proc.returncode
-        return self.returncode
+    def stop(self, timeout: float = 10.0, *, must_exit: bool = True) -> int | None:
+        """SIGTERM, wait up to *timeout* s (then SIGKILL, and fail); return the exit status."""
+        return super().stop(timeout, must_exit=must_exit)
 
 
 # --------------------------------------------------------------------------- miltertest

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import free_port
 
 from listgate.milter import Abort, Continue, EnvelopeFrom, EnvelopeRecipient, ReplyCode
 from listgate.server.client import MilterClient
@@ -23,13 +24,6 @@ from listgate.server.client import MilterClient
 REJECT = ReplyCode(
     550, "5.7.1", "<outsider@example.net> is not allowed to post to <list@example.org>"
 )
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config_text(milter_port: int, metrics_port: int, extra: str = "") -> str:

@@ -1,7 +1,7 @@
-"""Helpers shared by the reliability tests: a real ``listgate serve`` process (with its
-RSS and open descriptors readable from /proc), raw milter packets, a blocking milter
-client for latency measurements, and an asyncio TCP proxy that can delay, break or answer
-HTTP 500 in front of Mailman's REST API.
+"""Helpers shared by the reliability tests: a real ``listgate serve`` process
+(``support.ListgateServe``, with its RSS and open descriptors readable from /proc), raw
+milter packets, a blocking milter client for latency measurements, and an asyncio TCP
+proxy that can delay, break or answer HTTP 500 in front of Mailman's REST API.
 
 Everything listens on 127.0.0.1 only; every wait is bounded.
 """
@@ -13,18 +13,31 @@ import contextlib
 import json
 import os
 import resource
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from support import ListgateServe, free_port, wait_until
+
+__all__ = [
+    "BlockingMilter",
+    "FaultProxy",
+    "Serve",
+    "free_port",
+    "open_fds",
+    "packet",
+    "percentile",
+    "raise_nofile",
+    "rss_kib",
+    "serving",
+    "toml",
+    "wait_until",
+]
+
 
 OPTNEG = struct.pack(">IcIII", 13, b"O", 6, 0x1FF, 0x1FFFFF)
 """Postfix 3.x's OPTNEG offer (v6, all actions, all protocol steps)."""
@@ -33,13 +46,6 @@ OPTNEG = struct.pack(">IcIII", 13, b"O", 6, 0x1FF, 0x1FFFFF)
 def packet(cmd: bytes, payload: bytes = b"") -> bytes:
     """One framed milter command."""
     return struct.pack(">I", len(payload) + 1) + cmd + payload
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def raise_nofile(want: int) -> int:
@@ -76,127 +82,12 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def wait_until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll *probe* until truthy; fail after *timeout* s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(0.02)
-
-
-class Serve:
-    """``listgate serve --config FILE`` as a child process (logging to a file)."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        config: str,
-        *,
-        nofile: int | None = None,
-        umask: int | None = None,
-        wait_for: tuple[str, ...] = (),
-    ) -> None:
-        self.workdir = workdir
-        self.config_path = workdir / "listgate.toml"
-        self.config_path.write_text(config)
-        self.log_path = workdir / "listgate.stderr"
-        self.nofile = nofile
-        self.umask = umask
-        self.wait_for = wait_for
-        """listen specs ("inet:127.0.0.1:P" or "unix:/path") to wait for at start."""
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def argv(self) -> list[str]:
-        return [sys.executable, "-m", "listgate", "serve", "--allow-root",
-                "--config", str(self.config_path)]
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def _preexec(self) -> None:
-        if self.nofile is not None:
-            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(self.nofile, hard), hard))
-        if self.umask is not None:
-            os.umask(self.umask)
+class Serve(ListgateServe):
+    """``listgate serve --config FILE`` as a child process (logging to a file), ready once
+    it logged "listgate ready" and every spec in *wait_for* accepts connections."""
 
     def start(self, timeout: float = 15.0) -> Serve:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                preexec_fn=self._preexec,
-            )
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"listgate exited early ({self.proc.returncode}):\n"
-                                     + self.log())
-            return "listgate ready" in self.log() and all(_accepts(s) for s in self.wait_for)
-
-        try:
-            wait_until(ready, timeout, "listgate serve to be ready")
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM (drain) and wait; SIGKILL after *timeout*."""
-        if self.proc is None:
-            return None
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        return proc.returncode
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
-
-    def __enter__(self) -> Serve:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill() if exc[0] is not None else self.stop()
-
-
-def _accepts(spec: str) -> bool:
-    kind, _, rest = spec.partition(":")
-    try:
-        if kind == "unix":
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(1)
-                s.connect(rest)
-        else:
-            host, _, port = rest.rpartition(":")
-            with socket.create_connection((host, int(port)), timeout=1):
-                pass
-    except OSError:
-        return False
-    return True
+        return super().start(timeout)
 
 
 # --------------------------------------------------------------------------- milter client
