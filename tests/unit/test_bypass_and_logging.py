@@ -1,4 +1,4 @@
-"""The [bypass] switches and the log targets."""
+"""The [bypass] switches, the log targets, and other libraries' loggers."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from listgate.config import parse_config
 from listgate.decision.engine import Bypass, ReplyTexts
 from listgate.decision.gate import Gate
 from listgate.decision.model import PostingRequest, Verdict
-from listgate.log import setup_logging
+from listgate.log import THIRD_PARTY_LOGGERS, setup_logging
 
 POSTERS = {"list@example.org": ["member@example.com"]}
 
@@ -90,7 +90,10 @@ def test_bypass_config_parses_and_names_bad_networks() -> None:
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    others = {name: logging.getLogger(name).level for name in THIRD_PARTY_LOGGERS}
     yield
+    for name, other_level in others.items():
+        logging.getLogger(name).setLevel(other_level)
     for h in list(root.handlers):
         if getattr(h, "_listgate", False):
             root.removeHandler(h)
@@ -128,3 +131,44 @@ def test_journal_target_prefixes_priorities(
     err = capsys.readouterr().err.splitlines()
     assert "<3>listgate.milter: broken packet" in err
     assert "<6>listgate.decision: decided" in err
+
+
+def _emit_everywhere() -> None:
+    for name in ("listgate.decision", *THIRD_PARTY_LOGGERS):
+        logging.getLogger(name).debug("%s debug", name)
+        logging.getLogger(name).info("%s info", name)
+        logging.getLogger(name).warning("%s warning", name)
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.WARNING])
+def test_other_libraries_log_warnings_only(
+    capsys: pytest.CaptureFixture[str], restore_logging: None, level: int
+) -> None:
+    """Above debug, httpx/httpcore/mailmanclient/asyncio/urllib3 log WARNING and up only
+    (no "HTTP Request" lines), while listgate's own lines follow [log] level."""
+    setup_logging(level)
+    _emit_everywhere()
+    err = capsys.readouterr().err
+    for name in THIRD_PARTY_LOGGERS:
+        assert f"{name} warning" in err
+        assert f"{name} info" not in err
+        assert f"{name} debug" not in err
+    assert ("listgate.decision info" in err) is (level == logging.INFO)
+
+
+def test_debug_level_shows_other_libraries_too(
+    capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    """[log] level = "debug" shows every library's debug lines (the REST traffic); a
+    reload back to info hides them again."""
+    setup_logging(logging.DEBUG)
+    _emit_everywhere()
+    err = capsys.readouterr().err
+    for name in THIRD_PARTY_LOGGERS:
+        assert f"{name} debug" in err
+        assert f"{name} info" in err
+    setup_logging(logging.INFO)
+    _emit_everywhere()
+    err = capsys.readouterr().err
+    assert "httpx info" not in err
+    assert "listgate.decision info" in err
