@@ -4,6 +4,7 @@ its systemd notifications and its /metrics endpoint."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -82,12 +83,12 @@ class Proc:
         raise AssertionError(f"{text!r} not logged; log:\n{self.log()}")
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Proc]:
-    """``listgate serve`` with NOTIFY_SOCKET set, on free loopback ports."""
-    milter_port, metrics_port = free_port(), free_port()
+@contextlib.contextmanager
+def running(tmp_path: Path, text: str, milter_port: int, metrics_port: int = 0) -> Iterator[Proc]:
+    """``listgate serve`` on *text* with NOTIFY_SOCKET set, until READY=1; SIGTERM (then
+    SIGKILL) on exit."""
     cfg = tmp_path / "listgate.toml"
-    cfg.write_text(config_text(milter_port, metrics_port))
+    cfg.write_text(text)
     notify_path = tmp_path / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
@@ -112,6 +113,15 @@ def daemon(tmp_path: Path) -> Iterator[Proc]:
                 popen.kill()
                 popen.wait()
         notify.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Proc]:
+    """``listgate serve`` with NOTIFY_SOCKET set, on free loopback ports."""
+    milter_port, metrics_port = free_port(), free_port()
+    with running(tmp_path, config_text(milter_port, metrics_port), milter_port,
+                 metrics_port) as proc:
+        yield proc
 
 
 async def _one_rcpt(client: MilterClient, sender: str) -> object:
@@ -229,3 +239,72 @@ def test_refuses_to_run_as_root_unless_told(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "refusing to run as root" in result.stderr
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of *pid* (Linux /proc)."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(c) for c in text.split()]
+
+
+def test_workers_are_supervised_through_reload_and_drain(tmp_path: Path) -> None:
+    """With workers = 2 the supervisor tells systemd READY once both workers listen,
+    passes SIGHUP on (each worker reloads) and drains both on SIGTERM (exit 0)."""
+    milter_port = free_port()
+    text = f'[milter]\nlisten = "inet:127.0.0.1:{milter_port}"\nworkers = 2\n' + (
+        '[static.posters]\n"list@example.org" = ["member@example.com"]\n')
+    with running(tmp_path, text, milter_port) as proc:
+        assert len(children(proc.popen.pid)) == 2
+        proc.wait_log("listgate supervising 2 workers")
+
+        async def ask() -> object:
+            async with await MilterClient.connect(proc.spec) as client:
+                await client.negotiate()
+                return await _one_rcpt(client, "outsider@example.net")
+
+        assert asyncio.run(ask()) == REJECT
+        proc.popen.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while proc.log().count("reloaded ") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.log().count("reloaded ") == 2, proc.log()
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(15) == 0, proc.log()
+        assert "STOPPING=1" in "\n".join(proc.notifications(timeout=2))
+        assert proc.log().count("stopped") == 2
+
+
+def test_second_sigterm_exits_at_once(tmp_path: Path) -> None:
+    """A second SIGTERM while a decision is still in flight (Mailman does not answer)
+    ends the drain at once: exit status 1, long before shutdown_timeout."""
+    with socket.socket() as silent:  # accepts REST connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        rest_port = silent.getsockname()[1]
+        secret = tmp_path / "pw"
+        secret.write_text("pw\n")
+        milter_port = free_port()
+        text = (f'[milter]\nlisten = "inet:127.0.0.1:{milter_port}"\nshutdown_timeout = 60\n'
+                f'[backend]\ntype = "mailman"\n[mailman]\nurl = "http://127.0.0.1:{rest_port}/3.1"\n'
+                f'password_file = "{secret}"\ntimeout = 25\n')
+        with running(tmp_path, text, milter_port) as proc:
+
+            async def in_flight() -> None:
+                async with await MilterClient.connect(proc.spec) as client:
+                    await client.negotiate()
+                    await client.step(EnvelopeFrom("<outsider@example.net>"))
+                    rcpt = asyncio.create_task(client.step(EnvelopeRecipient("<l@example.org>")))
+                    await asyncio.sleep(0.5)  # the decision waits for the silent REST API
+                    began = time.monotonic()
+                    proc.popen.send_signal(signal.SIGTERM)
+                    await asyncio.to_thread(proc.wait_log, "draining")
+                    assert proc.popen.poll() is None, "the drain did not wait"
+                    assert not rcpt.done()
+                    proc.popen.send_signal(signal.SIGTERM)
+                    code = await asyncio.to_thread(proc.popen.wait, 10)
+                    assert (code, time.monotonic() - began < 10) == (1, True), proc.log()
+                    rcpt.cancel()
+                    await asyncio.gather(rcpt, return_exceptions=True)
+
+            asyncio.run(in_flight())
+        assert "SIGTERM received again: exiting at once" in proc.log()
