@@ -198,11 +198,6 @@ class Daemon:
         await self.milter.start()
         if self.policy is not None:
             await self.policy.start()
-            if needs_headers(self.config):
-                log.warning(
-                    'policy listener: decide_at = "headers" cannot wait for headers over the '
-                    "policy protocol; such senders get DUNNO there and Mailman decides"
-                )
         if self.config.metrics.listen:
             host, port = parse_metrics_listen(self.config.metrics.listen)
             try:

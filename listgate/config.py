@@ -1126,14 +1126,20 @@ WORKERS_WITH_METRICS = (
 
 
 def config_warnings(cfg: Config) -> list[str]:
-    """What ``serve`` warns about at startup and ``config check`` prints, each line
-    starting with its dotted key: a static backend with no lists (every post passes
-    ungated), and a REST password file that other users can read."""
+    """What ``serve`` warns about at startup and ``config check`` prints: a static backend
+    with no lists (every post passes ungated), lists deciding at end of headers that the
+    policy listener cannot wait for, and a REST password file other users can read."""
     warnings: list[str] = []
     if cfg.backend.type == "static" and not cfg.static.posters:
         warnings.append(
             "static.posters: the static backend has no lists, so every post is accepted "
             'ungated; add lists to [static.posters], or set [backend] type = "mailman"'
+        )
+    if cfg.policy.listen and any(o.decide_at is DecideAt.HEADERS
+                                 for o in (cfg.gate, *cfg.lists.values())):
+        warnings.append(
+            'policy listener: decide_at = "headers" cannot wait for headers over the '
+            "policy protocol; such senders get DUNNO there and Mailman decides"
         )
     warnings.extend(password_file_warnings(cfg))
     return warnings

@@ -134,3 +134,15 @@ def test_config_to_dict_output_has_no_setting_without_effect() -> None:
     for text in (POSTERS, MAILMAN, EXAMPLE_CONFIG_PATH.read_text()):
         cfg = parse_config(tomllib.loads(text), "a")
         parse_config(config_to_dict(cfg), "b")
+
+
+def test_headers_over_the_policy_listener_is_a_warning() -> None:
+    """decide_at = "headers" with a policy listener is warned about (that front end cannot
+    wait for headers), with the line ``serve`` has always logged."""
+    text = POSTERS + '[policy]\nlisten = "inet:127.0.0.1:8891"\n[lists."list@example.org"]\n' \
+        'decide_at = "headers"\n'
+    assert config_warnings(parse_config(tomllib.loads(text))) == [
+        'policy listener: decide_at = "headers" cannot wait for headers over the policy '
+        "protocol; such senders get DUNNO there and Mailman decides"]
+    without_policy = POSTERS + '[lists."list@example.org"]\ndecide_at = "headers"\n'
+    assert config_warnings(parse_config(tomllib.loads(without_policy))) == []
