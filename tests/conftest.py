@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import ListgateServe, free_port
+
+from listgate.log import THIRD_PARTY_LOGGERS
 
 
 @pytest.fixture
@@ -34,3 +37,23 @@ def serve_listgate(tmp_path: Path) -> Iterator[Callable[..., ListgateServe]]:
     yield start
     for serve in started:
         serve.stop()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo ``setup_logging`` after the test: listgate's handlers removed, the root's
+    handlers and level and other libraries' levels as they were."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    others = {name: logging.getLogger(name).level for name in THIRD_PARTY_LOGGERS}
+    yield
+    for name, other_level in others.items():
+        logging.getLogger(name).setLevel(other_level)
+    for h in list(root.handlers):
+        if getattr(h, "_listgate", False):
+            root.removeHandler(h)
+            h.close()
+    for h in handlers:
+        if h not in root.handlers:
+            root.addHandler(h)
+    root.setLevel(level)

@@ -6,7 +6,6 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -84,24 +83,6 @@ def test_bypass_config_parses_and_names_bad_networks() -> None:
     assert config.bypass.networks == (ipaddress.ip_network("10.0.0.0/8"),)
     with pytest.raises(Exception, match=r"bypass\.networks: 'ten' is not a network"):
         parse_config({"bypass": {"networks": ["ten"]}})
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    others = {name: logging.getLogger(name).level for name in THIRD_PARTY_LOGGERS}
-    yield
-    for name, other_level in others.items():
-        logging.getLogger(name).setLevel(other_level)
-    for h in list(root.handlers):
-        if getattr(h, "_listgate", False):
-            root.removeHandler(h)
-            h.close()
-    for h in handlers:
-        if h not in root.handlers:
-            root.addHandler(h)
-    root.setLevel(level)
 
 
 def test_syslog_target_uses_facility_mail(tmp_path: Path, restore_logging: None) -> None:
