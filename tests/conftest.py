@@ -9,15 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ListgateServe, free_port
+from support import ListgateServe
 
 from listgate.log import THIRD_PARTY_LOGGERS
-
-
-@pytest.fixture
-def port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    return free_port()
 
 
 @pytest.fixture
