@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from listgate import __version__
+from listgate import __version__, config_init
 from listgate.config import EXAMPLE_CONFIG_PATH, Config, config_to_dict, load_config
 from listgate.decision.model import Decision, PostingRequest, Verdict, normalize_address
 from listgate.decision.senders import mailman_senders
@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     c = csub.add_parser("check", help="validate a config file and print the effective config")
     c.add_argument("file", nargs="?", type=Path, help=config_help)
+    c = csub.add_parser(
+        "init",
+        help="write a complete, commented config (static map, or from Mailman's mailman.cfg)",
+    )
+    config_init.add_arguments(c)
     return parser
 
 
@@ -254,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_check(args)
         if args.command == "lists":
             return _cmd_lists(args)
+        if args.config_command == "init":
+            return config_init.run(args)
         return _cmd_config_check(args)
     except KeyboardInterrupt:
         return 130
