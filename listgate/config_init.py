@@ -84,7 +84,7 @@ _BOOLEANS = MappingProxyType({
 })
 """lazr.config's ``as_boolean``, which Mailman applies to ``use_https``."""
 
-_WILDCARD_HOSTS = MappingProxyType({"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"})
+_WILDCARD_HOSTS = MappingProxyType({"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"})  # noqa: S104
 """A REST server bound to every address is reached on loopback."""
 
 PASSWORD_FILE_MODE = 0o640

@@ -90,8 +90,10 @@ def _transport_problem(exc: httpx.TransportError, host: str, port: int, timeout:
         detail = root.strerror if isinstance(root, OSError) and root.strerror else root
         return f"cannot connect to {where}: {detail}"
     # Connected, but what came back (or did not) is not HTTP.
-    return (f"{where} did not answer in HTTP ({type(exc).__name__}: {exc or root}): "
-            "not Mailman's REST port, or it expects TLS (use_https)")
+    detail = str(exc) or (root.strerror if isinstance(root, OSError) else "") or type(
+        root).__name__
+    return (f"{where} gave no HTTP answer ({detail.rstrip('.')}): not Mailman's REST port, "
+            "or it expects TLS (Mailman's [webservice] use_https)")
 
 
 async def _versions(url: str, user: str, password: str, timeout: float) -> tuple[str, str]:
