@@ -589,7 +589,7 @@ def _run(args: argparse.Namespace) -> int:
     password: str | None = None
     if args.mailman_cfg is None:
         text = render_config("static", listen)
-        report: list[str] = []
+        report = ["listgate: the static map has no lists yet: add them under [static.posters]"]
     else:
         try:
             ws = read_mailman_cfg(args.mailman_cfg)
