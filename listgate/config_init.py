@@ -560,19 +560,41 @@ def _write_new(path: Path, text: str, mode: int) -> None:
         raise _Refused(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _check(url: str, user: str, password: str) -> list[str]:
-    """Ask Mailman; one line per list on success, ``_Refused`` naming the failure."""
+def _check(url: str, user: str, password: str) -> None:
+    """Ask Mailman and say what it answered (its lists); ``_CheckFailed`` names the
+    failure."""
     from listgate.backends.mailman_probe import probe_rest
 
     try:
         probe = asyncio.run(probe_rest(url, user, password, timeout=REST_TIMEOUT))
     except BackendUnavailable as exc:
         raise _CheckFailed(f"Mailman REST check failed: {exc}") from None
-    lines = [f"listgate: {probe.mailman_version} answers at {url} (REST API "
-             f"{probe.api_version or LISTGATE_API}, user {user}): {len(probe.lists)} "
-             f"list{'' if len(probe.lists) == 1 else 's'}"]
-    lines += [f"listgate:   {address}" for address in probe.lists]
-    return lines
+    count = f"{len(probe.lists)} list{'' if len(probe.lists) == 1 else 's'}"
+    _say(f"listgate: {probe.mailman_version} answers at {url} (REST API "
+         f"{probe.api_version or LISTGATE_API}, user {user}): {count}",
+         *(f"listgate:   {address}" for address in probe.lists))
+
+
+def _from_mailman_cfg(args: argparse.Namespace, listen: Sequence[ListenSpec]) -> tuple[
+        str, MailmanTarget, str]:
+    """The config text, the [mailman] settings and the password, from --mailman-cfg."""
+    try:
+        ws = read_mailman_cfg(args.mailman_cfg)
+    except ConfigError as exc:
+        raise _Refused("; ".join(f"{exc.source}: {p}" for p in exc.problems)) from None
+    target = MailmanTarget(ws.url, ws.admin_user, str(args.password_file.absolute()),
+                           str(args.mailman_cfg))
+    _say(f"listgate: read {args.mailman_cfg}: REST API {ws.url}, user {ws.admin_user}")
+    if ws.defaulted:
+        _say(f"listgate: Mailman's defaults for [webservice] {', '.join(ws.defaulted)} "
+             f"(not set in {args.mailman_cfg})")
+    if "admin_pass" in ws.defaulted:
+        _say("listgate: warning: Mailman runs with its default REST password; set "
+             "[webservice] admin_pass in mailman.cfg")
+    if ws.api_version != LISTGATE_API:
+        _say(f"listgate: [webservice] api_version is {ws.api_version}; listgate uses REST "
+             f"API {LISTGATE_API}, which Mailman serves as well")
+    return render_config("mailman", listen, target), target, ws.admin_pass
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -586,53 +608,33 @@ def _run(args: argparse.Namespace) -> int:
                        "check)")
     listen = _listen_specs(args.listen)
     _refuse_existing(args.output, args.password_file)
-    password: str | None = None
     if args.mailman_cfg is None:
-        text = render_config("static", listen)
-        report = ["listgate: the static map has no lists yet: add them under [static.posters]"]
+        text, password = render_config("static", listen), None
+        _say("listgate: the static map has no lists yet: add them under [static.posters]")
     else:
-        try:
-            ws = read_mailman_cfg(args.mailman_cfg)
-        except ConfigError as exc:
-            raise _Refused("; ".join(f"{exc.source}: {p}" for p in exc.problems)) from None
-        password = ws.admin_pass
-        target = MailmanTarget(ws.url, ws.admin_user,
-                               str(args.password_file.absolute()), str(args.mailman_cfg))
-        text = render_config("mailman", listen, target)
-        report = [f"listgate: read {args.mailman_cfg}: REST API {ws.url}, user "
-                  f"{ws.admin_user}"]
-        if ws.defaulted:
-            report.append(f"listgate: Mailman's defaults for [webservice] "
-                          f"{', '.join(ws.defaulted)} (not set in {args.mailman_cfg})")
-        if "admin_pass" in ws.defaulted:
-            report.append("listgate: warning: Mailman runs with its default REST password; "
-                          "set [webservice] admin_pass in mailman.cfg")
-        if ws.api_version != LISTGATE_API:
-            report.append(f"listgate: [webservice] api_version is {ws.api_version}; listgate "
-                          f"uses REST API {LISTGATE_API}, which Mailman serves as well")
+        text, target, password = _from_mailman_cfg(args, listen)
     _validate(text, password)
     if password is not None:
         if args.no_check:
-            report.append("listgate: --no-check: Mailman was not asked")
+            _say("listgate: --no-check: Mailman was not asked")
         else:
-            report += _check(target.url, target.user, password)
+            _check(target.url, target.user, password)
         _write_new(args.password_file, password + "\n", PASSWORD_FILE_MODE)
-        report.append(f"listgate: wrote the REST password to {args.password_file} "
-                      f"(mode {PASSWORD_FILE_MODE:04o}: chgrp it to the listgate user's "
-                      "group)")
+        _say(f"listgate: wrote the REST password to {args.password_file} (mode "
+             f"{PASSWORD_FILE_MODE:04o}: chgrp it to the listgate user's group)")
     if args.output is not None:
         try:
             _write_new(args.output, text, CONFIG_FILE_MODE)
         except _Refused:
-            if args.password_file is not None and password is not None:
+            if password is not None:
                 args.password_file.unlink(missing_ok=True)
             raise
-        report.append(f"listgate: wrote {args.output}; next: listgate config check "
-                      f"{args.output}, then listgate serve --config {args.output}")
+        _say(f"listgate: wrote {args.output}; next: listgate config check {args.output}, "
+             f"then listgate serve --config {args.output}")
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
-    _say(*report, *([""] if report else []), *mta_hints(detect_mtas(), listen))
+    _say("", *mta_hints(detect_mtas(), listen))
     return 0
 
 
