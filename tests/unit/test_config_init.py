@@ -20,7 +20,6 @@ import pytest
 
 from listgate import config as config_module
 from listgate import config_init
-from listgate.backends.mailman_probe import probe_rest
 from listgate.cli import main
 from listgate.config import load_config, parse_config
 from listgate.config_init import (
@@ -37,6 +36,7 @@ from listgate.config_init import (
     webservice_from_ini,
 )
 from listgate.errors import BackendUnavailable, ConfigError
+from listgate.mailman_probe import probe_rest
 from listgate.server.spec import parse_listen_spec
 
 LISTEN = (parse_listen_spec("inet:127.0.0.1:8890"),)

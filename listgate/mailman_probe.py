@@ -1,19 +1,19 @@
 """A first look at Mailman core's REST API, for a postmaster setting listgate up: does it
 answer, and if not, exactly why.
 
-The daemon never uses this module: its REST client is ``backends.mailman.MailmanSource``,
-which folds every failure into ``BackendUnavailable`` because at RCPT time only "Mailman
-cannot answer" matters. Setting up, the reason is what matters, so this one request is made
-with httpx directly (with the daemon's timeout) and its failure is named.
+The daemon never uses this module: its REST client (the Mailman backend's) folds every
+failure into ``BackendUnavailable``, because at RCPT time only "Mailman cannot answer"
+matters. Setting up, the reason is what matters, so these two requests are made with
+httpx directly (with the daemon's timeout per request) and a failure is named.
 
 Invariants:
-- ``probe_rest`` makes one ``GET {url}/system/versions`` with HTTP basic auth, bounded by
-  ``timeout`` as a whole, then reads the set of lists through ``MailmanSource`` (the code
-  the daemon uses). Nothing is written to Mailman.
+- ``probe_rest`` makes ``GET {url}/system/versions`` and then ``GET {url}/lists``, with
+  HTTP basic auth, each bounded by ``timeout`` as a whole. Nothing is written to Mailman.
 - Every failure is one ``BackendUnavailable`` whose message is one line that names what
   failed (refused, unknown host, TLS, timeout, not HTTP, 401, 404, another status, not
   Mailman) and what to check in Mailman's ``[webservice]``; it never carries the password.
-- With ``backends.mailman``, the only modules that know httpx and HTTP status codes.
+- Besides the Mailman backend's REST client, the only module that knows httpx and HTTP
+  status codes; it imports nothing of listgate but its errors.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from listgate.backends.mailman import MailmanSource
 from listgate.errors import BackendUnavailable
 
 __all__ = ["RestProbe", "probe_rest"]
@@ -96,43 +95,50 @@ def _transport_problem(exc: httpx.TransportError, host: str, port: int, timeout:
             "or it expects TLS (Mailman's [webservice] use_https)")
 
 
-async def _versions(url: str, user: str, password: str, timeout: float) -> tuple[str, str]:
+def _problem_for_status(response: httpx.Response, url: str, path: str) -> str | None:
+    status = response.status_code
+    if status == 200:
+        return None
+    api = urlsplit(url).path.strip("/").rpartition("/")[2] or "version"
+    hint = _STATUS_HINTS.get(status, f"HTTP {status} {response.reason_phrase}")
+    return f"{url} answered {hint.format(path=path, api=api)}"
+
+
+async def _get(http: httpx.AsyncClient, url: str, what: str, timeout: float) -> object:
+    """GET ``{url}/{what}``: its JSON, or ``BackendUnavailable`` saying why not."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    path = f"{parts.path.rstrip('/')}/system/versions"
-    api = parts.path.strip("/").rpartition("/")[2] or "version"
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout)) as http:
-        try:
-            async with asyncio.timeout(timeout):
-                response = await http.get(f"{url.rstrip('/')}/system/versions",
-                                          auth=(user, password))
-        except TimeoutError:
-            raise BackendUnavailable(
-                f"no answer from {host}:{port} within {timeout:g} s") from None
-        except httpx.TransportError as exc:
-            raise BackendUnavailable(_transport_problem(exc, host, port, timeout)) from None
-    status = response.status_code
-    if status != 200:
-        hint = _STATUS_HINTS.get(status, f"HTTP {status} {response.reason_phrase}")
-        raise BackendUnavailable(f"{url} answered {hint.format(path=path, api=api)}")
+    path = f"{parts.path.rstrip('/')}/{what}"
     try:
-        body = response.json()
+        async with asyncio.timeout(timeout):
+            response = await http.get(f"{url.rstrip('/')}/{what}")
+    except TimeoutError:
+        raise BackendUnavailable(f"no answer from {host}:{port} within {timeout:g} s") from None
+    except httpx.TransportError as exc:
+        raise BackendUnavailable(_transport_problem(exc, host, port, timeout)) from None
+    problem = _problem_for_status(response, url, path)
+    if problem is not None:
+        raise BackendUnavailable(problem)
+    try:
+        return response.json()
     except ValueError:
-        body = None
-    if not isinstance(body, dict) or "mailman_version" not in body:
-        raise BackendUnavailable(
-            f"{url} answered 200 but not as Mailman core's REST API (no mailman_version "
-            f"in {path}): check [webservice] port")
-    return str(body["mailman_version"]), str(body.get("api_version", ""))
+        raise BackendUnavailable(f"{url} answered {path} with something that is not JSON: "
+                                 "not Mailman core's REST API (check [webservice] port)"
+                                 ) from None
 
 
 async def probe_rest(url: str, user: str, password: str, *, timeout: float = 5.0) -> RestProbe:
     """Ask *url* for its versions, then for its lists; ``BackendUnavailable`` says why not."""
-    mailman_version, api_version = await _versions(url, user, password, timeout)
-    source = MailmanSource(url, user, password, timeout=timeout, max_connections=2)
-    try:
-        directory = await source.directory()
-    finally:
-        await source.aclose()
-    return RestProbe(url, mailman_version, api_version, tuple(sorted(directory.lists)))
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), auth=(user, password)) as http:
+        versions = await _get(http, url, "system/versions", timeout)
+        if not isinstance(versions, dict) or "mailman_version" not in versions:
+            raise BackendUnavailable(
+                f"{url} answered 200 but not as Mailman core's REST API (no mailman_version "
+                "in system/versions): check [webservice] port")
+        lists = await _get(http, url, "lists", timeout)
+    entries = lists.get("entries", []) if isinstance(lists, dict) else []
+    addresses = sorted(str(e.get("fqdn_listname", "")).lower() for e in entries
+                       if isinstance(e, dict) and e.get("fqdn_listname"))
+    return RestProbe(url, str(versions["mailman_version"]),
+                     str(versions.get("api_version", "")), tuple(addresses))
