@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from listgate import __version__, config_init
+from listgate import __version__
 from listgate.config import EXAMPLE_CONFIG_PATH, Config, config_to_dict, load_config
 from listgate.decision.model import Decision, PostingRequest, Verdict, normalize_address
 from listgate.decision.senders import mailman_senders
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         "init",
         help="write a complete, commented config (static map, or from Mailman's mailman.cfg)",
     )
+    from listgate import config_init
+
     config_init.add_arguments(c)
     return parser
 
@@ -260,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "lists":
             return _cmd_lists(args)
         if args.config_command == "init":
+            from listgate import config_init
+
             return config_init.run(args)
         return _cmd_config_check(args)
     except KeyboardInterrupt:
