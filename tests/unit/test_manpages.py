@@ -37,8 +37,9 @@ def generator() -> ModuleType:
 
 
 def plain(roff: str) -> str:
-    """roff source as the words a reader sees: font escapes gone, \\- as -."""
-    text = re.sub(r"\\f[BIRP]", "", roff).replace("\\-", "-").replace("\\&", "")
+    """roff source as the words a reader sees: font and hyphenation escapes gone, \\- as -."""
+    text = re.sub(r"\\f[BIRP]", "", roff).replace("\\-", "-")
+    text = text.replace("\\&", "").replace("\\%", "")
     return re.sub(r'(?m)^\.(?:B|I|BR|RB|BI|IR|RI)\s+', "", text).replace('"', "")
 
 
