@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     c = csub.add_parser("check", help="validate a config file and print the effective config")
     c.add_argument("file", nargs="?", type=Path, help=config_help)
+    c = csub.add_parser(
+        "init",
+        help="write a complete, commented config (static map, or from Mailman's mailman.cfg)",
+    )
+    from listgate import config_init
+
+    config_init.add_arguments(c)
     return parser
 
 
@@ -265,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_check(args)
         if args.command == "lists":
             return _cmd_lists(args)
+        if args.config_command == "init":
+            from listgate import config_init
+
+            return config_init.run(args)
         return _cmd_config_check(args)
     except KeyboardInterrupt:
         return 130
