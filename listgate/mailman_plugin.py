@@ -103,7 +103,8 @@ DRAIN_SECONDS = 1.0
 LOG_INTERVAL = 60.0
 """Seconds between two log lines of the same kind."""
 MAX_BACKOFF = 10.0
-"""Seconds between delivery attempts to a listener that keeps failing, at most."""
+"""Seconds between delivery attempts to a listener that keeps failing, at most (and at
+most the heartbeat interval)."""
 _INFO_KEY = "listgate.changes"
 """Where a session keeps the changes collected since its transaction began."""
 
@@ -375,7 +376,8 @@ class _Target:
     def _failed(self, why: str) -> None:
         with self._cond:
             self._failures += 1
-            delay = min(MAX_BACKOFF, 0.25 * 2 ** min(self._failures - 1, 10))
+            cap = min(MAX_BACKOFF, self._settings.heartbeat or MAX_BACKOFF)
+            delay = min(max(cap, 0.25), 0.25 * 2 ** min(self._failures - 1, 10))
             self._next_try = time.monotonic() + delay
             self._last_sent = time.monotonic()
         _limited.log(logging.WARNING, f"failed {self.url}", f"{why}; retrying")
