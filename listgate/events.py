@@ -55,6 +55,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Protocol
 
 from listgate.errors import ListgateError
@@ -324,7 +325,7 @@ class FeedHealth:
     between hosts shows up here)."""
     streams: int = 0
     """Sending Mailman processes currently remembered."""
-    refused: Mapping[str, int] = field(default_factory=dict)
+    refused: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     """Requests refused, by reason: unauthorized, malformed, too_large, timeout, method,
     overloaded, incomplete (the sender closed mid-request)."""
 
@@ -350,7 +351,7 @@ class FeedState:
         self._started_wall = started_wall
         """Unix time the listener started: a stream begun later must be heard from seq 1."""
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
-        self._health = FeedHealth(refused=dict.fromkeys(self.REFUSALS, 0))
+        self._health = FeedHealth(refused=MappingProxyType(dict.fromkeys(self.REFUSALS, 0)))
 
     @property
     def health(self) -> FeedHealth:
@@ -365,7 +366,7 @@ class FeedState:
         """Count one refused request (*reason* is one of ``REFUSALS``)."""
         refused = dict(self._health.refused)
         refused[reason] = refused.get(reason, 0) + 1
-        self._health = replace(self._health, refused=refused)
+        self._health = replace(self._health, refused=MappingProxyType(refused))
 
     def _missed(self, message: Message) -> int:
         """How many of the stream's messages before this one were lost (and remember it)."""
