@@ -33,8 +33,9 @@ queue poll, then its commit)."""
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeedWorld]:
-    """A Mailman core with the plugin (REST, LMTP and command runners) and its listener."""
-    with feed_world(tmp_path_factory.mktemp("feed"), runners=("lmtp", "command")) as w:
+    """A Mailman core with the plugin (REST, LMTP, command and in runners) and its
+    listener."""
+    with feed_world(tmp_path_factory.mktemp("feed"), runners=("lmtp", "command", "in")) as w:
         yield w
 
 
@@ -223,21 +224,47 @@ def test_email_commands_through_lmtp(world: FeedWorld, feed_list: MailingList) -
             covers("addresses", email))
     local, domain = feed_list.fqdn_listname.split("@")
 
-    def mail(command: str) -> Callable[[], None]:
-        def send() -> None:
-            msg = EmailMessage()
-            msg["From"] = email
-            msg["To"] = f"{local}-{command}@{domain}"
-            msg["Subject"] = command
-            msg.set_content("")
-            with smtplib.LMTP("127.0.0.1", core.lmtp_port, timeout=30) as lmtp:
-                lmtp.send_message(msg)
-        return send
-
-    follows(world, mail("join"), covers("addresses", email), RUNNER_FOLLOW)
+    follows(world, lmtp_mail(core, email, f"{local}-join@{domain}"),
+            covers("addresses", email), RUNNER_FOLLOW)
     assert [m.email for m in feed_list.members] == [email]
-    follows(world, mail("leave"), covers("addresses", email), RUNNER_FOLLOW)
+    follows(world, lmtp_mail(core, email, f"{local}-leave@{domain}"),
+            covers("addresses", email), RUNNER_FOLLOW)
     assert list(feed_list.members) == []
+
+
+def test_a_post_from_a_new_sender_is_not_a_change(world: FeedWorld,
+                                                  feed_list: MailingList) -> None:
+    """The in runner records every new sender (a new Address, then a nonmember record
+    without an action of its own): that decides nothing, so nothing is sent for it."""
+    core = world.core
+    stranger = "stranger@example.net"
+    mark = world.recorder.mark()
+    lmtp_mail(core, stranger, feed_list.fqdn_listname)()
+    deadline = time.monotonic() + RUNNER_FOLLOW
+    while not feed_list.nonmembers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [m.email for m in feed_list.nonmembers] == [stranger]
+    # A change made after the in runner's commits: its notification comes after theirs.
+    follows(world, lambda: core.subscribe(feed_list, "after.post@example.org"),
+            covers("addresses", "after.post@example.org"))
+    assert [c for c in world.recorder.since(mark) if stranger in c.keys or c.kind == "all"] \
+        == []
+
+
+def lmtp_mail(core: MailmanCore, sender: str, recipient: str) -> Callable[[], None]:
+    """A function that hands a short message to Mailman's LMTP runner."""
+
+    def send() -> None:
+        msg = EmailMessage()
+        msg["From"] = sender
+        msg["To"] = recipient
+        msg["Subject"] = "hello"
+        msg["Message-ID"] = f"<{time.monotonic_ns()}@example.net>"
+        msg.set_content("hello\n")
+        with smtplib.LMTP("127.0.0.1", core.lmtp_port, timeout=30) as lmtp:
+            lmtp.send_message(msg)
+
+    return send
 
 
 def test_heartbeats_keep_the_feed_healthy(world: FeedWorld) -> None:
