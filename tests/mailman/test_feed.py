@@ -183,7 +183,9 @@ def test_domains_and_alias_domains(world: FeedWorld) -> None:
 
 
 def test_address_linked_to_a_user_and_unlinked(world: FeedWorld) -> None:
-    """Linking an address to a user (absorbing another) and unlinking it: both addresses."""
+    """Linking an address to a user (absorbing another) and unlinking it, adding a new
+    address to a user, and choosing the user's preferred address: every address of the
+    user (or users) involved."""
     core = world.core
     follows(world, lambda: core.client().create_user("second@example.net", "pw-not-used"),
             covers("addresses", "second@example.net"))  # absorbed below
@@ -193,6 +195,16 @@ def test_address_linked_to_a_user_and_unlinked(world: FeedWorld) -> None:
         follows(world, lambda: rest.delete("addresses/second@example.net/user")
                 .raise_for_status(),
                 covers("addresses", "first@example.net", "second@example.net"))
+    user = core.client().get_user("first@example.net")
+    follows(world, lambda: user.add_address("third@example.net"),
+            covers("addresses", "first@example.net", "third@example.net"))
+    follows(world, lambda: core.client().get_address("third@example.net").verify(),
+            covers("addresses", "third@example.net"))
+
+    def prefer() -> None:
+        user.preferred_address = "third@example.net"
+
+    follows(world, prefer, covers("addresses", "first@example.net", "third@example.net"))
 
 
 def test_no_op_writes_and_reads_send_nothing(world: FeedWorld, feed_list: MailingList) -> None:
