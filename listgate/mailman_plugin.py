@@ -366,10 +366,10 @@ class _Target:
                 self._seq = seq  # given up: the listener will see the gap
                 self._pending = None
                 self._last_sent = time.monotonic()
+            hint = ("is secret_file the same file listgate's [events] secret_file names?"
+                    if status == 401 else "is it a listgate of the same version?")
             _limited.log(logging.ERROR, f"refused {self.url}",
-                         f"{self.url} refused the change feed with HTTP {status} "
-                         "(is secret_file the same file listgate's [events] secret_file "
-                         "names?)")
+                         f"{self.url} refused the change feed with HTTP {status} ({hint})")
             return
         self._failed(f"{self.url} answered HTTP {status}")
 
