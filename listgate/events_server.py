@@ -88,7 +88,8 @@ class EventsListener:
         self._limit = RateLimit(log_interval)
         self.state = FeedState(invalidator, started_wall=wall_clock())
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        """One per open connection."""
 
     @property
     def health(self) -> FeedHealth:
@@ -116,8 +117,12 @@ class EventsListener:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-            for writer in list(self._writers):
-                writer.close()
+            await asyncio.sleep(0)  # a connection accepted just now: let its task start
+            while self._tasks:
+                tasks = list(self._tasks)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
             await server.wait_closed()
 
     def _log(self, reason: str, text: str, *args: object) -> None:
@@ -129,13 +134,15 @@ class EventsListener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        if len(self._writers) >= self._max_connections:
+        if len(self._tasks) >= self._max_connections:
             self.state.refuse("overloaded")
             self._log("overloaded", "more than %d connections at once; closed one from %s",
                       self._max_connections, peer)
             writer.close()
             return
-        self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         try:
             status, why = await self._answer(reader, peer)
             if status is not None:
@@ -148,7 +155,7 @@ class EventsListener:
                     async with asyncio.timeout(self._request_timeout):
                         await writer.drain()
         finally:
-            self._writers.discard(writer)
+            self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):
                 async with asyncio.timeout(1.0):
