@@ -90,6 +90,7 @@ class EventsListener:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         """One per open connection."""
+        self._closing = False
 
     @property
     def health(self) -> FeedHealth:
@@ -99,6 +100,11 @@ class EventsListener:
     def healthy(self, now: float, max_silence: float) -> bool:
         """True when a message arrived within *max_silence* seconds (monotonic *now*)."""
         return self.state.healthy(now, max_silence)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served now."""
+        return len(self._tasks)
 
     @property
     def port(self) -> int:
@@ -116,13 +122,14 @@ class EventsListener:
         """Stop accepting and close the open connections."""
         server, self._server = self._server, None
         if server is not None:
+            self._closing = True
             server.close()
-            await asyncio.sleep(0)  # a connection accepted just now: let its task start
-            while self._tasks:
+            for _ in range(3):  # a connection accepted just before close starts its task late
                 tasks = list(self._tasks)
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.sleep(0.01)
             await server.wait_closed()
 
     def _log(self, reason: str, text: str, *args: object) -> None:
@@ -134,6 +141,9 @@ class EventsListener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        if self._closing:
+            writer.close()
+            return
         if len(self._tasks) >= self._max_connections:
             self.state.refuse("overloaded")
             self._log("overloaded", "more than %d connections at once; closed one from %s",

@@ -287,3 +287,21 @@ def test_exit_drains_the_queue_within_a_second(feed: ListenerThread) -> None:
         hung.close()
     print(f"\nexit with delivery: {quick:.2f} s; with a hung listener: {stuck:.2f} s")
     assert stuck < quick + 1.5
+
+
+def test_closing_the_listener_closes_open_connections() -> None:
+    """aclose ends every open connection (an idle one sees EOF) and leaves no task behind."""
+    listener = ListenerThread(free_port(), SECRET, Recorder(), request_timeout=30.0)
+    listener.start()
+    idle = socket.create_connection(("127.0.0.1", listener.port), timeout=5)
+    try:
+        idle.sendall(b"POST / HTTP/1.1\r\n")
+        assert listener.listener is not None
+        deadline = time.monotonic() + 5
+        while listener.listener.open_connections < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert listener.listener.open_connections == 1
+        listener.stop()
+        assert idle.recv(100) == b""
+    finally:
+        idle.close()
