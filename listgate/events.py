@@ -327,7 +327,8 @@ class FeedHealth:
     """Sending Mailman processes currently remembered."""
     refused: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     """Requests refused, by reason: unauthorized, malformed, too_large, timeout, method,
-    overloaded, incomplete (the sender closed mid-request)."""
+    overloaded, incomplete (the sender closed mid-request), error (the ``Invalidator``
+    raised; answered 500 so the sender retries)."""
 
     def healthy(self, now: float, max_silence: float) -> bool:
         """True when a message arrived within *max_silence* seconds before *now*: the
@@ -344,7 +345,7 @@ class FeedState:
     """Applies accepted messages to an ``Invalidator`` and keeps the feed's health."""
 
     REFUSALS = ("unauthorized", "malformed", "too_large", "timeout", "method", "overloaded",
-                "incomplete")
+                "incomplete", "error")
 
     def __init__(self, invalidator: Invalidator, *, started_wall: float) -> None:
         self._invalidator = invalidator

@@ -4,8 +4,9 @@ entries each message names, through an ``Invalidator``.
 
 One request per connection (the plugin sends ``Connection: close``); HTTP parsing is h11's.
 Answers: 204 accepted; 401 wrong or missing signature; 400 not a feed message; 405 not a
-POST; 413 body over ``max_body``. A request that does not arrive whole within
-``request_timeout`` seconds (slowloris) is closed without an answer.
+POST; 413 body over ``max_body``; 500 the ``Invalidator`` failed (the plugin retries). A
+request that does not arrive whole within ``request_timeout`` seconds (slowloris) is
+closed without an answer.
 
 Invariants:
 - Nothing reaches the ``Invalidator`` unless the body's HMAC checks out under the secret and
@@ -46,7 +47,7 @@ __all__ = ["EventsListener"]
 log = logging.getLogger("listgate.events")
 
 _REASONS = {204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-            405: "Method Not Allowed", 413: "Content Too Large"}
+            405: "Method Not Allowed", 413: "Content Too Large", 500: "Internal Server Error"}
 _REFUSAL = {400: "malformed", 401: "unauthorized", 405: "method", 413: "too_large"}
 _SIGNATURE = SIGNATURE_HEADER.lower().encode("ascii")
 _MAX_HEADERS = 16_384
@@ -202,7 +203,14 @@ class EventsListener:
             self.state.refuse("malformed")
             self._log("malformed", "refused a signed request from %s with 400: %s", peer, exc)
             return 400, str(exc)
-        self.state.receive(message, self._clock(), self._wall())
+        try:
+            self.state.receive(message, self._clock(), self._wall())
+        except Exception:  # the cache failed to drop something: the plugin retries on 500
+            self.state.refuse("error")
+            self._log("error", "could not apply a message from %s; answered 500", peer)
+            log.exception("change feed: applying %s seq %d failed", message.stream,
+                          message.seq)
+            return 500, "could not apply the message"
         if not message.heartbeat:
             log.debug("change feed: %s seq %d: %s", message.stream, message.seq,
                       message.changes)

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -305,3 +305,33 @@ def test_closing_the_listener_closes_open_connections() -> None:
         assert idle.recv(100) == b""
     finally:
         idle.close()
+
+
+class Failing(Recorder):
+    """An Invalidator whose first invalidate_addresses call raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    def invalidate_addresses(self, addresses: Iterable[str]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("cache broken")
+        super().invalidate_addresses(addresses)
+
+
+def test_a_failing_cache_gets_500_and_the_sender_retries() -> None:
+    """When dropping an entry fails, the listener answers 500 (counted, logged) and the
+    plugin's sender retries the same change until it is applied."""
+    recorder = Failing()
+    listener = ListenerThread(free_port(), SECRET, recorder, request_timeout=TIMEOUT)
+    listener.start()
+    try:
+        sender = Feed(settings(listener.port))
+        sender.submit(ChangeSet(addresses=frozenset({"retry@example.org"})))
+        assert recorder.wait_for(0, covers("addresses", "retry@example.org"), 3.0)
+        assert listener.health().refused["error"] == 1
+        assert listener.health().gaps == 0
+    finally:
+        listener.stop()
