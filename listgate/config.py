@@ -23,10 +23,11 @@ Invariants:
   ``reject_text``; each ``[lists."addr"]`` table is merged over it, so ``Config.lists``
   holds complete overrides keyed by normalised posting address.
 - No I/O except in ``load_config``, which reads one file, and in reading
-  ``mailman.password_file`` (at parse time, so the password is checked at startup).
-- A leaf: it imports only the decision core's value types, ``listen`` and ``log``'s
-  constants, never the server, metrics or a backend, and importing it does not import
-  asyncio, prometheus_client, httpx or mailmanclient.
+  ``mailman.password_file`` and ``events.secret_file`` (at parse time, so they are
+  checked at startup; the events secret is read again where it is used, never kept here).
+- A leaf: it imports only the decision core's value types, the pure ``listen`` and
+  ``events`` modules and ``log``'s constants, never the server, metrics or a backend, and
+  importing it does not import asyncio, prometheus_client, httpx or mailmanclient.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from listgate.decision.engine import (
 )
 from listgate.decision.model import normalize_address
 from listgate.errors import ConfigError
+from listgate.events import EventError, read_secret
 from listgate.listen import ListenSpec, parse_listen_spec, parse_metrics_listen
 from listgate.log import LOG_TARGETS
 
@@ -69,6 +71,7 @@ __all__ = [
     "BackendConfig",
     "CacheConfig",
     "Config",
+    "EventsConfig",
     "FailureConfig",
     "LogConfig",
     "MailmanConfig",
@@ -278,6 +281,20 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """``[events]``: the change feed from Mailman (listgate's Mailman core plugin,
+    ``listgate.mailman_plugin``), which tells listgate which cached facts went stale."""
+
+    listen: str = ""
+    """Where the feed's HTTP listener binds: "inet:HOST:PORT" or "inet6:[ADDR]:PORT", the
+    address the plugin's ``notify`` URL names, e.g. "inet:127.0.0.1:8891"; "" = no feed
+    (the cache lifetimes alone bound how stale a fact can be). Default: ""."""
+    secret_file: str = ""
+    """File holding the secret shared with the plugin (the plugin's ``secret_file``),
+    read at load time; required when ``listen`` is set. Default: ""."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; ``Config()`` is the defaults."""
 
@@ -299,6 +316,7 @@ class Config:
     """``[bypass]``: senders never judged (SASL-authenticated, trusted networks); off."""
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     source: str = "<defaults>"
     """Where the configuration came from (a path, or "<defaults>")."""
 
@@ -739,6 +757,31 @@ def _metrics_listen(value: object, key: str) -> object:
     return text
 
 
+def _events_listen(value: object, key: str) -> object:
+    text = _string(value, key)
+    if text:
+        try:
+            spec = parse_listen_spec(text.strip())
+        except ValueError as exc:
+            raise _Invalid(f"{key}: {exc}") from None
+        if spec.family == "unix":
+            raise _Invalid(f'{key}: must be "inet:HOST:PORT" or "inet6:[ADDR]:PORT" (the '
+                           f"Mailman plugin sends HTTP over TCP), got {_show(value)}")
+    return text
+
+
+def _finish_events(kwargs: dict[str, object], name: str) -> None:
+    listen, path = kwargs.get("listen", ""), kwargs.get("secret_file", "")
+    if listen and not path:
+        raise _Invalid(f"{name}.secret_file: required when {name}.listen is set (the file "
+                       "the Mailman plugin's secret_file names)")
+    if isinstance(path, str) and path:
+        try:
+            read_secret(path)
+        except EventError as exc:
+            raise _Invalid(f"{name}.secret_file: {exc}") from None
+
+
 def _socket_path(value: object, key: str) -> object:
     text = _string(value, key)
     if not text.startswith("/"):
@@ -824,6 +867,10 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, _Key]]] = {
     "metrics": (MetricsConfig, {
         "listen": _Key(_metrics_listen),
     }),
+    "events": (EventsConfig, {
+        "listen": _Key(_events_listen),
+        "secret_file": _Key(_path),
+    }),
 }
 """Section -> (dataclass, key -> how to parse and render it)."""
 
@@ -842,6 +889,7 @@ _LIST_KEYS: Mapping[str, _Key] = {
 
 _FINISH: Mapping[str, Callable[[dict[str, object], str], None]] = {
     "mailman": _finish_mailman,
+    "events": _finish_events,
 }
 """Section -> a step run on its parsed keys before the dataclass is built (may raise
 ``_Invalid``)."""
@@ -1009,6 +1057,10 @@ def _no_unix_socket(name: str) -> Callable[[Config, Mapping[str, object]], str |
     return why
 
 
+def _no_events_listener(cfg: Config, data: Mapping[str, object]) -> str | None:
+    return None if cfg.events.listen else 'events.listen is "" (no change feed)'
+
+
 def _not_syslog(cfg: Config, data: Mapping[str, object]) -> str | None:
     if cfg.log.target == "syslog":
         return None
@@ -1054,6 +1106,12 @@ _NO_EFFECT: tuple[_NoEffect, ...] = (
               "it applies to unix:/PATH sockets only; remove it", ()),
     _NoEffect("milter", ("socket_mode",), _no_unix_socket("milter"),
               "it applies to unix:/PATH sockets only; remove it", ()),
+    _NoEffect("events", None, _static_backend,
+              f"the change feed comes from Mailman; {_TO_MAILMAN}, or remove it",
+              ("backend",)),
+    _NoEffect("events", ("secret_file",), _no_events_listener,
+              'set events.listen (e.g. "inet:127.0.0.1:8891") to receive the feed, or '
+              "remove it", ()),
     _NoEffect("log", ("syslog_address",), _not_syslog,
               'set log.target = "syslog" to log there, or remove it', ()),
 )

@@ -242,6 +242,8 @@ _SECTIONS: Mapping[str, _Section] = MappingProxyType({
     "bypass": _Section(_BOTH, "Senders never judged."),
     "log": _Section(_BOTH, 'Logging (under systemd: target = "journal").'),
     "metrics": _Section(_BOTH, 'The Prometheus endpoint, e.g. listen = "127.0.0.1:9107".'),
+    "events": _Section(("mailman",), "The change feed from listgate's Mailman plugin "
+                                     "(README: Keeping listgate in step with Mailman)."),
 })
 """Every top-level table of the schema, in the order ``config_to_dict`` shows them."""
 

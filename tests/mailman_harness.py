@@ -131,6 +131,7 @@ class MailmanCore:
         extra_config: str = "",
         runners: Sequence[str] = (),
         smtp_port: int = 9,
+        pythonpath: Sequence[Path | str] = (),
     ) -> None:
         self.venv = Path(venv) if venv is not None else mailman_venv()
         self._owns_dir = base_dir is None
@@ -149,6 +150,8 @@ class MailmanCore:
         """Runners started besides REST (e.g. lmtp, in, pipeline, out, virgin), one process each."""
         self.smtp_port = smtp_port
         """Where Mailman's out runner sends mail (127.0.0.1); 9 (discard) by default."""
+        self.pythonpath: tuple[str, ...] = tuple(str(p) for p in pythonpath)
+        """PYTHONPATH of every Mailman process (e.g. a plugin's package); empty: inherited."""
         self.user = "admin-" + secrets.token_hex(4)
         self.password = secrets.token_urlsafe(18)
         self.port = 0
@@ -328,6 +331,8 @@ recipient: devnull@example.invalid
         env["HOME"] = str(self.base_dir)  # nothing of the instance lands in the real $HOME
         env.pop("XDG_RUNTIME_DIR", None)
         env["PYTHONDONTWRITEBYTECODE"] = "1"
+        if self.pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(self.pythonpath)
         return env
 
     def _wait_ready(self, began: float) -> None:
@@ -608,7 +613,7 @@ recipient: devnull@example.invalid
         probe_dir.mkdir(exist_ok=True)
         (probe_dir / "listgate_mm_probe.py").write_text(_PROBE_SOURCE)
         env = self._runner_env()
-        env["PYTHONPATH"] = str(probe_dir)
+        env["PYTHONPATH"] = os.pathsep.join((str(probe_dir), *self.pythonpath))
         proc = subprocess.run(
             [
                 str(self.venv / "bin" / "mailman"),
@@ -640,6 +645,20 @@ recipient: devnull@example.invalid
                 f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
             )
         return answers
+
+    def mailman_cli(
+        self, *args: str, pythonpath: Sequence[Path | str] = (), timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``mailman -C <cfg> ARGS...`` against this instance (one process, about 2 s);
+        *pythonpath* goes before the instance's own. Output is captured; not checked."""
+        env = self._runner_env()
+        env["PYTHONPATH"] = os.pathsep.join((*map(str, pythonpath), *self.pythonpath))
+        return subprocess.run(
+            [str(self.venv / "bin" / "mailman"), "-C", str(self.config_path),
+             "--run-as-root", *args],
+            capture_output=True, text=True, cwd=self.base_dir, env=env, timeout=timeout,
+            check=False,
+        )
 
     def http(self, timeout: float = 10.0) -> httpx.Client:
         """An ``httpx.Client`` with base_url :attr:`url` and the admin auth (close it)."""
