@@ -24,12 +24,13 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from listgate.backends.base import MembershipBackend
-from listgate.backends.static import StaticBackend
 from listgate.config import Config, load_config, password_file_warnings
 from listgate.decision.engine import DecideAt
+from listgate.decision.facts import FactSource
 from listgate.decision.gate import Gate
 from listgate.errors import ConfigError, ListgateError
+from listgate.facts.contract import Backend
+from listgate.facts.registry import create_backend
 from listgate.frontends.milter import milter_options
 from listgate.log import setup_logging
 from listgate.metrics import Metrics, parse_metrics_listen
@@ -44,34 +45,7 @@ __all__ = ["build_gate", "build_policy_service", "create_backend", "run", "serve
 log = logging.getLogger("listgate")
 
 
-def create_backend(config: Config) -> MembershipBackend:
-    """The membership backend the configuration names (imports only what it needs)."""
-    if config.backend.type == "static":
-        return StaticBackend(config.static.posters)
-    if config.backend.type == "mailman":
-        from listgate.backends.cached import CachedBackend
-        from listgate.backends.mailman import MailmanSource
-
-        mm = config.mailman
-        if mm.password is None:
-            raise ListgateError("mailman.password: required when backend.type = \"mailman\"")
-        source = MailmanSource(
-            mm.url,
-            mm.user,
-            mm.password.reveal(),
-            timeout=mm.timeout,
-            max_connections=mm.max_connections,
-        )
-        return CachedBackend(
-            source,
-            config.cache,
-            directory_file=Path(mm.directory_file) if mm.directory_file else None,
-            deadline=mm.timeout,
-        )
-    raise ListgateError(f"backend.type: unknown backend {config.backend.type!r}")
-
-
-def build_gate(config: Config, backend: MembershipBackend | None = None) -> Gate:
+def build_gate(config: Config, backend: FactSource | None = None) -> Gate:
     """A gate over *backend* (or the configured one) with the configured texts, failure
     policy and per-list overrides."""
     return Gate(
@@ -133,7 +107,8 @@ class Daemon:
     ) -> None:
         self.config = config
         self.path = path
-        self.gate = build_gate(config)
+        self.backend: Backend = create_backend(config)
+        self.gate = build_gate(config, self.backend)
         self.milter = build_milter_service(config, self.gate)
         self.policy = build_policy_service(config, self.gate)
         if inherited is not None:  # one of several worker processes
@@ -147,16 +122,11 @@ class Daemon:
         if self.policy is not None:
             self.policy.decisions = self.metrics.decisions
         self.metrics.services = self._services
-        self.metrics.caches = lambda: getattr(self.gate.backend, "caches", ())
-        self._watch_backend(self.gate.backend)
+        self.metrics.caches = lambda: self.backend.caches()
+        self.backend.observe_fetches(self.metrics.backend.observe)
 
     def _services(self) -> tuple[StreamService, ...]:
         return (self.milter,) if self.policy is None else (self.milter, self.policy)
-
-    def _watch_backend(self, backend: MembershipBackend) -> None:
-        observe = getattr(backend, "observe_fetches", None)
-        if observe is not None:
-            observe(self.metrics.backend.observe)
 
     async def start(self) -> None:
         """Bind every listener and the metrics endpoint, then tell systemd we are ready."""
@@ -221,14 +191,13 @@ class Daemon:
         ):
             if before != after:
                 log.warning("reload: %s changed; it takes effect at the next restart", what)
-        backend = self.gate.backend
+        backend = self.backend
         if (new.backend, new.mailman) != (old.backend, old.mailman):
             log.warning("reload: [backend]/[mailman] changed; they take effect at the next restart")
         elif new.backend.type == "static" and new.static != old.static:
             backend = create_backend(new)  # a static map is cheap to rebuild
-        reconfigure = getattr(backend, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(new.cache)
+        backend.reconfigure(new.cache)
+        self.backend = backend
         self.gate = build_gate(new, backend)
         m = new.milter
         self.milter.gate = self.gate

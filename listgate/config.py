@@ -40,18 +40,16 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from listgate.backends.base import CacheSettings as CacheConfig
 from listgate.decision.engine import (
     DSN_PATTERN,
-    Bypass,
     DecideAt,
-    FailurePolicy,
     GateMode,
     HoldPolicy,
     ListOverrides,
     ReplyTexts,
     reply_template_problem,
 )
+from listgate.decision.gate import Bypass, FailurePolicy
 from listgate.decision.model import normalize_address
 from listgate.errors import ConfigError
 from listgate.log import LOG_TARGETS
@@ -213,6 +211,26 @@ class StaticConfig:
         default_factory=lambda: MappingProxyType({})
     )
     """List posting address -> addresses allowed to post, normalised. Default: no lists."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """``[cache]``: how long the Mailman backend trusts what it learned."""
+
+    ttl: float = 60.0
+    """Seconds a positive answer (may post) is reused. Default: 60."""
+    negative_ttl: float = 10.0
+    """Seconds an answer that would reject is reused; keep it short, so a new subscriber's
+    first post is not refused for long. Default: 10."""
+    policy_ttl: float = 120.0
+    """Seconds a list's policy (config, nonmember patterns) is reused. Default: 120."""
+    directory_ttl: float = 300.0
+    """Seconds the set of lists, domains and [mta] settings is reused. Default: 300."""
+    max_entries: int = 100_000
+    """Most cached answers kept (>= 1). Default: 100000."""
+    stale_if_error: float = 3600.0
+    """Seconds past expiry an answer may still be served while Mailman fails (0 = never).
+    Default: 3600."""
 
 
 @dataclass(frozen=True, slots=True)
