@@ -31,6 +31,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
@@ -100,16 +101,17 @@ class Reader:
         fallback: V,
     ) -> V:
         """The fact *key* of *cache* if fresh in memory; otherwise *fallback*, while its
-        fetch runs in the background (started or joined). Never raises ``NotCached``."""
+        fetch runs in the background (started or joined). Never raises ``NotCached``; like
+        ``read``, it reads the fact once per lookup (a fallback is kept, of unknown age)."""
         known = self._known.get((cache, key))
         if isinstance(known, Fetched):
             return known.value  # type: ignore[no-any-return]
         fresh = cache.peek(key, max_age)
-        if fresh is not None:
-            self._known[(cache, key)] = fresh
-            return fresh.value
-        cache.flight(key, max_age, fetch)
-        return fallback
+        if fresh is None:
+            cache.flight(key, max_age, fetch)
+            fresh = Fetched(fallback, -math.inf)
+        self._known[(cache, key)] = fresh
+        return fresh.value
 
     async def learn(self, missing: NotCached) -> None:
         """Await the fetch *missing* names and keep its outcome for the next run."""

@@ -525,3 +525,31 @@ def test_invalidation_reaches_the_second_tier() -> None:
     assert set(store.items) == {"b"}
     c.clear()
     assert store.items == {}
+
+
+def test_read_or_stands_in_while_the_fetch_runs_once_per_lookup() -> None:
+    """read_or answers the fallback at once while the fact is fetched in the background,
+    and starts that fetch once per lookup however often the lookup runs again (here the
+    fetch fails before the second run); a later lookup answers the fetched value."""
+    clock, source = FakeClock(), FakeSource({"dir": "fetched", "a": "A"})
+    source.errors["dir"] = BackendUnavailable("down")
+
+    async def run() -> tuple[str, int, str]:
+        c = cache(clock)
+
+        def assemble(reader: Reader) -> str:
+            directory = reader.read_or(c, "dir", ttl, source.fetcher("dir"), "fallback")
+            return f"{directory}+{reader.read(c, 'a', ttl, source.fetcher('a')).value}"
+
+        first = await answer(assemble)  # runs twice: "a" was missing the first time
+        await tick()
+        fetches = source.calls["dir"]
+        del source.errors["dir"]
+        await answer(assemble)  # starts the fetch again, answers the fallback
+        await tick()
+        return first, fetches, await answer(assemble)
+
+    first, fetches, later = asyncio.run(run())
+    assert first == "fallback+A"
+    assert fetches == 1
+    assert later == "fetched+A"
