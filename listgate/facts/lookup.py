@@ -78,7 +78,8 @@ class Reader:
         """The fact *key* of *cache*, with when it was fetched; ``NotCached`` (its fetch
         started or joined) when it is not fresh in memory, or raises the error its fetch
         ended with in this lookup."""
-        known = self._known.get((cache, key))
+        slot = (cache, key)
+        known = self._known.get(slot)
         if known is None:
             fresh = cache.peek(key, max_age)
             if fresh is None:
@@ -86,7 +87,7 @@ class Reader:
                 fresh = cache.peek_stale(key, max_age) if self.accept_stale else None
                 if fresh is None:
                     raise NotCached(cache, key, flight)
-            self._known[(cache, key)] = fresh
+            self._known[slot] = fresh
             return fresh
         if isinstance(known, Exception):
             raise known

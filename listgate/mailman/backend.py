@@ -231,17 +231,17 @@ class MailmanBackend(Backend):
             global_bans = reader.read(
                 self._global_bans, SITE_SUBJECT, self._policy_ttl, self.source.global_bans
             ).value
-            senders = tuple(
+            senders = tuple([
                 self._sender(reader, address, list_id, record, global_bans, directory)
                 for address in request.senders
-            )
-            hints = tuple(
+            ])
+            hints = tuple([
                 self._sender(reader, address, list_id, record, global_bans, directory)
                 for address in (
                     sender_hints(request.sender, directory.directory.verp_delimiter)
                     if request.decodes_envelope else ()
                 )
-            )
+            ])
         except ListNotFound:
             # The list was deleted since the directory was fetched: Mailman would refuse
             # the recipient itself. Forget the directory so the next lookup refetches it.
