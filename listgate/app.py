@@ -1,8 +1,9 @@
 """The composition root: configuration → backend → gate → listeners, and the lifecycle.
 
 Invariants:
-- This is the only module that turns a ``Config`` into running objects; the layers below
-  know nothing of TOML or of each other's construction.
+- This is the only module that turns a ``Config`` into running objects (the backend
+  through the table in ``listgate.facts.registry``); the layers below know nothing of
+  TOML or of each other's construction.
 - SIGTERM and SIGINT drain (stop listening, let in-flight commands finish, close); a
   second signal aborts every connection and exits at once.
 - Start-up failures (bad listen address, busy socket) surface as ``ListgateError`` with a

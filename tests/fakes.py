@@ -1,4 +1,5 @@
-"""Fakes shared by the tests: a clock moved by hand, a fact source and a second tier.
+"""Fakes shared by the tests: a clock moved by hand, a fact source, a second tier, and
+Mailman's REST records in memory.
 
 Nothing here fakes a component listgate talks to in production (Mailman, Postfix): these
 stand in for listgate's own seams (the clock, ``FactCache``'s fetch and ``FactStore``).
@@ -11,8 +12,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from listgate.decision.rules import Action, ListPolicy
 from listgate.errors import BackendUnavailable
 from listgate.facts.cache import FactStoreError, Stored
+from listgate.mailman.client import Directory, MembershipRecord, PolicyRecord
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -104,3 +107,48 @@ class DictStore(Generic[K, V]):
 
     def clear(self) -> None:
         self.items.clear()
+
+
+class FakeMailmanRecords:
+    """A ``listgate.mailman.backend.RecordSource`` in memory: one list whose members are
+    ``members``; counts fetches by kind of fact."""
+
+    LIST, LIST_ID = "list@example.org", "list.example.org"
+
+    def __init__(self, members: tuple[str, ...] = ()) -> None:
+        self.members = set(members)
+        self.calls = 0
+        self.fetches: Counter[str] = Counter()
+
+    def _count(self, kind: str) -> None:
+        self.calls += 1
+        self.fetches[kind] += 1
+
+    async def directory(self) -> Directory:
+        self._count("directory")
+        return Directory({self.LIST: self.LIST_ID}, {})
+
+    async def policy(self, fqdn: str, list_id: str) -> PolicyRecord:
+        self._count("policy")
+        policy = ListPolicy(fqdn, list_id, default_nonmember_action=Action.REJECT)
+        return PolicyRecord(policy, ())
+
+    async def global_bans(self) -> tuple[str, ...]:
+        self._count("global_bans")
+        return ()
+
+    async def memberships(self, address: str) -> tuple[MembershipRecord, ...]:
+        self._count("memberships")
+        if address in self.members:
+            return (MembershipRecord(self.LIST_ID, "member", address, None),)
+        return ()
+
+    async def linked_addresses(self, address: str) -> tuple[str, ...] | None:
+        self._count("linked")
+        return ()
+
+    async def aclose(self) -> None:
+        return None
+
+    def describe(self) -> str:
+        return "fake Mailman records"

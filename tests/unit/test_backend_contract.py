@@ -12,11 +12,13 @@ import pytest
 
 import listgate.decision.facts
 from listgate.config import BACKEND_TYPES, CacheConfig, parse_config
+from listgate.decision.model import PostingRequest
 from listgate.errors import ListgateError
 from listgate.facts.contract import Backend
 from listgate.facts.registry import BACKENDS, create_backend
 from listgate.facts.static import StaticBackend
 from listgate.mailman.backend import MailmanBackend
+from tests.fakes import FakeClock, FakeMailmanRecords
 
 
 def test_construction_table_has_exactly_configs_backend_types() -> None:
@@ -99,3 +101,39 @@ def test_decision_contract_is_pure() -> None:
     assert imported <= {"__future__", "enum", "dataclasses", "typing",
                         "listgate.decision.model", "listgate.decision.recipients",
                         "listgate.decision.rules"}
+
+
+def test_mailman_backend_invalidation_drops_exactly_the_affected_facts() -> None:
+    """The Mailman backend's key space: an address's facts (memberships, linked), a
+    list's policy, the directory; each dropped fact is fetched again by the next lookup,
+    the others are not."""
+    records = FakeMailmanRecords(members=("anne@example.com",))
+    lst = FakeMailmanRecords.LIST
+
+    async def run() -> list[tuple[int, dict[str, int]]]:
+        backend = MailmanBackend(records, CacheConfig(), clock=FakeClock())
+        steps = []
+
+        async def step(dropped: int) -> None:
+            before = dict(records.fetches)
+            for sender in ("anne@example.com", "eve@example.net"):
+                facts = await backend.lookup(PostingRequest(sender, lst))
+                assert facts.policy is not None
+            steps.append((dropped, {k: n - before.get(k, 0)
+                                    for k, n in records.fetches.items()
+                                    if n - before.get(k, 0)}))
+
+        await step(0)
+        await step(backend.invalidate_address("Eve@Example.NET"))
+        await step(backend.invalidate_list(FakeMailmanRecords.LIST_ID))
+        await step(backend.invalidate("global_bans"))
+        await step(backend.invalidate_all())
+        return steps
+
+    assert asyncio.run(run()) == [
+        (0, {"directory": 1, "policy": 1, "global_bans": 1, "memberships": 2, "linked": 1}),
+        (2, {"memberships": 1, "linked": 1}),
+        (1, {"policy": 1}),
+        (1, {"global_bans": 1}),
+        (6, {"directory": 1, "policy": 1, "global_bans": 1, "memberships": 2, "linked": 1}),
+    ]
