@@ -9,7 +9,8 @@ name (``getattr``), and a new backend without a cache is complete as it stands.
 
 Invariants:
 - Every backend the registry builds is a subclass of ``Backend``; the daemon calls these
-  methods on any of them without checking.
+  methods on any of them without checking. The ``FactSource`` methods have no default:
+  mypy refuses to instantiate a subclass that lacks one.
 - The defaults do nothing and report nothing: no caches, no fetches, 0 entries dropped.
 - Invalidation follows ``listgate.facts.keyspace``: kinds of fact with a scope (site,
   list id, address); a backend without a cache has nothing to drop.
