@@ -2,10 +2,11 @@
 
 A backend writes how facts combine into an answer as a plain synchronous function,
 ``assemble(reader) -> T``, that reads each fact with ``reader.read(cache, key, max_age,
-fetch)``. ``read`` returns the fact if it is known, or raises ``NotCached`` after starting
-(or joining) its fetch. ``assemble`` never awaits anything, so one run sees one state of
-the caches, and a reader understands it at once: it is the answer, written as if every
-fact were at hand.
+fetch)``. ``read`` returns the fact (a ``Fetched``: value and fetch time) if it is known,
+or raises ``NotCached`` after starting (or joining) its fetch; ``read_or`` answers a
+stand-in instead while the fetch runs in the background. ``assemble`` never awaits
+anything, so one run sees one state of the caches, and a reader understands it at once:
+it is the answer, written as if every fact were at hand.
 
 - ``answer_now(assemble)``, the no-wait fast path: one run; if a fact is not fresh in
   memory, its fetch has been started and the answer is ``PENDING`` (the caller then
