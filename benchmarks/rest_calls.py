@@ -3,7 +3,7 @@
 Starts its own Mailman core (tests/mailman_harness.py, needs .venv-mailman), creates 20
 lists with some members, then decides 10,000 PostingRequests over 1,000 distinct senders
 and the 20 lists through Gate.decide (members and nonmembers mixed, fixed random seed,
-50 in flight at a time) with the default CacheSettings, and prints the REST calls made
+50 in flight at a time) with the default CacheConfig, and prints the REST calls made
 against the number of distinct (list, sender) pairs.
 
 Two passes over the same requests, each with a fresh backend: one with the clock frozen
@@ -28,11 +28,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from mailman_harness import MailmanCore  # noqa: E402
 
-from listgate.backends.cached import CachedBackend, CacheSettings  # noqa: E402
-from listgate.backends.mailman import MailmanSource  # noqa: E402
+from listgate.config import CacheConfig  # noqa: E402
 from listgate.decision.engine import ReplyTexts  # noqa: E402
 from listgate.decision.gate import Gate  # noqa: E402
 from listgate.decision.model import PostingRequest  # noqa: E402
+from listgate.mailman.backend import MailmanBackend  # noqa: E402
+from listgate.mailman.client import MailmanClient  # noqa: E402
 
 SEED = 20240601
 LISTS = 20
@@ -72,8 +73,8 @@ def workload(
     return requests
 
 
-class CountingSource(MailmanSource):
-    """MailmanSource that also counts its fetches by kind of fact."""
+class CountingSource(MailmanClient):
+    """MailmanClient that also counts its fetches by kind of fact."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -106,7 +107,7 @@ async def one_pass(
     """Decide every request with a fresh cached backend; print figures; calls <= pairs?"""
     source = CountingSource(core.url, core.user, core.password)
     clock = (lambda: 0.0) if frozen else time.monotonic
-    backend = CachedBackend(source, CacheSettings(), clock=clock)
+    backend = MailmanBackend(source, CacheConfig(), clock=clock)
     gate = Gate(backend, ReplyTexts())
     limit = asyncio.Semaphore(IN_FLIGHT)
 
@@ -146,12 +147,12 @@ def main() -> None:
               f"{LISTS * MEMBERS_PER_LIST} subscriptions in {time.monotonic() - began:.1f} s; "
               f"seed {SEED}")
         requests = workload(rng, senders, members)
-        s = CacheSettings()
+        s = CacheConfig()
         frozen_ok = asyncio.run(one_pass(
-            core, requests, "default CacheSettings, clock frozen (no TTL can expire)", True))
+            core, requests, "default CacheConfig, clock frozen (no TTL can expire)", True))
         real_ok = asyncio.run(one_pass(
             core, requests,
-            f"default CacheSettings, real clock (ttl {s.ttl:g} s, negative_ttl "
+            f"default CacheConfig, real clock (ttl {s.ttl:g} s, negative_ttl "
             f"{s.negative_ttl:g} s)", False))
     print(f"--- calls <= distinct pairs: frozen clock {frozen_ok}, real clock {real_ok}")
     if not frozen_ok:

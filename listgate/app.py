@@ -1,8 +1,9 @@
 """The composition root: configuration → backend → gate → listeners, and the lifecycle.
 
 Invariants:
-- This is the only module that turns a ``Config`` into running objects; the layers below
-  know nothing of TOML or of each other's construction.
+- This is the only module that turns a ``Config`` into running objects (the backend
+  through the table in ``listgate.facts.registry``); the layers below know nothing of
+  TOML or of each other's construction.
 - One lifecycle, ``serve``: tests and production (``run``, and every worker process of
   ``listgate.server.supervisor``) start, reload and drain the daemon through it.
 - The settings a reload cannot change are listed once, in ``RESTART_ONLY``.
@@ -21,12 +22,13 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from listgate.backends.base import MembershipBackend
-from listgate.backends.static import StaticBackend
 from listgate.config import Config, config_warnings, load_config
 from listgate.decision.engine import DecideAt
+from listgate.decision.facts import FactSource
 from listgate.decision.gate import Gate
 from listgate.errors import ConfigError, ListgateError
+from listgate.facts.contract import Backend
+from listgate.facts.registry import create_backend
 from listgate.frontends.milter import milter_options
 from listgate.listen import parse_metrics_listen
 from listgate.log import setup_logging
@@ -51,34 +53,7 @@ __all__ = [
 log = logging.getLogger("listgate")
 
 
-def create_backend(config: Config) -> MembershipBackend:
-    """The membership backend the configuration names (imports only what it needs)."""
-    if config.backend.type == "static":
-        return StaticBackend(config.static.posters)
-    if config.backend.type == "mailman":
-        from listgate.backends.cached import CachedBackend
-        from listgate.backends.mailman import MailmanSource
-
-        mm = config.mailman
-        if mm.password is None:
-            raise ListgateError("mailman.password: required when backend.type = \"mailman\"")
-        source = MailmanSource(
-            mm.url,
-            mm.user,
-            mm.password.reveal(),
-            timeout=mm.timeout,
-            max_connections=mm.max_connections,
-        )
-        return CachedBackend(
-            source,
-            config.cache,
-            directory_file=Path(mm.directory_file) if mm.directory_file else None,
-            deadline=mm.timeout,
-        )
-    raise ListgateError(f"backend.type: unknown backend {config.backend.type!r}")
-
-
-def build_gate(config: Config, backend: MembershipBackend | None = None) -> Gate:
+def build_gate(config: Config, backend: FactSource | None = None) -> Gate:
     """A gate over *backend* (or the configured one) with the configured texts, failure
     policy and per-list overrides."""
     return Gate(
@@ -166,7 +141,8 @@ class Daemon:
     ) -> None:
         self.config = config
         self.path = path
-        self.gate = build_gate(config)
+        self.backend: Backend = create_backend(config)
+        self.gate = build_gate(config, self.backend)
         self.milter = build_milter_service(config, self.gate)
         self.policy = build_policy_service(config, self.gate)
         if inherited is not None:  # one of several worker processes
@@ -180,16 +156,11 @@ class Daemon:
         if self.policy is not None:
             self.policy.decisions = self.metrics.decisions
         self.metrics.services = self._services
-        self.metrics.caches = lambda: getattr(self.gate.backend, "caches", ())
-        self._watch_backend(self.gate.backend)
+        self.metrics.caches = lambda: self.backend.caches()
+        self.backend.observe_fetches(self.metrics.backend.observe)
 
     def _services(self) -> tuple[StreamService, ...]:
         return (self.milter,) if self.policy is None else (self.milter, self.policy)
-
-    def _watch_backend(self, backend: MembershipBackend) -> None:
-        observe = getattr(backend, "observe_fetches", None)
-        if observe is not None:
-            observe(self.metrics.backend.observe)
 
     async def start(self) -> None:
         """Bind every listener and the metrics endpoint, then tell systemd we are ready."""
@@ -242,14 +213,13 @@ class Daemon:
             if getattr(getattr(old, section), key) != getattr(getattr(new, section), key):
                 log.warning("reload: %s.%s changed; it takes effect at the next restart",
                             section, key)
-        backend = self.gate.backend
+        backend = self.backend
         if any(getattr(new, s) != getattr(old, s) for s in RESTART_ONLY_SECTIONS):
             log.warning("reload: [backend]/[mailman] changed; they take effect at the next restart")
         elif new.backend.type == "static" and new.static != old.static:
             backend = create_backend(new)  # a static map is cheap to rebuild
-        reconfigure = getattr(backend, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(new.cache)
+        backend.reconfigure(new.cache)
+        self.backend = backend
         self.gate = build_gate(new, backend)
         m = new.milter
         self.milter.gate = self.gate

@@ -51,15 +51,14 @@ from urllib.parse import urlsplit
 
 from listgate.decision.engine import (
     DSN_PATTERN,
-    Bypass,
     DecideAt,
-    FailurePolicy,
     GateMode,
     HoldPolicy,
     ListOverrides,
     ReplyTexts,
     reply_template_problem,
 )
+from listgate.decision.gate import Bypass, FailurePolicy
 from listgate.decision.model import normalize_address
 from listgate.errors import ConfigError
 from listgate.events import EventError, read_secret

@@ -17,14 +17,14 @@ Invariants:
 from __future__ import annotations
 
 import enum
-import ipaddress
 import re
 import string
 from dataclasses import dataclass
 
+from listgate.decision.facts import ListFacts
 from listgate.decision.model import Decision, PostingRequest, Verdict
-from listgate.decision.recipients import NOT_A_LIST, Resolution, Target
-from listgate.decision.rules import Action, ListPolicy, SenderFacts, mailman_outcome
+from listgate.decision.recipients import NOT_A_LIST, Target
+from listgate.decision.rules import Action, mailman_outcome
 
 __all__ = [
     "DSN_PATTERN",
@@ -32,20 +32,15 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "MAX_VALUE_CHARS",
     "NOT_A_LIST_REASON",
-    "NO_BYPASS",
     "TEMPLATE_FIELDS",
-    "Bypass",
     "DecideAt",
-    "FailurePolicy",
     "GateMode",
     "HoldPolicy",
-    "ListFacts",
     "ListOverrides",
     "ReplyTexts",
     "decide",
     "fail_open_decision",
     "failure_decision",
-    "not_a_list",
     "render_reply_text",
     "reply_template_problem",
     "sanitize_reply_value",
@@ -67,15 +62,6 @@ NOT_A_LIST_REASON = NOT_A_LIST.reason
 _ELLIPSIS = "..."
 # Everything outside printable US-ASCII (controls, DEL, non-ASCII) becomes "?".
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
-
-
-class FailurePolicy(enum.Enum):
-    """What to answer when the backend cannot (outage, timeout, bug)."""
-
-    TEMPFAIL = "tempfail"
-    """Answer 4xx; the sending MTA retries later. The safe default."""
-    ACCEPT = "accept"
-    """Fail-open: let the recipient through ungated while the backend cannot answer."""
 
 
 def reply_template_problem(template: str) -> str | None:
@@ -221,52 +207,6 @@ class ListOverrides:
 
 
 DEFAULT_OVERRIDES = ListOverrides()
-
-
-@dataclass(frozen=True, slots=True)
-class ListFacts:
-    """Everything a backend found out for one request: how the recipient resolves and,
-    for a posting address, the list's policy and what Mailman knows of each sender."""
-
-    resolution: Resolution
-    policy: ListPolicy | None = None
-    """Present for a POSTING resolution."""
-    senders: tuple[SenderFacts, ...] = ()
-    """In Mailman's order (From:, envelope, Reply-To:, Sender:; at RCPT the envelope)."""
-    hints: tuple[SenderFacts, ...] = ()
-    """Other spellings of the envelope sender (SRS, BATV, +tag): may only accept."""
-
-
-@dataclass(frozen=True, slots=True)
-class Bypass:
-    """Senders the gate never judges (``[bypass]``; both off by default)."""
-
-    authenticated: bool = False
-    """Skip the gate for SASL-authenticated clients (``{auth_authen}`` / ``sasl_username``)."""
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    """Skip the gate for clients in these networks."""
-
-    def reason(self, request: PostingRequest) -> str | None:
-        """Why *request* bypasses the gate, or None."""
-        if self.authenticated and request.auth_user:
-            return "SASL-authenticated client: not gated ([bypass] authenticated)"
-        if self.networks and request.client_address:
-            try:
-                client = ipaddress.ip_address(request.client_address.strip("[]"))
-            except ValueError:
-                return None
-            for net in self.networks:
-                if client.version == net.version and client in net:
-                    return f"client {client} in trusted network {net}: not gated ([bypass])"
-        return None
-
-
-NO_BYPASS = Bypass()
-
-
-def not_a_list() -> ListFacts:
-    """Facts for a recipient that is no list."""
-    return ListFacts(NOT_A_LIST)
 
 
 def _accept(

@@ -7,24 +7,24 @@ Invariants:
 - ``BaseException``s that are not ``Exception``s (``asyncio.CancelledError``,
   ``KeyboardInterrupt``, ``SystemExit``) propagate untouched.
 - Successful decisions are not logged here (the caller logs decisions); failures are, on
-  ``listgate.decision.gate``: a ``BackendError`` as one WARNING line, anything else as an ERROR with
-  its traceback (it is a bug).
+  the ``listgate.gate`` logger: a ``BackendError`` as one WARNING line, anything else as an
+  ERROR with its traceback (it is a bug).
 - No I/O of its own: ``decide_now`` is synchronous and never waits; ``decide`` awaits only
   the backend.
+- The gate's own settings live here: ``FailurePolicy`` (``[failure]``) and ``Bypass``
+  (``[bypass]``, checked before the backend is asked); the engine never sees either.
 """
 
 from __future__ import annotations
 
+import enum
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from listgate.backends.base import PENDING, MembershipBackend
 from listgate.decision.engine import (
     DEFAULT_OVERRIDES,
-    NO_BYPASS,
-    Bypass,
-    FailurePolicy,
-    ListFacts,
     ListOverrides,
     ReplyTexts,
     decide,
@@ -32,12 +32,49 @@ from listgate.decision.engine import (
     failure_decision,
     sanitize_reply_value,
 )
+from listgate.decision.facts import PENDING, FactSource, ListFacts
 from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.errors import BackendError, BackendUnavailable
 
-__all__ = ["FailurePolicy", "Gate"]
+__all__ = ["NO_BYPASS", "Bypass", "FailurePolicy", "Gate"]
 
 log = logging.getLogger("listgate.gate")
+
+
+class FailurePolicy(enum.Enum):
+    """What to answer when the backend cannot (outage, timeout, bug)."""
+
+    TEMPFAIL = "tempfail"
+    """Answer 4xx; the sending MTA retries later. The safe default."""
+    ACCEPT = "accept"
+    """Fail-open: let the recipient through ungated while the backend cannot answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bypass:
+    """Senders the gate never judges (``[bypass]``; both off by default)."""
+
+    authenticated: bool = False
+    """Skip the gate for SASL-authenticated clients (``{auth_authen}`` / ``sasl_username``)."""
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """Skip the gate for clients in these networks."""
+
+    def reason(self, request: PostingRequest) -> str | None:
+        """Why *request* bypasses the gate, or None."""
+        if self.authenticated and request.auth_user:
+            return "SASL-authenticated client: not gated ([bypass] authenticated)"
+        if self.networks and request.client_address:
+            try:
+                client = ipaddress.ip_address(request.client_address.strip("[]"))
+            except ValueError:
+                return None
+            for net in self.networks:
+                if client.version == net.version and client in net:
+                    return f"client {client} in trusted network {net}: not gated ([bypass])"
+        return None
+
+
+NO_BYPASS = Bypass()
 
 _FailureBuilder = Callable[[PostingRequest, str | None, ReplyTexts, str], Decision]
 
@@ -71,7 +108,7 @@ class Gate:
 
     def __init__(
         self,
-        backend: MembershipBackend,
+        backend: FactSource,
         texts: ReplyTexts,
         failure_policy: FailurePolicy = FailurePolicy.TEMPFAIL,
         overrides: Mapping[str, ListOverrides] | None = None,
@@ -97,7 +134,7 @@ class Gate:
         return decide(request, facts, self._texts, overrides)
 
     @property
-    def backend(self) -> MembershipBackend:
+    def backend(self) -> FactSource:
         """The backend this gate asks."""
         return self._backend
 

@@ -1,4 +1,4 @@
-"""Recipient → list resolution and sender address forms, as Mailman's LMTP runner sees them.
+"""Recipient → list resolution, as Mailman's LMTP runner sees it.
 
 Invariants:
 - Pure: the caller supplies the ``ListDirectory`` (the set of lists, the alias domains
@@ -9,14 +9,11 @@ Invariants:
   address (a list may be called ``foo-join``); otherwise ``-bounces``, ``-confirm``,
   ``-join``, ``-leave``, ``-owner``, ``-request``, ``-subscribe`` and ``-unsubscribe``
   name a list's service address, which is never gated.
-- ``sender_hints`` only ever produces *other spellings* of a sender (SRS, BATV, +tag);
-  callers use them to accept, never to reject.
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -25,9 +22,7 @@ __all__ = [
     "ListDirectory",
     "Resolution",
     "Target",
-    "is_lookup_safe",
     "resolve",
-    "sender_hints",
 ]
 
 SUBADDRESSES: frozenset[str] = frozenset(
@@ -102,39 +97,3 @@ def resolve(recipient: str, directory: ListDirectory) -> Resolution:
             if owner in directory.lists:
                 return Resolution(Target.SERVICE, owner, sub)
     return NOT_A_LIST
-
-
-_SRS0 = re.compile(r"srs0[=+-][^=]*=[^=]*=([^=]+)=(.+)@[^@]+\Z", re.IGNORECASE)
-_SRS1 = re.compile(r"srs1[=+-].*==[^=]*=[^=]*=([^=]+)=(.+)@[^@]+\Z", re.IGNORECASE)
-_BATV = re.compile(r"(?:prvs|msprvs\d*)=[^=]+=(.+)@([^@]+)\Z", re.IGNORECASE)
-_BTV1 = re.compile(r"btv1==[^=]*==(.+)@([^@]+)\Z", re.IGNORECASE)
-
-
-def sender_hints(sender: str, verp_delimiter: str = "+") -> tuple[str, ...]:
-    """Other spellings of an envelope sender that Mailman itself would not try: the
-    original address inside SRS0/SRS1 and BATV (``prvs=``, ``btv1==``) forms, and the
-    address without its ``+tag``. For accepting only."""
-    if not sender or "@" not in sender:
-        return ()
-    found: list[str] = []
-    m = _SRS0.match(sender) or _SRS1.match(sender)
-    if m:
-        found.append(f"{m.group(2)}@{m.group(1)}".lower())
-    m = _BATV.match(sender) or _BTV1.match(sender)
-    if m:
-        found.append(f"{m.group(1)}@{m.group(2)}".lower())
-    for candidate in list(found) or [sender]:  # never split an SRS/BATV form at its '+'
-        local, _, domain = candidate.rpartition("@")
-        if verp_delimiter and verp_delimiter in local:
-            base = local.split(verp_delimiter, 1)[0]
-            if base:
-                found.append(f"{base}@{domain}".lower())
-    return tuple(dict.fromkeys(a for a in found if a != sender))
-
-
-def is_lookup_safe(address: str) -> bool:
-    """Whether *address* can go to Mailman's ``members/find`` as it is: an address with
-    ``*`` switches it to a SQL LIKE match (``*`` → ``%``, and ``%``/``_`` become live), so
-    it could match other members. Callers look such an address up exactly first, and
-    always check that every returned email equals the one asked."""
-    return bool(address) and "*" not in address

@@ -9,6 +9,8 @@ fails Mailman's validator is dropped.
 Invariants:
 - Pure: header (name, value) pairs and the envelope sender in, addresses out.
 - Never raises on malformed headers: an unparsable value contributes no address.
+- ``sender_hints`` only ever produces *other spellings* of an envelope sender (SRS, BATV,
+  +tag), which Mailman itself never tries; callers use them to accept, never to reject.
 - Mailman's validator is mirrored, not improved: a quoted local part keeps its quotes
   (``"john.doe"@example.com`` is not ``john.doe@example.com`` to Mailman), UTF-8 local
   parts and U-label domains are invalid, and so are single-label domains.
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from email.header import decode_header, make_header
 from email.utils import getaddresses
 
-__all__ = ["SENDER_HEADERS", "is_valid_mailman_address", "mailman_senders"]
+__all__ = ["SENDER_HEADERS", "is_valid_mailman_address", "mailman_senders", "sender_hints"]
 
 SENDER_HEADERS: tuple[str, ...] = ("from", "from_", "reply-to", "sender")
 """Mailman's default ``sender_headers``; ``from_`` is the envelope sender."""
@@ -71,3 +73,31 @@ def mailman_senders(
             if is_valid_mailman_address(address):
                 found.append(address)
     return tuple(dict.fromkeys(found))
+
+
+_SRS0 = re.compile(r"srs0[=+-][^=]*=[^=]*=([^=]+)=(.+)@[^@]+\Z", re.IGNORECASE)
+_SRS1 = re.compile(r"srs1[=+-].*==[^=]*=[^=]*=([^=]+)=(.+)@[^@]+\Z", re.IGNORECASE)
+_BATV = re.compile(r"(?:prvs|msprvs\d*)=[^=]+=(.+)@([^@]+)\Z", re.IGNORECASE)
+_BTV1 = re.compile(r"btv1==[^=]*==(.+)@([^@]+)\Z", re.IGNORECASE)
+
+
+def sender_hints(sender: str, verp_delimiter: str = "+") -> tuple[str, ...]:
+    """Other spellings of an envelope sender that Mailman itself would not try: the
+    original address inside SRS0/SRS1 and BATV (``prvs=``, ``btv1==``) forms, and the
+    address without its ``+tag``. For accepting only."""
+    if not sender or "@" not in sender:
+        return ()
+    found: list[str] = []
+    m = _SRS0.match(sender) or _SRS1.match(sender)
+    if m:
+        found.append(f"{m.group(2)}@{m.group(1)}".lower())
+    m = _BATV.match(sender) or _BTV1.match(sender)
+    if m:
+        found.append(f"{m.group(1)}@{m.group(2)}".lower())
+    for candidate in list(found) or [sender]:  # never split an SRS/BATV form at its '+'
+        local, _, domain = candidate.rpartition("@")
+        if verp_delimiter and verp_delimiter in local:
+            base = local.split(verp_delimiter, 1)[0]
+            if base:
+                found.append(f"{base}@{domain}".lower())
+    return tuple(dict.fromkeys(a for a in found if a != sender))

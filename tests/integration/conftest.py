@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from listgate.app import build_gate, build_milter_service
-from listgate.backends.base import MembershipBackend
 from listgate.config import Config, parse_config
+from listgate.decision.facts import FactSource
 from listgate.server.milter import MilterService
 
 POSTERS = {"list@example.org": ["member@example.com"]}
@@ -71,7 +71,7 @@ def make_config(milter: Mapping[str, Any] | None = None, **sections: Any) -> Con
 
 
 @contextmanager
-def run_daemon(config: Config, backend: MembershipBackend | None = None) -> Iterator[Daemon]:
+def run_daemon(config: Config, backend: FactSource | None = None) -> Iterator[Daemon]:
     """Start the daemon in a thread; stop (drain) it on exit."""
     ready = threading.Event()
     holder: dict[str, Any] = {}

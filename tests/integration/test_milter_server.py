@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from listgate.backends.base import PENDING, LookupNow
-from listgate.backends.static import StaticBackend
-from listgate.decision.engine import ListFacts
+from listgate.decision.facts import PENDING, ListFacts, LookupNow
 from listgate.decision.model import PostingRequest
 from listgate.errors import ListgateError
+from listgate.facts.static import StaticBackend
 from listgate.milter import (
     POSTFIX_OFFER,
     Abort,

@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 
 from listgate.app import build_gate, build_policy_service, serve
-from listgate.backends.base import PENDING, LookupNow, MembershipBackend
-from listgate.backends.static import StaticBackend
 from listgate.config import Config, parse_config
-from listgate.decision.engine import ListFacts
+from listgate.decision.facts import PENDING, FactSource, ListFacts, LookupNow
 from listgate.decision.model import PostingRequest
+from listgate.facts.static import StaticBackend
 from listgate.policyd import NEED_DATA, ReplyReader, encode_request
 from listgate.server.policy import PolicyService
 
@@ -76,7 +75,7 @@ class PolicyDaemon:
 
 
 @contextmanager
-def run_policy(config: Config, backend: MembershipBackend | None = None) -> Iterator[PolicyDaemon]:
+def run_policy(config: Config, backend: FactSource | None = None) -> Iterator[PolicyDaemon]:
     """Start the policy service of *config* in a thread; drain it on exit."""
     ready = threading.Event()
     holder: dict[str, Any] = {}

@@ -1,5 +1,5 @@
 """The Mailman backend against a real Mailman 3 core: recipient resolution and Mailman's
-posting rules, each decided end to end by ``Gate(CachedBackend(MailmanSource(...)))``.
+posting rules, each decided end to end by ``Gate(MailmanBackend(MailmanClient(...)))``.
 
 Truth: Mailman 3.3.10's behaviour as written down in /work/shared/reference/mailman-domain.md
 (§1 posting chain, §2 recipients, §5 edge cases); where cheap, Mailman's own
@@ -19,11 +19,12 @@ import pytest
 from mailman_harness import MailmanCore
 from mailmanclient.restobjects.mailinglist import MailingList
 
-from listgate.backends.cached import CachedBackend, CacheSettings
-from listgate.backends.mailman import MailmanSource
+from listgate.config import CacheConfig
 from listgate.decision.engine import HoldPolicy, ListOverrides, ReplyTexts
 from listgate.decision.gate import Gate
 from listgate.decision.model import Decision, PostingRequest, Verdict
+from listgate.mailman.backend import MailmanBackend
+from listgate.mailman.client import MailmanClient
 
 ACCEPT, REJECT, TEMPFAIL = Verdict.ACCEPT, Verdict.REJECT, Verdict.TEMPFAIL
 
@@ -38,8 +39,8 @@ def gate_for(
     directory_file: Path | None = None,
 ) -> Gate:
     """A gate over a fresh cached Mailman backend (build it inside the event loop)."""
-    source = MailmanSource(core.url, core.user, core.password)
-    backend = CachedBackend(source, CacheSettings(), directory_file=directory_file)
+    source = MailmanClient(core.url, core.user, core.password)
+    backend = MailmanBackend(source, CacheConfig(), directory_file=directory_file)
     return Gate(backend, ReplyTexts(), overrides=overrides)
 
 

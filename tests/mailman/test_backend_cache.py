@@ -21,30 +21,18 @@ import pytest
 from mailman_harness import MailmanCore
 from mailmanclient.restobjects.mailinglist import MailingList
 
-from listgate.backends.cached import CachedBackend, CacheSettings
-from listgate.backends.mailman import MailmanSource
+from listgate.config import CacheConfig
 from listgate.decision.engine import ReplyTexts
 from listgate.decision.gate import Gate
 from listgate.decision.model import Decision, PostingRequest, Verdict
+from listgate.mailman.backend import MailmanBackend
+from listgate.mailman.client import MailmanClient
+from tests.fakes import FakeClock
 
 ACCEPT, REJECT, TEMPFAIL = Verdict.ACCEPT, Verdict.REJECT, Verdict.TEMPFAIL
-SETTINGS = CacheSettings(
+SETTINGS = CacheConfig(
     ttl=60, negative_ttl=10, policy_ttl=120, directory_ttl=300, stale_if_error=600
 )
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward."""
-        self.now += seconds
 
 
 class Harness:
@@ -53,7 +41,7 @@ class Harness:
     def __init__(
         self,
         core: MailmanCore | None,
-        settings: CacheSettings = SETTINGS,
+        settings: CacheConfig = SETTINGS,
         *,
         url: str | None = None,
         timeout: float = 5.0,
@@ -61,10 +49,10 @@ class Harness:
     ) -> None:
         self.clock = FakeClock()
         user, password = core.auth if core is not None else ("admin", "secret")
-        self.source = MailmanSource(
+        self.source = MailmanClient(
             url or (core.url if core else ""), user, password, timeout=timeout
         )
-        self.backend = CachedBackend(
+        self.backend = MailmanBackend(
             self.source, settings, clock=self.clock, directory_file=directory_file
         )
         self.gate = Gate(self.backend, ReplyTexts())
@@ -224,7 +212,7 @@ def test_stale_if_error_then_tempfail_then_recovery(
             assert [await h.verdict(member, fqdn), await h.verdict(stranger, fqdn)] == [
                 ACCEPT, REJECT
             ]
-            assert sum(c.stale for c in h.backend.caches) > 0
+            assert sum(c.stale for c in h.backend.caches()) > 0
             h.clock.advance(SETTINGS.stale_if_error)  # beyond every stale window
             assert_tempfail(await h.decide(member, fqdn), fqdn)
             assert_tempfail(await h.decide(stranger, fqdn), fqdn)

@@ -5,7 +5,7 @@ and bans, the site's bans, the sender's memberships, its user's addresses), each
 by ``mailman.timeout``. Against a Mailman that accepts and never answers, with every
 cached fact expired, that used to add up: 5 calls x the timeout (25 s with the default
 5 s, past Postfix's 30 s with a 6 s timeout), before the stale entries were served.
-``CachedBackend(deadline=...)`` (what the daemon builds, with ``mailman.timeout``)
+``MailmanBackend(deadline=...)`` (what the daemon builds, with ``mailman.timeout``)
 answers at the deadline from the cache, stale entries included, or fails with the list
 named; the fetches finish in the background. A fake REST source with a real clock.
 """
@@ -15,18 +15,19 @@ from __future__ import annotations
 import asyncio
 import time
 
-from listgate.backends.cached import CachedBackend, CacheSettings
-from listgate.backends.mailman import Directory, MembershipRecord, PolicyRecord
+from listgate.config import CacheConfig
 from listgate.decision.engine import ReplyTexts
 from listgate.decision.gate import Gate
 from listgate.decision.model import PostingRequest, Verdict
 from listgate.decision.rules import Action, ListPolicy
 from listgate.errors import BackendUnavailable
+from listgate.mailman.backend import MailmanBackend
+from listgate.mailman.client import Directory, MembershipRecord, PolicyRecord
 
 LIST, LIST_ID = "list@example.org", "list.example.org"
 MEMBER, OUTSIDER = "member@example.com", "outsider@example.net"
 CALL_TIMEOUT = 0.3
-SETTINGS = CacheSettings(ttl=0.05, negative_ttl=0.05, policy_ttl=0.05, directory_ttl=0.05,
+SETTINGS = CacheConfig(ttl=0.05, negative_ttl=0.05, policy_ttl=0.05, directory_ttl=0.05,
                          stale_if_error=600)
 
 
@@ -50,7 +51,7 @@ class HangingSource:
 
     async def policy(self, fqdn: str, list_id: str) -> PolicyRecord:
         await self._call()
-        await self._call()  # config, then bans: two calls, as MailmanSource makes
+        await self._call()  # config, then bans: two calls, as MailmanClient makes
         return PolicyRecord(ListPolicy(LIST, LIST_ID, default_nonmember_action=Action.REJECT),
                             ())
 
@@ -84,7 +85,7 @@ async def _timed(gate: Gate, sender: str) -> tuple[Verdict, str | None, float]:
 def _run(deadline: float | None) -> dict[str, tuple[Verdict, str | None, float]]:
     async def go() -> dict[str, tuple[Verdict, str | None, float]]:
         source = HangingSource()
-        backend = CachedBackend(source, SETTINGS, deadline=deadline)
+        backend = MailmanBackend(source, SETTINGS, deadline=deadline)
         gate = Gate(backend, ReplyTexts())
         assert (await _timed(gate, MEMBER))[0] is Verdict.ACCEPT
         assert (await _timed(gate, OUTSIDER))[0] is Verdict.REJECT
@@ -96,7 +97,7 @@ def _run(deadline: float | None) -> dict[str, tuple[Verdict, str | None, float]]
             "newcomer": await _timed(gate, "new@example.net"),
         }
         await asyncio.sleep(CALL_TIMEOUT * 3)  # background fetches end (failed)
-        assert not any(c._inflight for c in backend.caches)
+        assert not any(c._inflight for c in backend.keys.caches)
         return out
 
     return asyncio.run(go())

@@ -31,15 +31,15 @@ from pathlib import Path
 import pytest
 from mailman_harness import MailmanCore
 
-from listgate.backends.cached import CachedBackend, CacheSettings
-from listgate.backends.mailman import MailmanSource
-from listgate.backends.static import StaticBackend
-from listgate.config import config_to_dict, load_config, parse_config
+from listgate.config import CacheConfig, config_to_dict, load_config, parse_config
 from listgate.decision.engine import ReplyTexts
 from listgate.decision.gate import Gate
 from listgate.decision.model import PostingRequest, Verdict, normalize_address
 from listgate.errors import BackendUnavailable
+from listgate.facts.static import StaticBackend
 from listgate.frontends.policy import answer_for, posting_request
+from listgate.mailman.backend import MailmanBackend
+from listgate.mailman.client import MailmanClient
 from listgate.milter.constants import MAX_REPLY_TEXT
 from listgate.policyd import PolicyRequest, ReplyReader, format_action
 from tests.integration.conftest import run_daemon
@@ -208,8 +208,8 @@ def test_like_characters_against_a_real_core(core: MailmanCore) -> None:
     }
 
     async def run() -> dict[str, Verdict]:
-        source = MailmanSource(core.url, core.user, core.password, timeout=5)
-        gate = Gate(CachedBackend(source, CacheSettings()), ReplyTexts())
+        source = MailmanClient(core.url, core.user, core.password, timeout=5)
+        gate = Gate(MailmanBackend(source, CacheConfig()), ReplyTexts())
         try:
             return {s: (await gate.decide(PostingRequest(s, lst))).verdict for s in expect}
         finally:
@@ -285,7 +285,7 @@ def test_password_never_in_logs_argv_environ(tmp_path: Path, fault: str) -> None
 
 @pytest.mark.parametrize("fault", ["http-500", "refused", "timeout", "reset"])
 def test_password_never_in_exception_texts(fault: str) -> None:
-    """MailmanSource's errors (and their tracebacks) never carry the password."""
+    """MailmanClient's errors (and their tracebacks) never carry the password."""
     proxy = None
     if fault == "refused":
         url = f"http://127.0.0.1:{free_port()}/3.1"
@@ -295,7 +295,7 @@ def test_password_never_in_exception_texts(fault: str) -> None:
         url = proxy.url
 
     async def run() -> list[str]:
-        source = MailmanSource(url, USER, PASSWORD, timeout=0.5)
+        source = MailmanClient(url, USER, PASSWORD, timeout=0.5)
         texts = []
         try:
             for call in (source.directory(), source.memberships("a@example.com"),

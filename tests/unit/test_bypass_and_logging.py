@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from listgate.backends.static import StaticBackend
 from listgate.config import parse_config
-from listgate.decision.engine import Bypass, ReplyTexts
-from listgate.decision.gate import Gate
+from listgate.decision.engine import ReplyTexts
+from listgate.decision.gate import Bypass, Gate
 from listgate.decision.model import PostingRequest, Verdict
+from listgate.facts.static import StaticBackend
 from listgate.log import THIRD_PARTY_LOGGERS, setup_logging
 
 POSTERS = {"list@example.org": ["member@example.com"]}

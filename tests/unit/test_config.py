@@ -22,12 +22,12 @@ from listgate.config import (
 )
 from listgate.decision.engine import (
     DecideAt,
-    FailurePolicy,
     GateMode,
     HoldPolicy,
     ListOverrides,
     ReplyTexts,
 )
+from listgate.decision.gate import FailurePolicy
 from listgate.errors import ConfigError
 from listgate.listen import ListenSpec
 

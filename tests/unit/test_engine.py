@@ -14,19 +14,18 @@ from listgate.decision.engine import (
     MAX_VALUE_CHARS,
     NOT_A_LIST_REASON,
     DecideAt,
-    FailurePolicy,
     GateMode,
     HoldPolicy,
-    ListFacts,
     ListOverrides,
     ReplyTexts,
     decide,
     fail_open_decision,
     failure_decision,
-    not_a_list,
     render_reply_text,
     reply_template_problem,
 )
+from listgate.decision.facts import ListFacts, not_a_list
+from listgate.decision.gate import FailurePolicy
 from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.decision.recipients import Resolution, Target
 from listgate.decision.rules import Action, ListPolicy, Membership, SenderFacts
@@ -361,7 +360,7 @@ def test_engine_is_pure() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
     assert imported <= {"__future__", "enum", "ipaddress", "re", "string", "dataclasses",
-                        "listgate.decision.model",
+                        "listgate.decision.facts", "listgate.decision.model",
                         "listgate.decision.recipients", "listgate.decision.rules"}
 
 

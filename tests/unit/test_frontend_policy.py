@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from listgate.backends.static import StaticBackend
 from listgate.decision.engine import DecideAt, ListOverrides, ReplyTexts
 from listgate.decision.gate import Gate
 from listgate.decision.model import Decision, PostingRequest, Verdict
+from listgate.facts.static import StaticBackend
 from listgate.frontends.policy import (
     DUNNO,
     PROVISIONAL_NOTE,

@@ -7,20 +7,14 @@ import logging
 
 import pytest
 
-from listgate.backends import PENDING, LookupNow, StaticBackend
-from listgate.decision.engine import (
-    FailurePolicy,
-    GateMode,
-    ListFacts,
-    ListOverrides,
-    ReplyTexts,
-    not_a_list,
-)
-from listgate.decision.gate import Gate
+from listgate.decision.engine import GateMode, ListOverrides, ReplyTexts
+from listgate.decision.facts import PENDING, ListFacts, LookupNow, not_a_list
+from listgate.decision.gate import FailurePolicy, Gate
 from listgate.decision.model import PostingRequest, Verdict
 from listgate.decision.recipients import Resolution, Target
 from listgate.decision.rules import Action, ListPolicy, SenderFacts
 from listgate.errors import BackendError, BackendUnavailable
+from listgate.facts.static import StaticBackend
 
 LIST = "announce@example.org"
 REQUEST = PostingRequest("eve@example.com", LIST)

@@ -13,7 +13,7 @@ Pure cores (every module, found by globbing, so new modules are checked too):
 - clocks and chance: time, datetime, random, secrets;
 - the I/O libraries listgate uses: httpx, httpcore, mailmanclient, prometheus_client,
   uvloop;
-- the layers above: listgate.server, listgate.backends, listgate.facts, listgate.mailman,
+- the layers above: listgate.server, listgate.facts, listgate.mailman,
   listgate.app, listgate.cli, listgate.metrics, listgate.log, listgate.config;
 
 and may not call the builtins that do I/O or load code: open, print, input, exec, eval,
@@ -43,7 +43,7 @@ IO_AND_CONCURRENCY = (
 )
 IO_LIBRARIES = ("httpx", "httpcore", "mailmanclient", "prometheus_client", "uvloop")
 UPPER_LAYERS = (
-    "listgate.server", "listgate.backends", "listgate.facts", "listgate.mailman",
+    "listgate.server", "listgate.facts", "listgate.mailman",
     "listgate.app", "listgate.cli", "listgate.metrics",
 )
 PURE_FORBIDDEN = (

@@ -1,5 +1,4 @@
-"""Recipient resolution and sender hints (listgate.decision.recipients), per
-mailman-domain.md §2 and §5."""
+"""Recipient resolution (listgate.decision.recipients), per mailman-domain.md §2 and §5."""
 
 from __future__ import annotations
 
@@ -10,9 +9,7 @@ from listgate.decision.recipients import (
     ListDirectory,
     Resolution,
     Target,
-    is_lookup_safe,
     resolve,
-    sender_hints,
 )
 
 DIRECTORY = ListDirectory(
@@ -106,57 +103,3 @@ def test_subaddresses_are_mailmans() -> None:
 def test_resolution_reason(resolution: Resolution, reason: str) -> None:
     """Each resolution explains itself in one line."""
     assert resolution.reason == reason
-
-
-HINTS = [
-    pytest.param("srs0=hhh=tt=example.com=anne@fwd.example", ("anne@example.com",), id="srs0"),
-    pytest.param("SRS0+hhh=tt=Example.com=Anne@fwd.example", ("anne@example.com",),
-                 id="srs0-plus-upper"),
-    pytest.param("srs1=xxx=fwd1.example==hhh=tt=example.com=anne@fwd2.example",
-                 ("anne@example.com",), id="srs1"),
-    pytest.param("prvs=1234567890=anne@example.com", ("anne@example.com",), id="batv-prvs"),
-    pytest.param("msprvs1=17abc=anne@example.com", ("anne@example.com",), id="batv-msprvs"),
-    pytest.param("btv1==0350b9fe9c4==anne@example.com", ("anne@example.com",), id="btv1"),
-    pytest.param("anne+lists@example.com", ("anne@example.com",), id="plus-tag"),
-    pytest.param("prvs=123=anne+lists@example.com", ("anne+lists@example.com",
-                                                     "anne@example.com"), id="batv-and-tag"),
-    pytest.param("srs0=h=tt=example.com=anne+x@fwd.example", ("anne+x@example.com",
-                                                              "anne@example.com"),
-                 id="srs-and-tag"),
-    pytest.param("anne@example.com", (), id="plain"),
-    pytest.param("+x@example.com", (), id="only-tag"),
-    pytest.param("", (), id="null-sender"),
-    pytest.param("nobody", (), id="no-at"),
-]
-
-
-@pytest.mark.parametrize(("sender", "expected"), HINTS)
-def test_sender_hints(sender: str, expected: tuple[str, ...]) -> None:
-    """sender_hints decodes SRS0/SRS1/BATV and strips +tags (in that order), never
-    returning the sender itself; other spellings may follow (they can only accept)."""
-    hints = sender_hints(sender)
-    assert set(expected) <= set(hints)
-    assert hints[:1] == expected[:1]
-    assert sender not in hints
-    assert len(set(hints)) == len(hints)
-
-
-def test_sender_hints_respect_verp_delimiter() -> None:
-    """Tag stripping uses the given delimiter; "" disables it."""
-    assert sender_hints("anne-x@example.com", "-") == ("anne@example.com",)
-    assert sender_hints("anne+x@example.com", "") == ()
-
-
-@pytest.mark.parametrize(
-    ("address", "safe"),
-    [
-        pytest.param("anne@example.com", True, id="plain"),
-        pytest.param("*@example.com", False, id="star"),
-        pytest.param("a*b@example.com", False, id="star-inside"),
-        pytest.param("", False, id="null-sender"),
-        pytest.param("a%b_c@example.com", True, id="like-chars-without-star"),
-    ],
-)
-def test_is_lookup_safe(address: str, safe: bool) -> None:
-    """An address with '*' (LIKE mode in members/find, §3.1) or "" is never looked up."""
-    assert is_lookup_safe(address) is safe

@@ -6,11 +6,12 @@ import asyncio
 
 import pytest
 
-from listgate.backends import MembershipBackend, StaticBackend
-from listgate.decision.engine import ListFacts, ReplyTexts, decide
+from listgate.decision.engine import ReplyTexts, decide
+from listgate.decision.facts import FactSource, ListFacts
 from listgate.decision.model import PostingRequest, Verdict
 from listgate.decision.recipients import Resolution, Target
 from listgate.decision.rules import Action, ListPolicy, Membership, SenderFacts
+from listgate.facts.static import StaticBackend
 
 LIST = "announce@example.org"
 CLOSED = "closed@example.org"
@@ -146,6 +147,6 @@ def test_empty_list_address_refused() -> None:
 
 
 def test_satisfies_protocol() -> None:
-    """StaticBackend is a MembershipBackend (checked statically by mypy)."""
-    b: MembershipBackend = backend()
+    """StaticBackend is a FactSource (checked statically by mypy)."""
+    b: FactSource = backend()
     assert b.describe().startswith("static map")

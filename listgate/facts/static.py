@@ -13,21 +13,24 @@ Invariants:
   (else the gate would be trivially bypassed). Static lists have no service addresses.
 - The null sender is never a poster, even if "" or "<>" was configured (it is dropped).
 - ``lookup_now`` always answers (never ``PENDING``); ``lookup`` never raises.
+- No cache: the optional ``Backend`` capabilities keep their no-op defaults (a changed map
+  is a new ``StaticBackend``, built on reload).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from listgate.decision.engine import ListFacts
+from listgate.decision.facts import ListFacts
 from listgate.decision.model import PostingRequest, normalize_address
 from listgate.decision.recipients import ListDirectory, Target, resolve
 from listgate.decision.rules import Action, ListPolicy, Membership, SenderFacts
+from listgate.facts.contract import Backend
 
 __all__ = ["StaticBackend"]
 
 
-class StaticBackend:
+class StaticBackend(Backend):
     """Posting rights from a ``{list address: allowed posters}`` map."""
 
     __slots__ = ("_directory", "_policies", "_posters")

@@ -1,8 +1,9 @@
 """Mailman 3 core's REST API, as typed records: the only module that knows mailmanclient,
 httpx and HTTP status codes.
 
-``MailmanSource`` makes the few REST calls listgate needs and returns frozen records;
-``backends.cached.CachedBackend`` caches them and assembles the facts the engine reads.
+``MailmanClient`` makes the few REST calls listgate needs and returns frozen records;
+``listgate.mailman.backend.MailmanBackend`` caches them and assembles the facts the
+engine reads.
 
 Invariants:
 - Every library error (``urllib.error.HTTPError`` from mailmanclient, httpx transport
@@ -41,15 +42,16 @@ from urllib.parse import quote, urlencode
 import httpx
 from mailmanclient.asynclient import AsyncClient
 
-from listgate.decision.recipients import is_lookup_safe
 from listgate.decision.rules import Action, ListPolicy
 from listgate.errors import BackendUnavailable, ListNotFound
 
 __all__ = [
     "Directory",
-    "MailmanSource",
+    "MailmanClient",
     "MembershipRecord",
     "PolicyRecord",
+    "is_lookup_safe",
+    "policy_from_config",
 ]
 
 log = logging.getLogger("listgate.mailman")
@@ -109,6 +111,14 @@ class MembershipRecord:
     moderation_action: Action | None
 
 
+def is_lookup_safe(address: str) -> bool:
+    """Whether *address* can go to Mailman's ``members/find`` as it is: an address with
+    ``*`` switches it to a SQL LIKE match (``*`` → ``%``, and ``%``/``_`` become live), so
+    it could match other members. Callers look such an address up exactly first, and
+    always check that every returned email equals the one asked."""
+    return bool(address) and "*" not in address
+
+
 def _strings(value: object) -> tuple[str, ...]:
     if isinstance(value, list):
         return tuple(str(v) for v in value)
@@ -138,7 +148,7 @@ def policy_from_config(fqdn: str, list_id: str, cfg: Mapping[str, Any]) -> ListP
     )
 
 
-class MailmanSource:
+class MailmanClient:
     """The REST calls listgate makes, each returning typed records."""
 
     def __init__(

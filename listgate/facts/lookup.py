@@ -1,0 +1,162 @@
+"""One answer built from several cached facts: without waiting, or within a deadline.
+
+A backend writes how facts combine into an answer as a plain synchronous function,
+``assemble(reader) -> T``, that reads each fact with ``reader.read(cache, key, max_age,
+fetch)``. ``read`` returns the fact (a ``Fetched``: value and fetch time) if it is known,
+or raises ``NotCached`` after starting (or joining) its fetch; ``read_or`` answers a
+stand-in instead while the fetch runs in the background. ``assemble`` never awaits
+anything, so one run sees one state of the caches, and a reader understands it at once:
+it is the answer, written as if every fact were at hand.
+
+- ``answer_now(assemble)``, the no-wait fast path: one run; if a fact is not fresh in
+  memory, its fetch has been started and the answer is ``PENDING`` (the caller then
+  awaits ``answer`` for the same request, which joins that fetch).
+- ``answer(assemble, deadline)``: runs ``assemble``; each time it stops at a missing fact,
+  awaits that fact's fetch, keeps the outcome (value or error) in the reader, and runs
+  ``assemble`` again. At the deadline it runs ``assemble`` once more accepting values up
+  to ``stale_if_error`` past their age limit; a fact still missing raises ``NotCached``.
+  The fetches go on in the background and fill the caches.
+
+Invariants:
+- ``assemble`` runs to its end or to the first missing fact and never suspends.
+- Within one lookup every fact is read once: a reader keeps what it read (or the error
+  its fetch ended with) and gives the same to every later run, so each run gets further
+  than the one before, and there are at most as many runs as the answer needs facts,
+  plus one.
+- An error a fetch ended with is raised by ``read`` where the fact is read, so the
+  assembly handles it as it would an error from awaiting the fetch itself.
+- ``answer_now`` never waits and never raises ``NotCached``; ``answer`` raises it only at
+  the deadline. ``NotCached`` never reaches the decision core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, TypeVar
+
+from listgate.decision.facts import PENDING, Pending
+from listgate.errors import ListgateError
+from listgate.facts.cache import FactCache, Fetched
+
+__all__ = ["NotCached", "Reader", "answer", "answer_now"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+T = TypeVar("T")
+
+
+class NotCached(ListgateError):
+    """A fact is not in memory; its fetch is in flight (``flight``). Raised by
+    ``Reader.read`` for ``answer``/``answer_now`` to handle, and by ``answer`` at its
+    deadline when a fact is neither fresh nor within its stale window."""
+
+    def __init__(self, cache: FactCache[Any, Any], key: Hashable,
+                 flight: asyncio.Task[Fetched[Any]]) -> None:
+        super().__init__(f"{cache.name} {key!r}: not cached")
+        self.slot: tuple[FactCache[Any, Any], Hashable] = (cache, key)
+        self.flight = flight
+
+
+class Reader:
+    """One lookup's view of the caches: each fact read once, then the same for every run."""
+
+    __slots__ = ("_known", "accept_stale")
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[FactCache[Any, Any], Hashable], Fetched[Any] | Exception] = {}
+        self.accept_stale = False
+        """Past the deadline: a value within ``stale_if_error`` past its age limit will do."""
+
+    def read(
+        self,
+        cache: FactCache[K, V],
+        key: K,
+        max_age: Callable[[V], float],
+        fetch: Callable[[], Awaitable[V]],
+    ) -> Fetched[V]:
+        """The fact *key* of *cache*, with when it was fetched; ``NotCached`` (its fetch
+        started or joined) when it is not fresh in memory, or raises the error its fetch
+        ended with in this lookup."""
+        slot = (cache, key)
+        known = self._known.get(slot)
+        if known is None:
+            fresh = cache.peek(key, max_age)
+            if fresh is None:
+                flight = cache.flight(key, max_age, fetch)
+                fresh = cache.peek_stale(key, max_age) if self.accept_stale else None
+                if fresh is None:
+                    raise NotCached(cache, key, flight)
+            self._known[slot] = fresh
+            return fresh
+        if isinstance(known, Exception):
+            raise known
+        return known
+
+    def read_or(
+        self,
+        cache: FactCache[K, V],
+        key: K,
+        max_age: Callable[[V], float],
+        fetch: Callable[[], Awaitable[V]],
+        fallback: V,
+    ) -> V:
+        """The fact *key* of *cache* if fresh in memory; otherwise *fallback*, while its
+        fetch runs in the background (started or joined). Never raises ``NotCached``; like
+        ``read``, it reads the fact once per lookup (a fallback is kept, of unknown age)."""
+        known = self._known.get((cache, key))
+        if isinstance(known, Fetched):
+            return known.value  # type: ignore[no-any-return]
+        fresh = cache.peek(key, max_age)
+        if fresh is None:
+            cache.flight(key, max_age, fetch)
+            fresh = Fetched(fallback, -math.inf)
+        self._known[(cache, key)] = fresh
+        return fresh.value
+
+    async def learn(self, missing: NotCached) -> None:
+        """Await the fetch *missing* names and keep its outcome for the next run."""
+        try:
+            self._known[missing.slot] = await asyncio.shield(missing.flight)
+        except Exception as exc:  # kept, and raised where the fact is read
+            self._known[missing.slot] = exc
+
+    def past_deadline(self) -> None:
+        """From now on accept stale values, and forget the errors fetches ended with (a
+        stale value in the cache may stand in for them)."""
+        self.accept_stale = True
+        for slot, known in list(self._known.items()):
+            if isinstance(known, Exception):
+                del self._known[slot]
+
+
+def answer_now(assemble: Callable[[Reader], T]) -> T | Pending:
+    """The answer from memory alone, or ``PENDING`` having started the missing fetch."""
+    try:
+        return assemble(Reader())
+    except NotCached:
+        return PENDING
+
+
+async def answer(assemble: Callable[[Reader], T], deadline: float | None = None) -> T:
+    """The answer, awaiting the facts it needs; with a *deadline* (seconds), answered at
+    the deadline from what is known, stale values included, or ``NotCached``."""
+    reader = Reader()
+    if deadline is None:
+        return await _settle(assemble, reader)
+    try:
+        async with asyncio.timeout(deadline):
+            return await _settle(assemble, reader)
+    except TimeoutError:
+        pass
+    reader.past_deadline()
+    return assemble(reader)
+
+
+async def _settle(assemble: Callable[[Reader], T], reader: Reader) -> T:
+    while True:
+        try:
+            return assemble(reader)
+        except NotCached as missing:
+            await reader.learn(missing)

@@ -1,0 +1,372 @@
+"""``MailmanBackend``: Mailman's REST records turned into the facts the engine reads.
+
+It asks a ``RecordSource`` (``listgate.mailman.client.MailmanClient``) through the generic
+fact cache (``listgate.facts``), one cache per kind of fact, each with its own lifetime
+from ``[cache]`` and its scope in the key space (``listgate.facts.keyspace``):
+
+=============  ==============  ==========================================================
+kind           key (scope)     lifetime
+=============  ==============  ==========================================================
+directory      "" (site)       ``directory_ttl``; also persisted (``mailman.directory``)
+policy         list id         ``policy_ttl``: the list's config and its ban entries
+global_bans    "" (site)       ``policy_ttl``: the site's ban entries
+memberships    address         ``ttl`` if a member of the list asked about, else
+                               ``negative_ttl``: every role the address holds anywhere
+linked         address         ``ttl`` if its Mailman user has other addresses, else
+                               ``negative_ttl``
+=============  ==============  ==========================================================
+
+Per-sender facts are per *address*, not per (list, address): one REST call answers for
+every list. From them, Mailman's way (the posting rules themselves are
+``listgate.decision.rules``), it works out: which list a recipient is (resolved against
+the directory); the list's and the site's bans on each sender; every list each sender is
+a member of (for ``@list`` entries in ``*_these_nonmembers``); for a sender who is not a
+member, the most lenient member among its Mailman user's other addresses; and, at RCPT,
+the same for other spellings of the envelope sender (SRS, BATV, +tag).
+
+Invariants:
+- ``_assemble`` is the one assembly of an answer, synchronous, for both paths
+  (``listgate.facts.lookup``): ``lookup_now`` never waits, and returns ``PENDING`` the
+  moment a fact is missing (having started its fetch, which ``lookup`` then joins).
+- A recipient that is not a list is answered from the directory alone, so a Mailman
+  outage delays no mail but list mail. Once any directory is known (fetched, or loaded
+  from ``directory_file``), an expired one is used at once while a refresh runs in the
+  background. ``BackendUnavailable`` carries the list address.
+- With a ``deadline``, ``lookup`` answers within it whatever Mailman does: one decision
+  may need several REST calls in a row (policy, bans, memberships, linked addresses),
+  each bounded by the REST timeout, so without it a hung Mailman could hold an RCPT for
+  several timeouts, past Postfix's 30 s. At the deadline the fetches go on in the
+  background and the lookup is answered from the cache, stale entries included (within
+  ``stale_if_error``), or fails with ``BackendUnavailable``.
+- A list Mailman no longer has (``ListNotFound`` for its policy) makes the recipient not
+  a list, and the directory entry is dropped so that the next lookups refetch it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+from listgate.config import CacheConfig
+from listgate.decision.facts import ListFacts, LookupNow
+from listgate.decision.model import PostingRequest
+from listgate.decision.recipients import NOT_A_LIST, Target, resolve
+from listgate.decision.rules import Action, ListPolicy, Membership, SenderFacts, is_banned
+from listgate.decision.senders import sender_hints
+from listgate.errors import BackendError, BackendUnavailable, ListNotFound
+from listgate.facts.cache import FactCache
+from listgate.facts.contract import Backend, CacheStats, FetchObserver
+from listgate.facts.keyspace import SITE_SUBJECT, KeySpace, Scope
+from listgate.facts.lookup import NotCached, Reader, answer, answer_now
+from listgate.mailman.client import Directory, MembershipRecord, PolicyRecord
+from listgate.mailman.directory import DirectoryView, load_directory, save_directory, view
+
+__all__ = ["MailmanBackend", "RecordSource"]
+
+_LENIENCY = {Action.ACCEPT: 0, Action.DEFER: 0, Action.HOLD: 1, Action.REJECT: 2,
+             Action.DISCARD: 2}
+"""How far each member action is from an accepted post (for choosing among a user's
+subscribed addresses)."""
+
+
+class RecordSource(Protocol):
+    """Where the backend's records come from (``MailmanClient``, or a fake in tests)."""
+
+    calls: int
+
+    async def directory(self) -> Directory: ...
+    async def policy(self, fqdn: str, list_id: str) -> PolicyRecord: ...
+    async def global_bans(self) -> tuple[str, ...]: ...
+    async def memberships(self, address: str) -> tuple[MembershipRecord, ...]: ...
+    async def linked_addresses(self, address: str) -> tuple[str, ...] | None: ...
+    async def aclose(self) -> None: ...
+    def describe(self) -> str: ...
+
+
+class MailmanBackend(Backend):
+    """A ``Backend`` over a ``RecordSource``, with a cache per kind of fact."""
+
+    def __init__(
+        self,
+        source: RecordSource,
+        settings: CacheConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        directory_file: Path | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.source = source
+        self.deadline = deadline
+        """Seconds within which ``lookup`` answers (None: no limit; see the module doc)."""
+        self.settings = s = settings or CacheConfig()
+        self.keys = KeySpace()
+        """Every cache by kind, and invalidation across them."""
+        stale = s.stale_if_error
+        self._directory: FactCache[str, DirectoryView] = self.keys.add(
+            FactCache("directory", 1, clock=clock, stale_if_error=stale), Scope.SITE
+        )
+        self._policies: FactCache[str, PolicyRecord] = self.keys.add(
+            FactCache("policy", max(16, s.max_entries // 100), clock=clock,
+                      stale_if_error=stale),
+            Scope.LIST,
+        )
+        self._global_bans: FactCache[str, tuple[str, ...]] = self.keys.add(
+            FactCache("global_bans", 1, clock=clock, stale_if_error=stale), Scope.SITE
+        )
+        self._members: FactCache[str, tuple[MembershipRecord, ...]] = self.keys.add(
+            FactCache("memberships", s.max_entries, clock=clock, stale_if_error=stale),
+            Scope.ADDRESS,
+        )
+        self._linked: FactCache[str, tuple[str, ...] | None] = self.keys.add(
+            FactCache("linked", s.max_entries, clock=clock, stale_if_error=stale),
+            Scope.ADDRESS,
+        )
+        self._directory_file = directory_file
+        self._persisted: DirectoryView | None = (
+            load_directory(directory_file) if directory_file is not None else None
+        )
+        """The newest directory known (fetched, or loaded from the file at start)."""
+
+    # ------------------------------------------------------------------ capabilities
+
+    def caches(self) -> tuple[CacheStats, ...]:
+        """Every cache, for the metrics."""
+        return self.keys.caches
+
+    def observe_fetches(self, observer: FetchObserver) -> None:
+        """Report every fetch's duration to *observer* (kind of fact, seconds)."""
+        self.keys.set_observer(observer)
+
+    def reconfigure(self, cache: CacheConfig) -> None:
+        """Apply new lifetimes (a reload); cached entries are kept and judged by them."""
+        self.settings = cache
+        self.keys.set_stale_if_error(cache.stale_if_error)
+
+    def invalidate(self, kind: str, subject: str = SITE_SUBJECT) -> int:
+        """Drop one fact, e.g. ("policy", list id) or ("directory", "")."""
+        return self.keys.invalidate(kind, subject)
+
+    def invalidate_list(self, list_id: str) -> int:
+        """Drop the list's policy (config and bans)."""
+        return self.keys.invalidate_list(list_id)
+
+    def invalidate_address(self, address: str) -> int:
+        """Drop the address's memberships and linked addresses."""
+        return self.keys.invalidate_address(address)
+
+    def invalidate_all(self) -> int:
+        """Drop every cached fact (the directory file's copy stays the fallback)."""
+        return self.keys.invalidate_all()
+
+    # ------------------------------------------------------------------ protocol
+
+    async def list_policies(self) -> tuple[ListPolicy, ...]:
+        """The policy of every known list (fetching what is not cached)."""
+        directory = await answer(self._directory_view)
+        out = []
+        for fqdn, list_id in sorted(directory.directory.lists.items()):
+            record = await self._policies.get(
+                list_id, self._policy_ttl, partial(self.source.policy, fqdn, list_id)
+            )
+            out.append(record.value.policy)
+        return tuple(out)
+
+    def describe(self) -> str:
+        """For logs."""
+        persisted = self._persisted
+        known = f", {len(persisted.directory.lists)} lists known from disk" if persisted else ""
+        return f"{self.source.describe()}, cached{known}"
+
+    def known_lists(self) -> tuple[str, ...]:
+        """The posting addresses in the newest directory this backend has."""
+        entry = self._directory.peek(SITE_SUBJECT, lambda _: math.inf)
+        newest = entry.value if entry is not None else self._persisted
+        return tuple(sorted(newest.directory.lists)) if newest else ()
+
+    async def aclose(self) -> None:
+        """Close the source."""
+        await self.source.aclose()
+
+    def lookup_now(self, request: PostingRequest) -> LookupNow:
+        """Answer from the caches alone, or ``PENDING`` (having started the fetches)."""
+        return answer_now(partial(self._assemble, request))
+
+    async def lookup(self, request: PostingRequest) -> ListFacts:
+        """Answer, fetching what is missing; ``BackendUnavailable`` if Mailman cannot.
+        With a ``deadline``: at the deadline, answer from the cache (stale entries too)."""
+        try:
+            return await answer(partial(self._assemble, request), self.deadline)
+        except NotCached:  # only at the deadline
+            raise BackendUnavailable(
+                f"Mailman REST: no answer within {self.deadline:g} s and nothing cached",
+                list_address=self._list_address(request),
+            ) from None
+
+    def _list_address(self, request: PostingRequest) -> str | None:
+        """The list *request* is for, by the newest directory known (None if unknown)."""
+        persisted = self._persisted
+        if persisted is None:
+            return None
+        return resolve(request.recipient, persisted.resolver).list_address
+
+    # ------------------------------------------------------------------ assembly
+
+    def _assemble(self, request: PostingRequest, reader: Reader) -> ListFacts:
+        """The facts for *request*, from what *reader* reads (``NotCached`` on a miss)."""
+        directory = self._directory_view(reader)
+        resolution = resolve(request.recipient, directory.resolver)
+        if resolution.target is not Target.POSTING or resolution.list_address is None:
+            return ListFacts(resolution)
+        fqdn = resolution.list_address
+        list_id = directory.directory.lists[fqdn]
+        try:
+            record = reader.read(
+                self._policies, list_id, self._policy_ttl,
+                partial(self.source.policy, fqdn, list_id),
+            ).value
+            global_bans = reader.read(
+                self._global_bans, SITE_SUBJECT, self._policy_ttl, self.source.global_bans
+            ).value
+            senders = tuple([
+                self._sender(reader, address, list_id, record, global_bans, directory)
+                for address in request.senders
+            ])
+            hints = tuple([
+                self._sender(reader, address, list_id, record, global_bans, directory)
+                for address in (
+                    sender_hints(request.sender, directory.directory.verp_delimiter)
+                    if request.decodes_envelope else ()
+                )
+            ])
+        except ListNotFound:
+            # The list was deleted since the directory was fetched: Mailman would refuse
+            # the recipient itself. Forget the directory so the next lookup refetches it.
+            self._directory.invalidate(SITE_SUBJECT)
+            return ListFacts(NOT_A_LIST)
+        except BackendError as exc:
+            raise BackendUnavailable(str(exc), list_address=fqdn) from None
+        return ListFacts(resolution, record.policy, senders, hints)
+
+    def _policy_ttl(self, _value: object) -> float:
+        return self.settings.policy_ttl
+
+    def _sender(
+        self,
+        reader: Reader,
+        address: str,
+        list_id: str,
+        record: PolicyRecord,
+        global_bans: tuple[str, ...],
+        directory: DirectoryView,
+    ) -> SenderFacts:
+        if not address:
+            return SenderFacts("")
+        banned = is_banned(address, record.list_bans, global_bans)
+        rows = self._memberships(reader, address, list_id)
+        member: Membership | None = None
+        nonmember_action = None
+        member_of: set[str] = set()
+        for row in rows:
+            if row.role == "member":
+                fqdn = directory.fqdn_by_id.get(row.list_id)
+                if fqdn is not None:
+                    member_of.add(fqdn)
+                if row.list_id == list_id and member is None:
+                    member = Membership(row.email, row.moderation_action)
+            elif row.role == "nonmember" and row.list_id == list_id:
+                nonmember_action = row.moderation_action
+        unverifiable = None
+        if member is None:
+            member, known = self._linked_member(
+                reader, address, list_id, record.policy.default_member_action
+            )
+            if not known:
+                unverifiable = "Mailman's REST API cannot look up the user of this address"
+        return SenderFacts(
+            address, member, nonmember_action, banned, frozenset(member_of), unverifiable
+        )
+
+    def _max_age_for(self, list_id: str) -> Callable[[tuple[MembershipRecord, ...]], float]:
+        ttl, negative = self.settings.ttl, self.settings.negative_ttl
+
+        def max_age(rows: tuple[MembershipRecord, ...]) -> float:
+            for row in rows:
+                if row.list_id == list_id and row.role == "member":
+                    return ttl
+            return negative
+
+        return max_age
+
+    def _memberships(
+        self, reader: Reader, address: str, list_id: str
+    ) -> tuple[MembershipRecord, ...]:
+        return reader.read(
+            self._members,
+            address,
+            self._max_age_for(list_id),
+            partial(self.source.memberships, address),
+        ).value
+
+    def _linked_member(
+        self, reader: Reader, address: str, list_id: str, default_action: Action
+    ) -> tuple[Membership | None, bool]:
+        """The member that *address* stands for through its Mailman user, and whether
+        the backend could find out at all.
+
+        Mailman tries the user's addresses in its own order (``user.addresses``: creation
+        order, which REST does not show; ``users/<id>/addresses`` is sorted by address)
+        and the first subscribed one decides. When several are subscribed and would decide
+        differently, the most lenient one is taken, so that listgate never rejects a post
+        Mailman lets through (at worst it accepts one Mailman refuses)."""
+        s = self.settings
+        others = reader.read(
+            self._linked,
+            address,
+            lambda found: s.ttl if found else s.negative_ttl,
+            partial(self.source.linked_addresses, address),
+        ).value
+        if others is None:
+            return None, False
+        found: list[Membership] = []
+        for other in others:
+            for row in self._memberships(reader, other, list_id):
+                if row.list_id == list_id and row.role == "member":
+                    found.append(Membership(row.email, row.moderation_action, via=address))
+                    break
+        if not found:
+            return None, True
+        return min(found, key=lambda m: _LENIENCY[m.moderation_action or default_action]), True
+
+    # ------------------------------------------------------------------ directory
+
+    def _directory_view(self, reader: Reader) -> DirectoryView:
+        """The list directory. Once any directory is known (fetched, or loaded from
+        ``directory_file``), an expired one is still used at once while a refresh runs
+        in the background: resolving a recipient never waits for Mailman, so mail that
+        is not for a list is never delayed by a slow or dead Mailman."""
+        ttl = self.settings.directory_ttl
+
+        def max_age(_: DirectoryView) -> float:
+            return ttl
+
+        if self._persisted is not None:
+            return reader.read_or(
+                self._directory, SITE_SUBJECT, max_age, self._fetch_directory, self._persisted
+            )
+        try:
+            return reader.read(
+                self._directory, SITE_SUBJECT, max_age, self._fetch_directory
+            ).value
+        except BackendError as exc:
+            raise BackendUnavailable(f"no list directory yet: {exc}") from None
+
+    async def _fetch_directory(self) -> DirectoryView:
+        fetched = view(await self.source.directory())
+        self._persisted = fetched
+        if self._directory_file is not None:
+            save_directory(self._directory_file, fetched.directory)
+        return fetched
