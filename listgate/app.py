@@ -34,9 +34,9 @@ from listgate.frontends.milter import milter_options
 from listgate.log import setup_logging
 from listgate.metrics import Metrics, parse_metrics_listen
 from listgate.server.base import StreamService, bind_unix_listener
-from listgate.server.milter import MilterLimits, MilterService
+from listgate.server.milter import MilterService
 from listgate.server.notify import notify
-from listgate.server.policy import PolicyServerLimits, PolicyService
+from listgate.server.policy import PolicyService
 from listgate.server.spec import ListenSpec
 
 __all__ = ["build_gate", "build_policy_service", "create_backend", "run", "serve"]
@@ -93,16 +93,7 @@ def needs_headers(config: Config) -> bool:
 
 def build_milter_service(config: Config, gate: Gate) -> MilterService:
     """The milter listeners, not yet started."""
-    m = config.milter
-    return MilterService(
-        m.listen,
-        gate,
-        MilterLimits(m.idle_timeout, m.command_timeout, m.max_packet_size),
-        max_connections=m.max_connections,
-        socket_mode=m.socket_mode,
-        shutdown_timeout=m.shutdown_timeout,
-        headers=needs_headers(config),
-    )
+    return MilterService(config.milter, gate, headers=needs_headers(config))
 
 
 def build_policy_service(config: Config, gate: Gate) -> PolicyService | None:
@@ -111,14 +102,7 @@ def build_policy_service(config: Config, gate: Gate) -> PolicyService | None:
     p = config.policy
     if not p.listen:
         return None
-    return PolicyService(
-        p.listen,
-        gate,
-        PolicyServerLimits(p.idle_timeout, p.max_line_length, p.max_attributes),
-        max_connections=p.max_connections,
-        socket_mode=p.socket_mode,
-        shutdown_timeout=config.milter.shutdown_timeout,
-    )
+    return PolicyService(p, gate, shutdown_timeout=config.milter.shutdown_timeout)
 
 
 class Daemon:
@@ -232,8 +216,7 @@ class Daemon:
         self.gate = build_gate(new, backend)
         m = new.milter
         self.milter.gate = self.gate
-        self.milter.limits = MilterLimits(m.idle_timeout, m.command_timeout,
-                                          old.milter.max_packet_size)
+        self.milter.config = dataclasses.replace(m, max_packet_size=old.milter.max_packet_size)
         self.milter.options = milter_options(old.milter.max_packet_size, needs_headers(new))
         self.milter.max_connections = m.max_connections
         self.milter.shutdown_timeout = m.shutdown_timeout

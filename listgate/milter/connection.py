@@ -30,11 +30,13 @@ Rules this module keeps (everything that touches the protocol's state lives here
    U are dropped as libmilter does.
 6. Every protocol violation by the MTA raises ``RemoteProtocolError``; the connection is
    then dead and the I/O layer closes it.
+7. The same shape as every protocol core in listgate (``listgate.policyd`` too): the one
+   ``NEED_DATA``/``PAUSED`` of ``listgate.sansio``, one outbox (``send`` queues,
+   ``data_to_send`` empties it), errors under ``listgate.errors.ProtocolError``.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -74,6 +76,7 @@ from listgate.milter.tables import (
     PROGRESS_ALLOWED,
     STEP_FLAGS,
 )
+from listgate.sansio import NEED_DATA, PAUSED, Signal
 
 __all__ = [
     "NEED_DATA",
@@ -85,18 +88,6 @@ __all__ = [
     "negotiate",
 ]
 
-
-class Signal(enum.Enum):
-    """What ``next_event`` returns when it has no event."""
-
-    NEED_DATA = "need data"
-    """Feed more bytes with ``receive_data``."""
-    PAUSED = "paused"
-    """A reply is owed: ``send`` it first."""
-
-
-NEED_DATA = Signal.NEED_DATA
-PAUSED = Signal.PAUSED
 
 _CONTINUE = encode(Continue())
 
