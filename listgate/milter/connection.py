@@ -76,7 +76,7 @@ from listgate.milter.tables import (
     PROGRESS_ALLOWED,
     STEP_FLAGS,
 )
-from listgate.sansio import NEED_DATA, PAUSED, Signal
+from listgate.sansio import NEED_DATA, PAUSED, Outbox, Signal
 
 __all__ = [
     "NEED_DATA",
@@ -266,8 +266,9 @@ def _parse_stage(raw: bytes) -> dict[str, str]:
     return {_bare(k): v for k, v in zip(it, it, strict=True)}
 
 
-class MilterConnection:
-    """One milter conversation, seen from the milter (server) side."""
+class MilterConnection(Outbox):
+    """One milter conversation, seen from the milter (server) side. Replies and automatic
+    answers wait in the outbox: ``data_to_send`` (rule 7)."""
 
     __slots__ = (
         "_awaiting",
@@ -278,10 +279,10 @@ class MilterConnection:
         "_macros",
         "_negotiated",
         "_options",
-        "_outbox",
     )
 
     def __init__(self, options: MilterOptions | None = None) -> None:
+        super().__init__()
         self._options = options or _DEFAULT_OPTIONS
         self._decoder = command_decoder(self._options.max_packet_size)
         self._negotiated: Negotiated | None = None
@@ -290,7 +291,6 @@ class MilterConnection:
         self._in_message = False
         self._closed = False
         self._macros: list[_StageMacros] = [None] * _STAGES
-        self._outbox = bytearray()
 
     # ------------------------------------------------------------------ inspection
 
@@ -464,14 +464,6 @@ class MilterConnection:
         else:
             raise LocalProtocolError(f"{reply.name} is not a legal reply to {cmd.name}")
         self._outbox += encode(reply)
-
-    def data_to_send(self) -> bytes:
-        """Bytes to write to the MTA (replies and automatic answers, in order)."""
-        if not self._outbox:
-            return b""
-        out = bytes(self._outbox)
-        self._outbox.clear()
-        return out
 
 
 _DEFAULT_OPTIONS = MilterOptions()

@@ -53,7 +53,7 @@ from types import MappingProxyType
 from typing import Final
 
 from listgate.errors import ProtocolError
-from listgate.sansio import NEED_DATA, Signal
+from listgate.sansio import NEED_DATA, Outbox, Signal
 
 __all__ = [
     "DEFAULT_MAX_ATTRIBUTES",
@@ -205,9 +205,9 @@ def encode_request(attributes: Mapping[str, str]) -> bytes:
     return bytes(out)
 
 
-class PolicyConnection:
+class PolicyConnection(Outbox):
     """The policy-server side of one connection: bytes in, ``PolicyRequest``s out, one
-    reply per request."""
+    reply per request; replies wait in the outbox (``data_to_send``)."""
 
     __slots__ = (
         "_attrs",
@@ -215,20 +215,19 @@ class PolicyConnection:
         "_eof",
         "_error",
         "_lines",
-        "_outbox",
         "_owed",
         "_request_bytes",
         "limits",
     )
 
     def __init__(self, limits: PolicyLimits | None = None) -> None:
+        super().__init__()
         self.limits = limits or PolicyLimits()
         self._buf = bytearray()
         self._attrs: dict[str, str] = {}
         self._lines = 0
         self._request_bytes = 0
         self._owed = 0
-        self._outbox = bytearray()
         self._eof = False
         self._error: PolicyProtocolError | None = None
 
@@ -383,14 +382,6 @@ class PolicyConnection:
         data = format_action(action)
         self._owed -= 1
         self._outbox += data
-
-    def data_to_send(self) -> bytes:
-        """Bytes to write to the peer (the replies queued so far, in order)."""
-        if not self._outbox:
-            return b""
-        out = bytes(self._outbox)
-        self._outbox.clear()
-        return out
 
 
 class ReplyReader:

@@ -28,9 +28,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, cast
+from typing import ClassVar, Protocol, cast
 
 from listgate.decision.gate import Gate
 from listgate.decision.model import Decision, PostingRequest, Verdict
@@ -41,7 +40,7 @@ from listgate.metrics import DecisionStats
 from listgate.server.base import StreamService
 from listgate.server.spec import ListenSpec
 
-__all__ = ["SessionService", "StreamConnection", "Wording"]
+__all__ = ["ListenerConfig", "SessionService", "StreamConnection", "Wording"]
 
 decisions_log = logging.getLogger("listgate.decision")
 
@@ -80,10 +79,30 @@ class Wording:
     """WARNING, at ``command_timeout``."""
 
 
+class ListenerConfig(Protocol):
+    """What every front end's group of settings holds (``MilterConfig``, ``PolicyConfig``)."""
+
+    @property
+    def listen(self) -> tuple[ListenSpec, ...]:
+        """Sockets to listen on."""
+
+    @property
+    def socket_mode(self) -> int:
+        """Permissions of unix: sockets."""
+
+    @property
+    def max_connections(self) -> int:
+        """Concurrent connections; more are refused at accept."""
+
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds a connection may stay idle (see ``SessionService.idle_since_reply``)."""
+
+
 class SessionService(StreamService):
-    """One front end's listeners, sharing one gate, one set of limits and one connection
-    cap. A front end subclasses it: its logger and wording, its limits (from its config
-    group) and ``new_session``."""
+    """One front end's listeners, sharing one gate, one group of settings and one
+    connection cap. A front end subclasses it: its logger and wording, its limits beyond
+    ``ListenerConfig`` and ``new_session``."""
 
     log: ClassVar[logging.Logger] = logging.getLogger("listgate.server")
     wording: ClassVar[Wording] = Wording()
@@ -99,21 +118,26 @@ class SessionService(StreamService):
     def __init__(
         self,
         name: str,
-        specs: Sequence[ListenSpec],
+        config: ListenerConfig,
         gate: Gate,
         *,
-        max_connections: int,
-        socket_mode: int = 0o660,
+        max_buffered: int,
         shutdown_timeout: float = 10.0,
     ) -> None:
         super().__init__(
             name,
-            specs,
+            config.listen,
             self._new_connection,
-            max_connections=max_connections,
-            socket_mode=socket_mode,
+            max_connections=config.max_connections,
+            socket_mode=config.socket_mode,
             shutdown_timeout=shutdown_timeout,
         )
+        self.config = config
+        """The front end's settings; a reload may replace them (listen, socket_mode and
+        what sets ``max_buffered`` take effect at the next start)."""
+        self.max_buffered = max_buffered
+        """Bytes a connection may hold unread while a decision is in flight before
+        reading pauses."""
         self.gate = gate
         """Swappable: a reload replaces it; connections read it for each decision."""
         self.decisions = DecisionStats()
@@ -125,18 +149,12 @@ class SessionService(StreamService):
     @property
     def idle_timeout(self) -> float:
         """Seconds a connection may stay idle (see ``idle_since_reply``)."""
-        raise NotImplementedError
+        return self.config.idle_timeout
 
     @property
     def command_timeout(self) -> float:
         """Seconds from the first byte of a packet to its last; 0: no such limit."""
         return 0.0
-
-    @property
-    def max_buffered(self) -> int:
-        """Bytes a connection may hold unread while a decision is in flight before
-        reading pauses."""
-        raise NotImplementedError
 
     def new_session(self) -> Session:
         """A session for a new connection."""

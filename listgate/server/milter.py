@@ -29,32 +29,17 @@ class MilterService(SessionService):
 
     log = logging.getLogger("listgate.milter")
     ack_unanswered = True
+    config: MilterConfig
 
     def __init__(self, config: MilterConfig, gate: Gate, *, headers: bool = False) -> None:
-        super().__init__(
-            "milter",
-            config.listen,
-            gate,
-            max_connections=config.max_connections,
-            socket_mode=config.socket_mode,
-            shutdown_timeout=config.shutdown_timeout,
-        )
-        self.config = config
-        """The ``[milter]`` settings; a reload replaces it (``max_packet_size`` kept)."""
+        super().__init__("milter", config, gate, max_buffered=config.max_packet_size,
+                         shutdown_timeout=config.shutdown_timeout)
         self.options = milter_options(config.max_packet_size, headers)
         """What each new connection negotiates; a reload replaces it."""
 
     @property
-    def idle_timeout(self) -> float:
-        return self.config.idle_timeout
-
-    @property
     def command_timeout(self) -> float:
         return self.config.command_timeout
-
-    @property
-    def max_buffered(self) -> int:
-        return self.config.max_packet_size
 
     def new_session(self) -> MilterSession:
         return MilterSession(self.options)

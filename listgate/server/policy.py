@@ -44,25 +44,12 @@ class PolicyService(SessionService):
     def __init__(
         self, config: PolicyConfig, gate: Gate, *, shutdown_timeout: float = 10.0
     ) -> None:
-        super().__init__(
-            "policy",
-            config.listen,
-            gate,
-            max_connections=config.max_connections,
-            socket_mode=config.socket_mode,
-            shutdown_timeout=shutdown_timeout,
-        )
-        self.config = config
-        """The ``[policy]`` settings."""
         self.codec_limits = PolicyLimits.for_lines(config.max_line_length, config.max_attributes)
-
-    @property
-    def idle_timeout(self) -> float:
-        return self.config.idle_timeout
-
-    @property
-    def max_buffered(self) -> int:
-        return self.codec_limits.max_request_bytes
+        """What each connection's codec accepts (from ``max_line_length`` and
+        ``max_attributes``; a request's worth is read ahead of a decision)."""
+        super().__init__("policy", config, gate,
+                         max_buffered=self.codec_limits.max_request_bytes,
+                         shutdown_timeout=shutdown_timeout)
 
     def new_session(self) -> PolicySession:
         return PolicySession(self.codec_limits)

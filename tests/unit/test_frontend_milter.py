@@ -113,9 +113,11 @@ def converse(
     data: bytes,
     chunk: int | None,
     decisions: Sequence[Decision] = (),
+    shown: list[str] | None = None,
 ) -> tuple[list[PostingRequest], bytes, bool]:
     """Feed *data* to *session* in pieces the way the connection loop does, answering the
-    n-th posting request with the n-th of *decisions* (ACCEPT when they run out).
+    n-th posting request with the n-th of *decisions* (ACCEPT when they run out), and
+    adding each reply as the decision log shows it to *shown*.
 
     Returns the posting requests, every byte the session queued, and whether it said
     CLOSE."""
@@ -133,7 +135,10 @@ def converse(
             requests.append(event)
             assert session.next_event() is PAUSED  # until it is decided
             index = len(requests) - 1
-            session.decide(decisions[index] if index < len(decisions) else ACCEPT)
+            decision = decisions[index] if index < len(decisions) else ACCEPT
+            session.decide(decision)
+            if shown is not None:
+                shown.append(session.shown_reply(decision))
         out += session.data_to_send()
     return requests, bytes(out), closed
 
@@ -236,24 +241,9 @@ def test_session_rcpt_mode_bytes_in_bytes_out(chunk: int | None) -> None:
         Abort(), Abort(), Quit(),
     )
     shown: list[str] = []
-    decisions = [ACCEPT, REJECT_550]
-    requests: list[PostingRequest] = []
-    out = bytearray()
-    closed = False
-    for piece in pieces(data, chunk):
-        session.receive_data(piece)
-        while (event := session.next_event()) is not NEED_DATA:
-            if event is CLOSE:
-                closed = True
-                continue
-            assert isinstance(event, PostingRequest)
-            requests.append(event)
-            decision = decisions[len(requests) - 1]
-            session.decide(decision)
-            shown.append(session.shown_reply(decision))
-        out += session.data_to_send()
+    requests, out, closed = converse(session, data, chunk, [ACCEPT, REJECT_550], shown)
     assert [r.recipient for r in requests] == ["alice@example.org", "list@example.org"]
-    assert session_replies(bytes(out)) == [
+    assert session_replies(out) == [
         Continue(), ReplyCode(550, "5.7.1", "<o@example.net> may not post")]
     assert shown == ["continue", "550 5.7.1 <o@example.net> may not post"]
     assert closed
