@@ -179,17 +179,16 @@ class StreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_closing",
-        "_consumed",
         "_draining",
         "_idle_on_data",
         "_last",
         "_loop",
+        "_partial_bytes",
         "_partial_since",
         "_peername",
         "_pending",
         "_quickack",
         "_reading_paused",
-        "_received",
         "_service",
         "_timer",
         "conn_id",
@@ -213,10 +212,9 @@ class StreamConnection(asyncio.Protocol):
         self._idle_on_data = not service.idle_since_reply
         self._partial_since: float | None = None
         """When the incomplete packet in the session started (command_timeout)."""
-        self._received = 0
-        """Bytes received so far (what the session consumed = this - its ``buffered``)."""
-        self._consumed = 0
-        """Bytes the session had consumed when ``_partial_since`` was set."""
+        self._partial_bytes = 0
+        """What the session would buffer had it consumed nothing since ``_partial_since``
+        (its ``buffered`` then, plus every byte received since)."""
         self._draining = False
         self._closing = False
         self._reading_paused = False
@@ -247,7 +245,8 @@ class StreamConnection(asyncio.Protocol):
             return
         session = self.session
         session.receive_data(data)
-        self._received += len(data)
+        if self._partial_since is not None:
+            self._partial_bytes += len(data)
         if self._idle_on_data:
             self._last = self._loop.time()
         if self._pending is None:
@@ -328,9 +327,8 @@ class StreamConnection(asyncio.Protocol):
         buffered = session.buffered
         if buffered:
             timeout = self._service.command_timeout
-            consumed = self._received - buffered
-            if timeout and (consumed != self._consumed or self._partial_since is None):
-                self._consumed = consumed  # a new packet started
+            if timeout and (self._partial_since is None or buffered < self._partial_bytes):
+                self._partial_bytes = buffered  # a new packet started (or the first)
                 self._partial_since = self._loop.time()
                 self._arm_timer_by(self._partial_since + timeout)
         else:
