@@ -286,8 +286,9 @@ class MilterSession:
             kind = type(event)
             if kind is EnvelopeRecipient:
                 assert isinstance(event, EnvelopeRecipient)
-                if tx.pending is not None:  # tx.precheck_rcpt(), inlined: the hot path
-                    conn.send(ALONE_REPLY)
+                early = tx.precheck_rcpt()
+                if early is not None:  # 452: no need to judge
+                    conn.send(early)
                     continue
                 request = tx.request_for(event, conn)
                 self._asked = request
