@@ -23,10 +23,14 @@ from listgate.milter import (
     Continue,
     EnvelopeFrom,
     EnvelopeRecipient,
+    Macro,
     Negotiate,
+    NegotiateReply,
     QuitNoClose,
     Reply,
     ReplyCode,
+    encode,
+    reply_decoder,
 )
 from listgate.server.client import MilterClient, ask_daemon
 from tests.integration.conftest import (
@@ -191,7 +195,7 @@ def test_port_in_use_names_the_spec() -> None:
         busy.close()
 
 
-# ----------------------------------------------------------------- hostile input
+# ----------------------------------------------------------------- command_timeout
 
 OPTNEG = struct.pack(">IcIII", 13, b"O", 6, 0x1FF, 0x1FFFFF)
 
@@ -231,7 +235,38 @@ def test_trickling_client_is_not_saved_by_trickling() -> None:
         assert closed_at < 2.5, closed_at
 
 
-# ----------------------------------------------------------------- limits and lifecycle
+def test_command_timeout_runs_per_packet() -> None:
+    """command_timeout runs from the first byte of each packet to its last: packets that
+    each arrive within it are served, however long the conversation takes (here a MACRO
+    packet, which gets no reply, then MAIL and RCPT, each over 0.4 s, each read ending
+    one packet and starting the next)."""
+    config = make_config({"command_timeout": 0.6, "idle_timeout": 30})
+    with run_daemon(config) as d:
+        sock = raw_connect(d.port)
+        sock.sendall(OPTNEG)
+        macro = encode(Macro(b"M", (("{client_addr}", "192.0.2.7"),)))
+        mail = encode(EnvelopeFrom("<outsider@example.net>"))
+        rcpt = encode(EnvelopeRecipient("<list@example.org>"))
+        sock.sendall(macro[:3])
+        for done, started in ((macro, mail), (mail, rcpt)):
+            time.sleep(0.4)
+            sock.sendall(done[3:] + started[:3])  # one packet ends, the next one starts
+        time.sleep(0.4)
+        sock.sendall(rcpt[3:])
+        decoder = reply_decoder()
+        replies: list[object] = []
+        while len(replies) < 2:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {replies}"
+            decoder.feed(chunk)
+            while (msg := decoder.next_message()) is not None:
+                replies.append(msg)
+        assert isinstance(replies[0], NegotiateReply)
+        assert replies[1] == ReplyCode(550, "5.7.1", REJECT_TEXT)
+        sock.close()
+
+
+# ----------------------------------------------------------------- listgate check --via
 
 
 def test_check_via_reports_the_daemons_reply(daemon: Daemon) -> None:
