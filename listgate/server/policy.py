@@ -40,6 +40,7 @@ class PolicyService(SessionService):
     )
     idle_since_reply = True
     flush_on_error = True
+    config: PolicyConfig
 
     def __init__(
         self, config: PolicyConfig, gate: Gate, *, shutdown_timeout: float = 10.0
