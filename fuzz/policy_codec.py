@@ -61,9 +61,10 @@ def _reparse(request: PolicyRequest) -> None:
 def _answer(conn: PolicyConnection, request: PolicyRequest) -> None:
     value = request.sender or request.recipient or "DUNNO"
     try:
-        wire = conn.send(value)
+        conn.send(value)
     except ValueError:
-        wire = conn.send("DUNNO")  # a value that is all control characters and blanks
+        conn.send("DUNNO")  # a value that is all control characters and blanks
+    wire = conn.data_to_send()
     if wire.count(b"\n") != 2 or not wire.endswith(b"\n\n") or b"\0" in wire:
         raise AssertionError(f"reply {wire!r} is not one action line")
     reader = ReplyReader()

@@ -34,9 +34,9 @@ from listgate.listen import parse_metrics_listen
 from listgate.log import setup_logging
 from listgate.metrics import Metrics
 from listgate.server.base import StreamService
-from listgate.server.milter import MilterLimits, MilterService
+from listgate.server.milter import MilterService
 from listgate.server.notify import notify
-from listgate.server.policy import PolicyServerLimits, PolicyService
+from listgate.server.policy import PolicyService
 from listgate.server.supervisor import Inherited, Supervisor
 
 __all__ = [
@@ -75,16 +75,7 @@ def needs_headers(config: Config) -> bool:
 
 def build_milter_service(config: Config, gate: Gate) -> MilterService:
     """The milter listeners, not yet started."""
-    m = config.milter
-    return MilterService(
-        m.listen,
-        gate,
-        MilterLimits(m.idle_timeout, m.command_timeout, m.max_packet_size),
-        max_connections=m.max_connections,
-        socket_mode=m.socket_mode,
-        shutdown_timeout=m.shutdown_timeout,
-        headers=needs_headers(config),
-    )
+    return MilterService(config.milter, gate, headers=needs_headers(config))
 
 
 def build_policy_service(config: Config, gate: Gate) -> PolicyService | None:
@@ -93,14 +84,7 @@ def build_policy_service(config: Config, gate: Gate) -> PolicyService | None:
     p = config.policy
     if not p.listen:
         return None
-    return PolicyService(
-        p.listen,
-        gate,
-        PolicyServerLimits(p.idle_timeout, p.max_line_length, p.max_attributes),
-        max_connections=p.max_connections,
-        socket_mode=p.socket_mode,
-        shutdown_timeout=config.milter.shutdown_timeout,
-    )
+    return PolicyService(p, gate, shutdown_timeout=config.milter.shutdown_timeout)
 
 
 RESTART_ONLY: tuple[tuple[str, str], ...] = (
@@ -221,18 +205,18 @@ class Daemon:
         backend.reconfigure(new.cache)
         self.backend = backend
         self.gate = build_gate(new, backend)
-        m = new.milter
+        kept = keep_restart_only(new, old)
+        m = kept.milter
         self.milter.gate = self.gate
-        self.milter.limits = MilterLimits(m.idle_timeout, m.command_timeout,
-                                          old.milter.max_packet_size)
-        self.milter.options = milter_options(old.milter.max_packet_size, needs_headers(new))
+        self.milter.config = m
+        self.milter.options = milter_options(m.max_packet_size, needs_headers(new))
         self.milter.max_connections = m.max_connections
         self.milter.shutdown_timeout = m.shutdown_timeout
         if self.policy is not None:
             self.policy.gate = self.gate
             self.policy.max_connections = new.policy.max_connections
         setup_logging(new.log.level_number, new.log.target, new.log.syslog_address)
-        self.config = keep_restart_only(new, old)
+        self.config = kept
 
     async def stop(self) -> None:
         """Stop listening, drain every connection, release the backend."""

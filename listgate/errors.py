@@ -5,6 +5,9 @@ Invariants:
   never a ``BaseException``), so one ``except ListgateError`` at a boundary catches them all.
 - Library errors (tomllib, OSError, mailmanclient, HTTP) are translated into these at the
   module boundary that sees them; nothing above that boundary knows the library's types.
+- Every defect in what a peer sends (a milter MTA, a Postfix policy client) is a
+  ``ProtocolError``: the connection loop catches that one class, closes that one
+  connection and logs one WARNING.
 - Messages never carry secrets (passwords, Authorization headers).
 """
 
@@ -16,6 +19,7 @@ __all__ = [
     "ConfigError",
     "ListNotFound",
     "ListgateError",
+    "ProtocolError",
 ]
 
 
@@ -50,3 +54,8 @@ class BackendUnavailable(BackendError):
 
 class ListNotFound(BackendError):
     """The backend does not know the list that was asked about."""
+
+
+class ProtocolError(ListgateError):
+    """A protocol conversation cannot go on: the peer broke the protocol or a limit, or
+    the application tried to send what the protocol forbids. Close that connection."""

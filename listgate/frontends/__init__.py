@@ -1,2 +1,4 @@
-"""Front ends: translate a wire protocol's events into ``PostingRequest``s and a
-``Decision`` back into that protocol's reply. Pure: no sockets, no asyncio."""
+"""Front ends: one sans-IO session per wire protocol (``milter``, ``policy``). A session
+takes the peer's bytes, asks for a decision on each ``PostingRequest``, and turns the
+``Decision`` into that protocol's reply bytes (the contract is ``session.Session``).
+Pure: no sockets, no asyncio, no clock."""

@@ -1,11 +1,20 @@
-"""The milter front end: what listgate negotiates, and how decisions become replies.
+"""The milter front end: what listgate negotiates, what each milter command means, and
+how decisions become replies.
 
 Invariants:
-- Pure: no I/O. The asyncio layer feeds events in, asks the gate, and writes replies out.
+- Pure: no I/O. ``MilterSession`` is the whole conversation as listgate holds it: bytes in,
+  ``PostingRequest``s out, ``Decision``s in, reply bytes out (see
+  ``listgate.frontends.session``). The asyncio layer only moves bytes and asks the gate.
 - listgate asks the MTA for MAIL (no reply: SMFIP_NR_MAIL) and RCPT; when some list
   decides at end of headers, also for the headers (no reply: SMFIP_NR_HDR) and EOH. Every
   other step is skipped where the MTA allows it. The client address and queue id come
   from macros, so CONNECT can be skipped too.
+- What each command means is decided here: MAIL starts a transaction; RCPT asks for a
+  decision (unless a pending list recipient makes it ``452 4.5.3`` at once); EOH asks for
+  one when a list recipient is judged there, else it is answered CONTINUE; ABORT ends the
+  transaction and keeps the connection (and its client address); QUIT_NC starts afresh
+  (a new ``MilterTransaction``); QUIT ends the conversation (``CLOSE``); any other wanted
+  step we do not judge is answered CONTINUE.
 - One ``Decision`` becomes exactly one final reply: ACCEPT → CONTINUE (never ACCEPT,
   which would end milter processing for the whole message), REJECT and TEMPFAIL →
   REPLYCODE with the decision's code, DSN and text.
@@ -27,29 +36,37 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from listgate.decision.model import Decision, PostingRequest, Verdict, normalize_address
 from listgate.decision.senders import mailman_senders
+from listgate.frontends.session import CLOSE, Event
 from listgate.milter import (
+    Abort,
     Command,
     Continue,
     EndOfHeaders,
     EnvelopeFrom,
     EnvelopeRecipient,
     Header,
+    LocalProtocolError,
     MacroStage,
     MilterConnection,
     MilterOptions,
+    Quit,
+    QuitNoClose,
     Reject,
     Reply,
     ReplyCode,
     TempFail,
 )
+from listgate.sansio import NEED_DATA, PAUSED, Signal
 
 __all__ = [
     "ALONE_REPLY",
     "MilterSession",
+    "MilterTransaction",
     "milter_options",
     "reply_for",
 ]
@@ -121,8 +138,9 @@ def reply_for(decision: Decision) -> Reply:
 
 
 @dataclass(slots=True)
-class MilterSession:
-    """Per-connection transaction state."""
+class MilterTransaction:
+    """The state of one transaction (and the connection's client address), and the
+    headers-mode rules over it."""
 
     sender: str | None = None
     auth_user: str | None = None
@@ -215,3 +233,116 @@ class MilterSession:
         self.pending = None
         self.recheck = None
         return reply_for(decision)
+
+
+class MilterSession:
+    """One milter conversation as listgate holds it (a ``listgate.frontends.session.Session``):
+    a ``MilterConnection`` for the protocol and a ``MilterTransaction`` for what it means."""
+
+    __slots__ = (
+        "_asked",
+        "_at_eoh",
+        "_reply",
+        "conn",
+        "data_to_send",
+        "receive_data",
+        "requests",
+        "transaction",
+    )
+
+    def __init__(self, options: MilterOptions) -> None:
+        conn = self.conn = MilterConnection(options)
+        self.receive_data: Callable[[bytes], None] = conn.receive_data
+        """Add bytes received from the MTA (the connection's own method: no extra call)."""
+        self.data_to_send: Callable[[], bytes] = conn.data_to_send
+        """Bytes to write to the MTA: replies and automatic answers, in order."""
+        self.transaction = MilterTransaction()
+        self.requests = 0
+        """Posting requests decided on this connection."""
+        self._asked: PostingRequest | None = None
+        """The request returned by ``next_event`` that waits for ``decide``."""
+        self._at_eoh = False
+        """Whether ``_asked`` is judged at end of headers (else at RCPT)."""
+        self._reply: Reply = _CONTINUE
+        """The reply to the last decision (for the decision log)."""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet decoded."""
+        return self.conn.buffered
+
+    def next_event(self) -> Event:
+        """Handle every buffered command that needs no decision; return the first
+        ``PostingRequest`` to decide, ``CLOSE`` at QUIT, else ``NEED_DATA`` (``PAUSED``
+        while a decision is owed). Raises ``MilterProtocolError``."""
+        if self._asked is not None:
+            return PAUSED
+        conn = self.conn
+        tx = self.transaction
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                return event
+            kind = type(event)
+            if kind is EnvelopeRecipient:
+                assert isinstance(event, EnvelopeRecipient)
+                early = tx.precheck_rcpt()
+                if early is not None:  # 452: no need to judge
+                    conn.send(early)
+                    continue
+                request = tx.request_for(event, conn)
+                self._asked = request
+                self._at_eoh = False
+                return request
+            if kind is Header:
+                assert isinstance(event, Header)
+                tx.on_header(event)
+            elif kind is EndOfHeaders:
+                at_eoh = tx.eoh_request(conn)
+                if at_eoh is None:
+                    conn.send(_CONTINUE)
+                    continue
+                self._asked = at_eoh
+                self._at_eoh = True
+                return at_eoh
+            elif kind is EnvelopeFrom:
+                assert isinstance(event, EnvelopeFrom)
+                tx.on_mail(event, conn)
+            elif kind is Abort:
+                tx.on_abort()
+            elif kind is QuitNoClose:
+                tx = self.transaction = MilterTransaction()
+            elif kind is Quit:
+                return CLOSE
+            elif isinstance(event, Signal):  # PAUSED: not reached (owed only for _asked)
+                return event
+            elif conn.awaiting_reply is not None:  # a wanted step we do not judge
+                conn.send(_CONTINUE)
+
+    def decide(self, decision: Decision) -> None:
+        """Queue the reply to the request last returned, by the rules of its stage.
+        Raises ``LocalProtocolError`` when no request waits for a decision."""
+        request = self._asked
+        if request is None:
+            raise LocalProtocolError("no posting request is waiting for a decision")
+        self._asked = None
+        tx = self.transaction
+        if self._at_eoh:
+            reply = tx.answer_eoh(request, decision)
+        else:
+            reply = tx.answer_rcpt(request, decision)
+        self._reply = reply
+        self.conn.send(reply)
+        self.requests += 1
+
+    def shown_reply(self, decision: Decision) -> str:
+        """The reply to *decision* as the decision log shows it: the SMTP reply, or
+        CONTINUE and why a headers-mode recipient was let through."""
+        reply = self._reply
+        if isinstance(reply, ReplyCode):
+            return f"{reply.code} {reply.dsn or ''} {reply.text}"
+        if decision.provisional and decision.verdict is Verdict.REJECT:
+            return "continue (pending: judged at end of headers)"
+        if decision.provisional:
+            return "continue (judged again at end of headers if the only recipient)"
+        return "continue"

@@ -2,10 +2,15 @@
 becomes an ``action=``.
 
 Invariants:
-- Pure: no I/O. The asyncio layer reads requests, asks the gate, and writes actions.
+- Pure: no I/O. ``PolicySession`` is the whole conversation as listgate holds it: bytes
+  in, ``PostingRequest``s out, ``Decision``s in, ``action=`` bytes out (see
+  ``listgate.frontends.session``). The asyncio layer only moves bytes and asks the gate.
+- A connection carries any number of requests (Postfix keeps it open and reuses it).
+  Each request gets exactly one reply, in order.
 - Only **RCPT** is judged: a request whose ``protocol_state`` is not ``RCPT`` (or whose
-  ``request`` is not ``smtpd_access_policy``) gets ``DUNNO`` without asking the gate.
-  Put ``check_policy_service`` in ``smtpd_recipient_restrictions``.
+  ``request`` is not ``smtpd_access_policy``) gets ``DUNNO`` without asking the gate, and
+  a ``Notice`` keyed by its request and protocol state, so the operator hears once of a
+  misplaced ``check_policy_service``. Put it in ``smtpd_recipient_restrictions``.
 - One ``Decision`` becomes exactly one action: ACCEPT → ``DUNNO`` (never ``OK``, which
   would skip the restrictions after listgate), REJECT and TEMPFAIL → ``CODE DSN TEXT``
   with the decision's code, DSN and text (defaults ``550 5.7.1`` and ``451 4.3.0``).
@@ -20,19 +25,25 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from listgate.decision.model import Decision, PostingRequest, Verdict, normalize_address
-from listgate.policyd import PolicyRequest
+from listgate.frontends.session import Event, Notice
+from listgate.policyd import PolicyConnection, PolicyLimits, PolicyRequest, PolicyStateError
+from listgate.sansio import NEED_DATA, PAUSED
 
 __all__ = [
     "ACCESS_POLICY",
     "DUNNO",
     "JUDGED_STATE",
     "PROVISIONAL_NOTE",
+    "UNJUDGED_WARNING",
     "PolicyAnswer",
+    "PolicySession",
     "answer_for",
     "posting_request",
+    "unjudged_notice",
 ]
 
 DUNNO = "DUNNO"
@@ -45,6 +56,12 @@ PROVISIONAL_NOTE = (
     "decide_at=headers cannot wait for the headers over the policy protocol; "
     "Mailman decides"
 )
+UNJUDGED_WARNING = (
+    "policy request=%s protocol_state=%s answered DUNNO: listgate judges only "
+    "request=smtpd_access_policy at protocol_state=RCPT; put check_policy_service "
+    "in smtpd_recipient_restrictions (logged once)"
+)
+"""The notice for a request that is not judged (values: request, protocol_state)."""
 
 _DEFAULTS: dict[Verdict, tuple[int, str]] = {
     Verdict.REJECT: (550, "5.7.1"),
@@ -88,3 +105,73 @@ def answer_for(decision: Decision) -> PolicyAnswer:
     if decision.text:
         parts.append(decision.text)
     return PolicyAnswer(" ".join(parts))
+
+
+def unjudged_notice(request: PolicyRequest) -> Notice:
+    """The notice that requests like *request* (not a RCPT) are answered ``DUNNO``."""
+    return Notice(
+        f"{request.request}/{request.protocol_state}",
+        UNJUDGED_WARNING,
+        (request.request or "-", request.protocol_state or "-"),
+    )
+
+
+class PolicySession:
+    """One policy connection as listgate holds it (a ``listgate.frontends.session.Session``):
+    a ``PolicyConnection`` for the protocol, and the rules above for what it means."""
+
+    __slots__ = ("_answer", "_asked", "conn", "data_to_send", "receive_data", "requests")
+
+    def __init__(self, limits: PolicyLimits | None = None) -> None:
+        conn = self.conn = PolicyConnection(limits)
+        self.receive_data: Callable[[bytes], None] = conn.receive_data
+        """Add bytes from Postfix (the connection's own method: no extra call)."""
+        self.data_to_send: Callable[[], bytes] = conn.data_to_send
+        """Bytes to write to Postfix: the actions queued so far, in order."""
+        self.requests = 0
+        """Requests answered on this connection (judged or not)."""
+        self._asked = False
+        """A request returned by ``next_event`` waits for ``decide``."""
+        self._answer = _ACCEPT
+        """The answer to the last decision (for the decision log)."""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet part of a returned request."""
+        return self.conn.buffered
+
+    def next_event(self) -> Event:
+        """The next RCPT request to decide, a ``Notice`` for a request answered ``DUNNO``
+        unjudged, else ``NEED_DATA`` (``PAUSED`` while a decision is owed). Raises
+        ``PolicyProtocolError``."""
+        if self._asked:
+            return PAUSED
+        event = self.conn.next_event()
+        if event is NEED_DATA:
+            return event
+        assert isinstance(event, PolicyRequest)
+        request = posting_request(event)
+        if request is None:
+            self._reply(DUNNO)
+            return unjudged_notice(event)
+        self._asked = True
+        return request
+
+    def decide(self, decision: Decision) -> None:
+        """Queue the action for the request last returned. Raises ``PolicyStateError``
+        when no request waits for a decision."""
+        if not self._asked:
+            raise PolicyStateError("no posting request is waiting for a decision")
+        self._asked = False
+        answer = self._answer = answer_for(decision)
+        self._reply(answer.action)
+
+    def shown_reply(self, decision: Decision) -> str:
+        """The action for *decision* as the decision log shows it (and why it differs
+        from the verdict, if it does)."""
+        answer = self._answer
+        return f"{answer.action} ({answer.note})" if answer.note else answer.action
+
+    def _reply(self, action: str) -> None:
+        self.conn.send(action)
+        self.requests += 1

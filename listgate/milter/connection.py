@@ -30,11 +30,13 @@ Rules this module keeps (everything that touches the protocol's state lives here
    U are dropped as libmilter does.
 6. Every protocol violation by the MTA raises ``RemoteProtocolError``; the connection is
    then dead and the I/O layer closes it.
+7. The same shape as every protocol core in listgate (``listgate.policyd`` too): the one
+   ``NEED_DATA``/``PAUSED`` of ``listgate.sansio``, one outbox (``send`` queues,
+   ``data_to_send`` empties it), errors under ``listgate.errors.ProtocolError``.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -74,6 +76,7 @@ from listgate.milter.tables import (
     PROGRESS_ALLOWED,
     STEP_FLAGS,
 )
+from listgate.sansio import NEED_DATA, PAUSED, Outbox, Signal
 
 __all__ = [
     "NEED_DATA",
@@ -85,18 +88,6 @@ __all__ = [
     "negotiate",
 ]
 
-
-class Signal(enum.Enum):
-    """What ``next_event`` returns when it has no event."""
-
-    NEED_DATA = "need data"
-    """Feed more bytes with ``receive_data``."""
-    PAUSED = "paused"
-    """A reply is owed: ``send`` it first."""
-
-
-NEED_DATA = Signal.NEED_DATA
-PAUSED = Signal.PAUSED
 
 _CONTINUE = encode(Continue())
 
@@ -275,8 +266,9 @@ def _parse_stage(raw: bytes) -> dict[str, str]:
     return {_bare(k): v for k, v in zip(it, it, strict=True)}
 
 
-class MilterConnection:
-    """One milter conversation, seen from the milter (server) side."""
+class MilterConnection(Outbox):
+    """One milter conversation, seen from the milter (server) side. Replies and automatic
+    answers wait in the outbox: ``data_to_send`` (rule 7)."""
 
     __slots__ = (
         "_awaiting",
@@ -287,10 +279,10 @@ class MilterConnection:
         "_macros",
         "_negotiated",
         "_options",
-        "_outbox",
     )
 
     def __init__(self, options: MilterOptions | None = None) -> None:
+        super().__init__()
         self._options = options or _DEFAULT_OPTIONS
         self._decoder = command_decoder(self._options.max_packet_size)
         self._negotiated: Negotiated | None = None
@@ -299,7 +291,6 @@ class MilterConnection:
         self._in_message = False
         self._closed = False
         self._macros: list[_StageMacros] = [None] * _STAGES
-        self._outbox = bytearray()
 
     # ------------------------------------------------------------------ inspection
 
@@ -473,14 +464,6 @@ class MilterConnection:
         else:
             raise LocalProtocolError(f"{reply.name} is not a legal reply to {cmd.name}")
         self._outbox += encode(reply)
-
-    def data_to_send(self) -> bytes:
-        """Bytes to write to the MTA (replies and automatic answers, in order)."""
-        if not self._outbox:
-            return b""
-        out = bytes(self._outbox)
-        self._outbox.clear()
-        return out
 
 
 _DEFAULT_OPTIONS = MilterOptions()

@@ -4,17 +4,18 @@ Strategy (after h11): ``RemoteProtocolError`` is raised only by the receiving si
 (``receive_data``/``next_event``) when the peer broke the protocol; the I/O layer answers it
 by logging and closing that one connection. ``LocalProtocolError`` means *we* tried to send
 something the protocol forbids at this point (a bug or a bad configuration); it is raised by
-``send`` and by message constructors. Both leave the connection object unusable.
+``send`` and by message constructors. Both leave the connection object unusable. Both are
+``listgate.errors.ProtocolError``s, which the connection loop handles for every protocol.
 """
 
 from __future__ import annotations
 
-from listgate.errors import ListgateError
+from listgate.errors import ProtocolError
 
 __all__ = ["LocalProtocolError", "MilterProtocolError", "RemoteProtocolError"]
 
 
-class MilterProtocolError(ListgateError):
+class MilterProtocolError(ProtocolError):
     """The milter conversation cannot go on."""
 
 

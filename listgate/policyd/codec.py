@@ -5,7 +5,8 @@ Usage (the I/O layer's whole job)::
     conn = PolicyConnection(limits)
     conn.receive_data(bytes_from_socket)          # b"" = the peer closed its side
     while (event := conn.next_event()) is not NEED_DATA:
-        socket.write(conn.send(decide(event)))    # exactly one reply per request
+        conn.send(decide(event))                  # exactly one reply per request
+    socket.write(conn.data_to_send())
 
 Wire format:
 
@@ -38,16 +39,21 @@ Invariants:
   no reply yet and refuses (``PolicyStateError``) when every request has been answered.
   Requests may be read ahead of their replies (pipelining); replies still go out in
   request order.
+- The same shape as the milter codec: the one ``NEED_DATA`` of ``listgate.sansio``, one
+  outbox (``send`` queues a reply, ``data_to_send`` empties the outbox), errors under
+  ``listgate.errors.ProtocolError``.
 """
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
+
+from listgate.errors import ProtocolError
+from listgate.sansio import NEED_DATA, Outbox, Signal
 
 __all__ = [
     "DEFAULT_MAX_ATTRIBUTES",
@@ -76,17 +82,11 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 65536
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class NeedData(enum.Enum):
-    """The type of ``NEED_DATA``."""
-
-    NEED_DATA = "NEED_DATA"
+NeedData = Signal
+"""The type of ``NEED_DATA`` (``listgate.sansio.Signal``, shared with the milter codec)."""
 
 
-NEED_DATA: Final = NeedData.NEED_DATA
-"""``next_event`` found no complete request in what was received so far."""
-
-
-class PolicyError(Exception):
+class PolicyError(ProtocolError):
     """Base class of this module's errors."""
 
 
@@ -110,6 +110,16 @@ class PolicyLimits:
         for name in ("max_line_length", "max_attributes", "max_request_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+
+    @classmethod
+    def for_lines(cls, max_line_length: int, max_attributes: int) -> PolicyLimits:
+        """The limits for lines of *max_line_length* bytes: a request may be at most
+        ``DEFAULT_MAX_REQUEST_BYTES``, or one such line (and its framing) if longer."""
+        return cls(
+            max_line_length=max_line_length,
+            max_attributes=max_attributes,
+            max_request_bytes=max(DEFAULT_MAX_REQUEST_BYTES, max_line_length + 4),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,9 +205,9 @@ def encode_request(attributes: Mapping[str, str]) -> bytes:
     return bytes(out)
 
 
-class PolicyConnection:
+class PolicyConnection(Outbox):
     """The policy-server side of one connection: bytes in, ``PolicyRequest``s out, one
-    reply per request."""
+    reply per request; replies wait in the outbox (``data_to_send``)."""
 
     __slots__ = (
         "_attrs",
@@ -211,6 +221,7 @@ class PolicyConnection:
     )
 
     def __init__(self, limits: PolicyLimits | None = None) -> None:
+        super().__init__()
         self.limits = limits or PolicyLimits()
         self._buf = bytearray()
         self._attrs: dict[str, str] = {}
@@ -255,7 +266,7 @@ class PolicyConnection:
             return
         self._buf += data
 
-    def next_event(self) -> PolicyRequest | NeedData:
+    def next_event(self) -> PolicyRequest | Signal:
         """The next complete request, or ``NEED_DATA``. Raises ``PolicyProtocolError``
         when the stream is broken or over a limit (and on every later call)."""
         if self._error is not None:
@@ -268,7 +279,7 @@ class PolicyConnection:
             self._attrs.clear()
             raise
 
-    def _next(self) -> PolicyRequest | NeedData:
+    def _next(self) -> PolicyRequest | Signal:
         if self._lines == 0:
             request = self._whole_request()
             if request is not None:
@@ -310,7 +321,7 @@ class PolicyConnection:
         self._owed += 1
         return PolicyRequest.from_attributes(attrs)
 
-    def _next_by_line(self) -> PolicyRequest | NeedData:
+    def _next_by_line(self) -> PolicyRequest | Signal:
         limits = self.limits
         buf = self._buf
         while True:
@@ -362,14 +373,15 @@ class PolicyConnection:
 
     # ------------------------------------------------------------------ output
 
-    def send(self, action: str) -> bytes:
-        """The reply to the oldest unanswered request, as bytes to write (see
-        ``format_action``). Raises ``PolicyStateError`` when no request awaits a reply."""
+    def send(self, action: str) -> None:
+        """Queue the reply to the oldest unanswered request (see ``format_action``).
+        Raises ``PolicyStateError`` when no request awaits a reply, ``ValueError`` for an
+        empty action (nothing is queued then)."""
         if self._owed == 0:
             raise PolicyStateError("no policy request is waiting for a reply")
         data = format_action(action)
         self._owed -= 1
-        return data
+        self._outbox += data
 
 
 class ReplyReader:
@@ -387,7 +399,7 @@ class ReplyReader:
         """Add bytes from the policy server."""
         self._buf += data
 
-    def next_reply(self) -> dict[str, str] | NeedData:
+    def next_reply(self) -> dict[str, str] | Signal:
         """The next complete reply, or ``NEED_DATA``; ``PolicyProtocolError`` if broken."""
         buf = self._buf
         while True:

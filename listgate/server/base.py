@@ -82,7 +82,7 @@ class StreamService:
         self,
         name: str,
         specs: Sequence[ListenSpec],
-        protocol_factory: Callable[[StreamService], asyncio.Protocol],
+        protocol_factory: Callable[[], asyncio.Protocol],
         *,
         max_connections: int,
         socket_mode: int = 0o660,
@@ -126,9 +126,7 @@ class StreamService:
         log.info("%s listening on %s", self.name, ", ".join(self.addresses))
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, spec: ListenSpec) -> asyncio.Server:
-        def factory() -> asyncio.Protocol:
-            return self._factory(self)
-
+        factory = self._factory
         try:
             sock = self.inherited.get(spec)
             if sock is not None:

@@ -1,8 +1,8 @@
-"""In-process daemon fixtures: the real asyncio milter server on loopback, in a thread.
+"""In-process daemon fixtures: the real asyncio servers on loopback, in a thread.
 
-The daemon runs ``listgate.app.serve`` on its own event loop in a background thread, so
-tests talk to it over real sockets (127.0.0.1, ::1 or a unix socket in tmp_path) with
-plain sockets or listgate's asyncio milter client.
+A front end's service (milter by default, or the policy service) runs on its own event
+loop in a background thread, so tests talk to it over real sockets (127.0.0.1, ::1 or a
+unix socket in tmp_path) with plain sockets or listgate's asyncio milter client.
 """
 
 from __future__ import annotations
@@ -20,16 +20,19 @@ import pytest
 from listgate.app import build_gate, build_milter_service
 from listgate.config import Config, parse_config
 from listgate.decision.facts import FactSource
-from listgate.server.milter import MilterService
+from listgate.decision.gate import Gate
+from listgate.server.connection import SessionService
+
+BuildService = Callable[[Config, Gate], SessionService | None]
 
 POSTERS = {"list@example.org": ["member@example.com"]}
 
 
 @dataclass
 class Daemon:
-    """A running in-process daemon."""
+    """A running in-process daemon (one front end's service)."""
 
-    service: MilterService
+    service: SessionService
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
     stop_event: asyncio.Event
@@ -71,15 +74,21 @@ def make_config(milter: Mapping[str, Any] | None = None, **sections: Any) -> Con
 
 
 @contextmanager
-def run_daemon(config: Config, backend: FactSource | None = None) -> Iterator[Daemon]:
-    """Start the daemon in a thread; stop (drain) it on exit."""
+def run_daemon(
+    config: Config,
+    backend: FactSource | None = None,
+    build: BuildService = build_milter_service,
+) -> Iterator[Daemon]:
+    """Start the service *build* makes (the milter's by default) in a thread; stop (drain)
+    it on exit."""
     ready = threading.Event()
     holder: dict[str, Any] = {}
 
     async def main() -> None:
         stop = asyncio.Event()
         gate = build_gate(config, backend)
-        service = build_milter_service(config, gate)
+        service = build(config, gate)
+        assert service is not None, "the front end is not configured"
         holder.update(loop=asyncio.get_running_loop(), stop=stop, service=service)
         try:
             await service.start()

@@ -1,35 +1,36 @@
-"""The asyncio milter server over real loopback sockets: conversations, hostile input,
-limits, timeouts and drain."""
+"""The asyncio milter server over real loopback sockets: conversations, listeners, the
+milter's own hostile-input and command_timeout cases. What every front end shares
+(garbage, idle timeout, connection cap, drain, abort, back-pressure) is in
+test_connection_loop.py."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
 import stat
 import struct
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from listgate.decision.facts import PENDING, ListFacts, LookupNow
-from listgate.decision.model import PostingRequest
 from listgate.errors import ListgateError
-from listgate.facts.static import StaticBackend
 from listgate.milter import (
     POSTFIX_OFFER,
     Abort,
     Continue,
     EnvelopeFrom,
     EnvelopeRecipient,
+    Macro,
     Negotiate,
+    NegotiateReply,
     QuitNoClose,
     Reply,
     ReplyCode,
+    encode,
+    reply_decoder,
 )
 from listgate.server.client import MilterClient, ask_daemon
 from tests.integration.conftest import (
@@ -194,54 +195,9 @@ def test_port_in_use_names_the_spec() -> None:
         busy.close()
 
 
-# ----------------------------------------------------------------- hostile input
+# ----------------------------------------------------------------- command_timeout
 
 OPTNEG = struct.pack(">IcIII", 13, b"O", 6, 0x1FF, 0x1FFFFF)
-GARBAGE = {
-    "http-get": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-    "tls-client-hello": bytes.fromhex("1603010200010001fc0303") + os.urandom(32),
-    "rdp": bytes.fromhex("0300002f2ae00000000000436f6f6b69653a"),
-    "length-zero": b"\x00\x00\x00\x00O",
-    "length-ffffffff": b"\xff\xff\xff\xffO",
-    "above-max": struct.pack(">I", 1024 * 1024 + 1) + b"L",
-    "unknown-command": struct.pack(">Ic", 1, b"Z"),
-    "missing-nul": OPTNEG + struct.pack(">Ic", 6, b"H") + b"hello",
-    "wrong-field-count": OPTNEG + struct.pack(">Ic", 5, b"H") + b"a\0b\0",
-    "macro-unknown-stage": OPTNEG + struct.pack(">Ic", 3, b"D") + b"Z\0",
-    "rcpt-before-optneg": struct.pack(">Ic", 4, b"R") + b"<x\0",
-}
-
-
-@pytest.mark.parametrize("payload", list(GARBAGE.values()), ids=list(GARBAGE))
-def test_garbage_closes_only_that_connection(
-    daemon: Daemon, payload: bytes, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Junk on the port is closed and logged with a connection id; others are still served."""
-    with caplog.at_level(logging.WARNING, logger="listgate.milter"):
-        sock = raw_connect(daemon.port)
-        sock.sendall(payload)
-        wait_closed_by_peer(sock)
-        sock.close()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(m.startswith("[c") and "closing connection" in m for m in warnings), warnings
-    assert_served(daemon)
-
-
-def test_open_conversation_survives_other_clients_garbage(daemon: Daemon) -> None:
-    """A conversation opened before junk arrives on another connection still works after."""
-
-    async def run() -> list[Reply | None]:
-        async with await MilterClient.connect(daemon.spec) as client:
-            await client.negotiate()
-            await client.step(EnvelopeFrom("<outsider@example.net>"))
-            for payload in GARBAGE.values():
-                reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
-                writer.write(payload)
-                await asyncio.wait_for(reader.read(), 5)  # returns once the daemon closed it
-                writer.close()
-            return [await client.step(EnvelopeRecipient("<list@example.org>"))]
-
-    assert asyncio.run(run()) == [ReplyCode(550, "5.7.1", REJECT_TEXT)]
 
 
 def test_truncated_packet_is_cut_at_command_timeout() -> None:
@@ -279,104 +235,38 @@ def test_trickling_client_is_not_saved_by_trickling() -> None:
         assert closed_at < 2.5, closed_at
 
 
-def test_idle_connection_is_closed_at_idle_timeout() -> None:
-    """A negotiated connection that sends nothing is closed after idle_timeout."""
-    with run_daemon(make_config({"idle_timeout": 0.5})) as d:
+def test_command_timeout_runs_per_packet() -> None:
+    """command_timeout runs from the first byte of each packet to its last: packets that
+    each arrive within it are served, however long the conversation takes (here a MACRO
+    packet, which gets no reply, then MAIL and RCPT, each over 0.4 s, each read ending
+    one packet and starting the next)."""
+    config = make_config({"command_timeout": 0.6, "idle_timeout": 30})
+    with run_daemon(config) as d:
         sock = raw_connect(d.port)
         sock.sendall(OPTNEG)
-        started = time.monotonic()
-        received = wait_closed_by_peer(sock, timeout=5)
-        assert received[4:5] == b"O"  # it answered the negotiation first
-        assert 0.4 <= time.monotonic() - started < 3
+        macro = encode(Macro(b"M", (("{client_addr}", "192.0.2.7"),)))
+        mail = encode(EnvelopeFrom("<outsider@example.net>"))
+        rcpt = encode(EnvelopeRecipient("<list@example.org>"))
+        sock.sendall(macro[:3])
+        for done, started in ((macro, mail), (mail, rcpt)):
+            time.sleep(0.4)
+            sock.sendall(done[3:] + started[:3])  # one packet ends, the next one starts
+        time.sleep(0.4)
+        sock.sendall(rcpt[3:])
+        decoder = reply_decoder()
+        replies: list[object] = []
+        while len(replies) < 2:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {replies}"
+            decoder.feed(chunk)
+            while (msg := decoder.next_message()) is not None:
+                replies.append(msg)
+        assert isinstance(replies[0], NegotiateReply)
+        assert replies[1] == ReplyCode(550, "5.7.1", REJECT_TEXT)
+        sock.close()
 
 
-# ----------------------------------------------------------------- limits and lifecycle
-
-
-def test_connection_cap_refuses_cleanly_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
-    """Beyond max_connections new connections are closed at once; freed slots are reused."""
-    with run_daemon(make_config({"max_connections": 3})) as d:
-        held = [raw_connect(d.port) for _ in range(3)]
-        for sock in held:
-            sock.sendall(OPTNEG)
-            assert sock.recv(100)[4:5] == b"O"
-        with caplog.at_level(logging.WARNING, logger="listgate.server"):
-            extra = raw_connect(d.port)
-            assert wait_closed_by_peer(extra, timeout=5) == b""
-        assert any("max_connections=3" in r.getMessage() for r in caplog.records)
-        assert d.service.refused == 1
-        held.pop().close()
-        deadline = time.monotonic() + 5
-        while len(d.service.active) > 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert_served(d)
-        for sock in held:
-            sock.close()
-
-
-class SlowBackend:
-    """A backend whose answers need I/O: it waits until released."""
-
-    def __init__(self) -> None:
-        self.release: asyncio.Event | None = None
-        self.started: asyncio.Event | None = None
-
-    def lookup_now(self, request: PostingRequest) -> LookupNow:
-        return PENDING
-
-    async def lookup(self, request: PostingRequest) -> ListFacts:
-        assert self.release is not None
-        assert self.started is not None
-        self.started.set()
-        await self.release.wait()
-        return StaticBackend({"list@example.org": ["member@example.com"]}).lookup_now(request)
-
-    async def aclose(self) -> None:
-        return None
-
-    def describe(self) -> str:
-        return "slow test backend"
-
-    def known_lists(self) -> tuple[str, ...]:
-        return ("list@example.org",)
-
-
-def test_drain_finishes_in_flight_command_then_closes() -> None:
-    """On stop, an RCPT being decided still gets its reply; idle connections close; the
-    listener stops accepting."""
-    backend = SlowBackend()
-    with run_daemon(make_config({"shutdown_timeout": 10}), backend) as d:
-        backend.release = d.call(asyncio.Event)
-        backend.started = d.call(asyncio.Event)
-        idle = raw_connect(d.port)
-        idle.sendall(OPTNEG)
-        assert idle.recv(100)[4:5] == b"O"
-
-        async def in_flight() -> Reply | None:
-            async with await MilterClient.connect(d.spec) as client:
-                await client.negotiate()
-                await client.step(EnvelopeFrom("<member@example.com>"))
-                return await client.step(EnvelopeRecipient("<list@example.org>"))
-
-        result: list[Reply | None] = []
-        t = threading.Thread(target=lambda: result.append(asyncio.run(in_flight())))
-        t.start()
-        assert (
-            asyncio.run_coroutine_threadsafe(
-                asyncio.wait_for(backend.started.wait(), 5), d.loop
-            ).result(6)
-            is True
-        )
-        d.loop.call_soon_threadsafe(d.stop_event.set)
-        assert wait_closed_by_peer(idle, timeout=5) == b""  # idle: closed at once
-        time.sleep(0.2)
-        with pytest.raises(ConnectionRefusedError):
-            raw_connect(d.port, timeout=1)  # no longer listening
-        d.loop.call_soon_threadsafe(backend.release.set)
-        t.join(10)
-        assert result == [Continue()]
-        d.thread.join(10)
-        assert not d.thread.is_alive()
+# ----------------------------------------------------------------- listgate check --via
 
 
 def test_check_via_reports_the_daemons_reply(daemon: Daemon) -> None:

@@ -429,7 +429,8 @@ class PolicyMachine(RuleBasedStateMachine):
             except PolicyStateError:
                 return
             raise AssertionError("a reply without a request was accepted")
-        wire = self.conn.send(action)
+        self.conn.send(action)
+        wire = self.conn.data_to_send()
         self.owed.pop(0)
         self.replies.receive_data(wire)
         reply = self.replies.next_reply()

@@ -1,28 +1,47 @@
-"""The milter front end: negotiation options, Decision → reply, per-connection session."""
+"""The milter front end: negotiation options, Decision → reply, the session bytes in and
+bytes out (MilterSession), and the headers-mode rules of one transaction
+(MilterTransaction)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import pytest
 
 from listgate.decision.model import Decision, PostingRequest, Verdict
-from listgate.frontends.milter import ALONE_REPLY, MilterSession, milter_options, reply_for
+from listgate.errors import ProtocolError
+from listgate.frontends.milter import (
+    ALONE_REPLY,
+    MilterSession,
+    MilterTransaction,
+    milter_options,
+    reply_for,
+)
+from listgate.frontends.session import CLOSE, NEED_DATA, PAUSED
 from listgate.milter import (
-    NEED_DATA,
     POSTFIX_OFFER,
     Abort,
     Continue,
+    EndOfHeaders,
     EnvelopeFrom,
     EnvelopeRecipient,
     Header,
+    Helo,
+    LocalProtocolError,
     Macro,
     MacroStage,
     MilterConnection,
+    MilterOptions,
+    NegotiateReply,
     ProtocolFlag,
+    Quit,
+    QuitNoClose,
+    Reply,
     ReplyCode,
     encode,
 )
 
-from .milter import CHUNKED, pieces
+from .milter import CHUNKED, pieces, replies_in, stream
 
 
 def _decision(verdict: Verdict, code: int | None, dsn: str | None, text: str) -> Decision:
@@ -89,27 +108,50 @@ def test_milter_options_negotiate_with_postfix() -> None:
     assert not n.skips(EnvelopeRecipient)
 
 
-def _run(session: MilterSession, data: bytes, chunk: int | None,
-         conn: MilterConnection | None = None) -> tuple[MilterConnection, list[PostingRequest]]:
-    """Feed *data* after OPTNEG, routing events to *session* like the server does."""
-    if conn is None:
-        conn = MilterConnection(milter_options(1024 * 1024))
-        data = encode(POSTFIX_OFFER) + data
+def converse(
+    session: MilterSession,
+    data: bytes,
+    chunk: int | None,
+    decisions: Sequence[Decision] = (),
+    shown: list[str] | None = None,
+) -> tuple[list[PostingRequest], bytes, bool]:
+    """Feed *data* to *session* in pieces the way the connection loop does, answering the
+    n-th posting request with the n-th of *decisions* (ACCEPT when they run out), and
+    adding each reply as the decision log shows it to *shown*.
+
+    Returns the posting requests, every byte the session queued, and whether it said
+    CLOSE."""
     requests: list[PostingRequest] = []
+    out = bytearray()
+    closed = False
     for piece in pieces(data, chunk):
-        conn.receive_data(piece)
-        while (event := conn.next_event()) is not NEED_DATA:
-            if isinstance(event, EnvelopeFrom):
-                session.on_mail(event, conn)
-            elif isinstance(event, EnvelopeRecipient):
-                requests.append(session.request_for(event, conn))
-                conn.send(Continue())
-            elif isinstance(event, Abort):
-                session.on_abort()
-        conn.data_to_send()
-    return conn, requests
+        session.receive_data(piece)
+        while (event := session.next_event()) is not NEED_DATA:
+            assert not closed, "nothing after CLOSE"
+            if event is CLOSE:
+                closed = True
+                continue
+            assert isinstance(event, PostingRequest), event
+            requests.append(event)
+            assert session.next_event() is PAUSED  # until it is decided
+            index = len(requests) - 1
+            decision = decisions[index] if index < len(decisions) else ACCEPT
+            session.decide(decision)
+            if shown is not None:
+                shown.append(session.shown_reply(decision))
+        out += session.data_to_send()
+    return requests, bytes(out), closed
 
 
+def session_replies(data: bytes) -> list[Reply]:
+    """The replies in a session's output, after the OPTNEG reply."""
+    replies = replies_in(data)
+    assert isinstance(replies[0], NegotiateReply)
+    return replies[1:]
+
+
+LIST_ADDR = "list@example.org"
+ACCEPT = Decision(Verdict.ACCEPT, None, None, "", ("test",), None)
 MAIL_MACROS = Macro(b"M", (("{auth_authen}", "poster@mx.example"),
                            ("{client_addr}", "192.0.2.7"), ("i", "QID-M")))
 
@@ -122,28 +164,29 @@ MAIL_MACROS = Macro(b"M", (("{auth_authen}", "poster@mx.example"),
     ids=["brackets-case", "null-sender", "empty", "spaces", "no-brackets"],
 )
 def test_session_normalises_sender(raw: str, normalised: str, chunk: int | None) -> None:
-    """on_mail stores the envelope sender in normalised form."""
-    session = MilterSession()
-    data = b"".join(encode(p) for p in (MAIL_MACROS, EnvelopeFrom(raw),
-                                         EnvelopeRecipient("<List@Example.org>")))
-    _, requests = _run(session, data, chunk)
-    assert session.sender == normalised
+    """MAIL stores the envelope sender in normalised form; RCPT carries it."""
+    session = MilterSession(milter_options(1024 * 1024))
+    data = stream(POSTFIX_OFFER, MAIL_MACROS, EnvelopeFrom(raw),
+                  EnvelopeRecipient("<List@Example.org>"))
+    requests, out, _ = converse(session, data, chunk)
+    assert session.transaction.sender == normalised
     assert requests[0].sender == normalised
     assert requests[0].recipient == "list@example.org"
+    assert session_replies(out) == [Continue()]
 
 
 @CHUNKED
 def test_session_picks_macros(chunk: int | None) -> None:
     """auth_authen and client_addr come from MAIL macros; 'i' with the RCPT stage winning."""
-    session = MilterSession()
-    data = b"".join(encode(p) for p in (
-        MAIL_MACROS, EnvelopeFrom("<a@example.com>"),
+    session = MilterSession(milter_options(1024 * 1024))
+    data = stream(
+        POSTFIX_OFFER, MAIL_MACROS, EnvelopeFrom("<a@example.com>"),
         Macro(b"R"), EnvelopeRecipient("<list@example.org>"),
         Macro(b"R", (("i", "QID-R"),)), EnvelopeRecipient("<other@example.org>"),
-    ))
-    _, requests = _run(session, data, chunk)
-    assert session.auth_user == "poster@mx.example"
-    assert session.client_address == "192.0.2.7"
+    )
+    requests, _, _ = converse(session, data, chunk)
+    assert session.transaction.auth_user == "poster@mx.example"
+    assert session.transaction.client_address == "192.0.2.7"
     assert requests == [
         PostingRequest("a@example.com", "list@example.org", "192.0.2.7", "QID-M",
                        "poster@mx.example"),
@@ -155,39 +198,154 @@ def test_session_picks_macros(chunk: int | None) -> None:
 @CHUNKED
 def test_session_without_macros(chunk: int | None) -> None:
     """Without macros (or with an empty auth_authen) the optional fields are None."""
-    session = MilterSession()
-    data = b"".join(encode(p) for p in (
-        Macro(b"M", (("{auth_authen}", ""),)), EnvelopeFrom("<a@example.com>"),
+    session = MilterSession(milter_options(1024 * 1024))
+    data = stream(
+        POSTFIX_OFFER, Macro(b"M", (("{auth_authen}", ""),)), EnvelopeFrom("<a@example.com>"),
         EnvelopeRecipient("<list@example.org>"),
-    ))
-    _, requests = _run(session, data, chunk)
+    )
+    requests, _, _ = converse(session, data, chunk)
     assert requests == [PostingRequest("a@example.com", "list@example.org")]
-    assert session.auth_user is None
+    assert session.transaction.auth_user is None
 
 
 @CHUNKED
 def test_session_resets_on_abort(chunk: int | None) -> None:
     """ABORT forgets sender and login but keeps the client address for the connection."""
-    session = MilterSession()
-    first = b"".join(encode(p) for p in (
-        MAIL_MACROS, EnvelopeFrom("<a@example.com>"), EnvelopeRecipient("<l@example.org>"),
-        Abort(),
-    ))
-    conn, _ = _run(session, first, chunk)
-    assert session.sender is None
-    assert session.auth_user is None
-    assert session.client_address == "192.0.2.7"
-    second = b"".join(encode(p) for p in (
+    session = MilterSession(milter_options(1024 * 1024))
+    first = stream(
+        POSTFIX_OFFER, MAIL_MACROS, EnvelopeFrom("<a@example.com>"),
+        EnvelopeRecipient("<l@example.org>"), Abort(),
+    )
+    converse(session, first, chunk)
+    assert session.transaction.sender is None
+    assert session.transaction.auth_user is None
+    assert session.transaction.client_address == "192.0.2.7"
+    second = stream(
         Macro(b"M"), EnvelopeFrom("<b@example.com>"), EnvelopeRecipient("<l@example.org>"),
-    ))
-    _, requests = _run(session, second, chunk, conn)
+    )
+    requests, _, _ = converse(session, second, chunk)
     assert requests == [PostingRequest("b@example.com", "l@example.org", "192.0.2.7")]
+
+
+REJECT_550 = _decision(Verdict.REJECT, 550, "5.7.1", "<o@example.net> may not post")
+
+
+@CHUNKED
+def test_session_rcpt_mode_bytes_in_bytes_out(chunk: int | None) -> None:
+    """RCPT mode: each RCPT is one posting request and its decision's reply; MAIL (no
+    reply), ABORT and QUIT get none; QUIT is CLOSE; every reply is shown for the log."""
+    session = MilterSession(milter_options(1024 * 1024))
+    data = stream(
+        POSTFIX_OFFER, MAIL_MACROS, EnvelopeFrom("<o@example.net>"),
+        EnvelopeRecipient("<alice@example.org>"), EnvelopeRecipient("<list@example.org>"),
+        Abort(), Abort(), Quit(),
+    )
+    shown: list[str] = []
+    requests, out, closed = converse(session, data, chunk, [ACCEPT, REJECT_550], shown)
+    assert [r.recipient for r in requests] == ["alice@example.org", "list@example.org"]
+    assert session_replies(out) == [
+        Continue(), ReplyCode(550, "5.7.1", "<o@example.net> may not post")]
+    assert shown == ["continue", "550 5.7.1 <o@example.net> may not post"]
+    assert closed
+    assert session.requests == 2
+
+
+@CHUNKED
+def test_session_headers_mode_eoh_452_abort_quit_nc(chunk: int | None) -> None:
+    """Headers mode, bytes in and out: a pending list recipient gets CONTINUE, a recipient
+    after it 452 4.5.3 without a decision, EOH asks for the list's decision on Mailman's
+    senders and replies with it; after ABORT (client address kept) a list accepted for
+    good leaves nothing to judge, so EOH is answered CONTINUE without a decision; QUIT_NC
+    forgets the client address; QUIT is CLOSE."""
+    session = MilterSession(milter_options(1024 * 1024, headers=True))
+    data = stream(
+        POSTFIX_OFFER,
+        MAIL_MACROS, EnvelopeFrom("<m@example.com>"),
+        EnvelopeRecipient("<list@example.org>"),
+        EnvelopeRecipient("<bob@example.org>"),
+        Header("From", "Banned <banned@example.net>"), Header("Subject", "hello"),
+        Macro(b"N", (("i", "QID-E"),)), EndOfHeaders(),
+        Abort(),
+        Macro(b"M"), EnvelopeFrom("<m2@example.com>"), EnvelopeRecipient("<list@example.org>"),
+        Header("From", "m2@example.com"), EndOfHeaders(),
+        Abort(), QuitNoClose(),
+        EnvelopeFrom("<m3@example.com>"), EnvelopeRecipient("<list@example.org>"),
+        Quit(),
+    )
+    provisional = Decision(Verdict.REJECT, 550, "5.7.1", "no", ("test",), LIST_ADDR, True)
+    final_reject = _decision(Verdict.REJECT, 550, "5.7.1", "no")
+    accept = Decision(Verdict.ACCEPT, None, None, "", ("test",), LIST_ADDR)
+    tempfail = _decision(Verdict.TEMPFAIL, 451, "4.3.0", "try later")
+    requests, out, closed = converse(
+        session, data, chunk, [provisional, final_reject, accept, tempfail])
+    assert session_replies(out) == [
+        Continue(),  # RCPT list: pending
+        ALONE_REPLY,  # RCPT bob: after a pending list recipient
+        ReplyCode(550, "5.7.1", "no"),  # EOH: the list's final verdict
+        Continue(),  # RCPT list (second transaction): accepted for good
+        Continue(),  # EOH: nothing to judge
+        ReplyCode(451, "4.3.0", "try later"),  # RCPT list after QUIT_NC
+    ]
+    assert requests == [
+        PostingRequest("m@example.com", LIST_ADDR, "192.0.2.7", "QID-M", "poster@mx.example"),
+        PostingRequest("m@example.com", LIST_ADDR, "192.0.2.7", "QID-E", "poster@mx.example",
+                       header_senders=("banned@example.net", "m@example.com")),
+        PostingRequest("m2@example.com", LIST_ADDR, "192.0.2.7"),
+        PostingRequest("m3@example.com", LIST_ADDR),
+    ]
+    assert closed
+
+
+def test_session_shows_why_a_headers_mode_recipient_got_continue() -> None:
+    """The decision log shows a provisional CONTINUE as pending or as judged again."""
+    session = MilterSession(milter_options(1024 * 1024, headers=True))
+    data = stream(POSTFIX_OFFER, EnvelopeFrom("<m@example.com>"),
+                  EnvelopeRecipient("<list@example.org>"))
+    session.receive_data(data)
+    assert isinstance(session.next_event(), PostingRequest)
+    pending = Decision(Verdict.REJECT, 550, "5.7.1", "no", ("test",), LIST_ADDR, True)
+    session.decide(pending)
+    assert session.shown_reply(pending) == "continue (pending: judged at end of headers)"
+    session.receive_data(stream(Abort(), EnvelopeFrom("<m@example.com>"),
+                                EnvelopeRecipient("<list@example.org>")))
+    assert isinstance(session.next_event(), PostingRequest)
+    again = Decision(Verdict.ACCEPT, None, None, "", ("test",), LIST_ADDR, True)
+    session.decide(again)
+    assert session.shown_reply(again) == (
+        "continue (judged again at end of headers if the only recipient)")
+
+
+def test_session_answers_a_wanted_step_it_does_not_judge_with_continue() -> None:
+    """A step the options ask to see but the session does not judge (HELO here) is
+    answered CONTINUE at once, with no posting request."""
+    options = MilterOptions(events=frozenset({EnvelopeFrom, EnvelopeRecipient, Helo}),
+                            no_reply=frozenset({EnvelopeFrom}))
+    session = MilterSession(options)
+    requests, out, closed = converse(session, stream(POSTFIX_OFFER, Helo("client.example")),
+                                     None)
+    assert requests == []
+    assert session_replies(out) == [Continue()]
+    assert not closed
+
+
+def test_session_refuses_a_decision_nobody_asked_for() -> None:
+    """decide without a pending posting request is a LocalProtocolError (a ProtocolError)."""
+    session = MilterSession(milter_options(1024 * 1024))
+    with pytest.raises(LocalProtocolError):
+        session.decide(ACCEPT)
+    assert issubclass(LocalProtocolError, ProtocolError)
+
+
+def test_session_protocol_error_is_raised_from_next_event() -> None:
+    """Bytes that break the protocol raise a ProtocolError from next_event."""
+    session = MilterSession(milter_options(1024 * 1024))
+    session.receive_data(stream(EnvelopeRecipient("<x@example.org>")))
+    with pytest.raises(ProtocolError, match="OPTNEG"):
+        session.next_event()
 
 
 # ------------------------------------------------------------------ headers mode
 
-
-LIST_ADDR = "list@example.org"
 
 
 def _rcpt_decision(verdict: Verdict, *, provisional: bool, list_address: str | None = LIST_ADDR,
@@ -197,12 +355,12 @@ def _rcpt_decision(verdict: Verdict, *, provisional: bool, list_address: str | N
     return Decision(verdict, 550, "5.7.1", "no", ("test",), list_address, provisional)
 
 
-def _headers_session(*rcpts: tuple[str, Decision]) -> tuple[MilterSession, MilterConnection,
+def _headers_session(*rcpts: tuple[str, Decision]) -> tuple[MilterTransaction, MilterConnection,
                                                             list[object]]:
     """A transaction from m@example.com to *rcpts* (each answered with its decision),
     then a From: and a Subject: header; the RCPT replies."""
     conn = MilterConnection(milter_options(1024 * 1024, headers=True))
-    session = MilterSession()
+    session = MilterTransaction()
     session.on_mail(EnvelopeFrom("<m@example.com>"), conn)
     replies = []
     for rcpt, decision in rcpts:

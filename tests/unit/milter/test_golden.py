@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from listgate.decision.model import Decision, PostingRequest, Verdict
-from listgate.frontends.milter import MilterSession, milter_options, reply_for
+from listgate.frontends.milter import MilterTransaction, milter_options, reply_for
 from listgate.milter import (
     FINAL_REPLIES,
     NEED_DATA,
@@ -121,12 +121,13 @@ REQUESTS = {
 
 @dataclass
 class App:
-    """listgate's event loop in miniature (as server/milter.py runs it), without I/O."""
+    """listgate's milter session in miniature (as frontends.milter.MilterSession runs
+    it), keeping every command it sees."""
 
     conn: MilterConnection = field(
         default_factory=lambda: MilterConnection(milter_options(1024 * 1024))
     )
-    session: MilterSession = field(default_factory=MilterSession)
+    session: MilterTransaction = field(default_factory=MilterTransaction)
     events: list[Command] = field(default_factory=list)
     requests: list[PostingRequest] = field(default_factory=list)
 
@@ -146,7 +147,7 @@ class App:
                 elif isinstance(event, Abort):
                     self.session.on_abort()
                 elif isinstance(event, QuitNoClose):
-                    self.session = MilterSession()
+                    self.session = MilterTransaction()
                 assert self.conn.awaiting_reply is None
             out += self.conn.data_to_send()
         return bytes(out)

@@ -60,7 +60,8 @@ def feed(data: bytes, size: int | None = None, conn: PolicyConnection | None = N
         while (event := conn.next_event()) is not NEED_DATA:
             assert isinstance(event, PolicyRequest)
             requests.append(event)
-            out += conn.send(answer)
+            conn.send(answer)
+            out += conn.data_to_send()
     return requests, out
 
 
@@ -292,8 +293,10 @@ def test_one_reply_per_request_in_order() -> None:
     assert isinstance(first, PolicyRequest)
     assert isinstance(second, PolicyRequest)
     assert conn.awaiting_reply == 2
-    assert conn.send("550 5.7.1 one") == b"action=550 5.7.1 one\n\n"
-    assert conn.send("DUNNO") == b"action=DUNNO\n\n"
+    conn.send("550 5.7.1 one")
+    assert conn.data_to_send() == b"action=550 5.7.1 one\n\n"
+    conn.send("DUNNO")
+    assert conn.data_to_send() == b"action=DUNNO\n\n"
     assert conn.awaiting_reply == 0
     with pytest.raises(PolicyStateError):
         conn.send("DUNNO")
@@ -397,7 +400,8 @@ def test_any_byte_stream_gives_requests_or_protocol_error(
             while (event := conn.next_event()) is not NEED_DATA:
                 assert isinstance(event, PolicyRequest)
                 assert 1 <= len(event.attributes) <= 8
-                assert conn.send("DUNNO") == b"action=DUNNO\n\n"
+                conn.send("DUNNO")
+                assert conn.data_to_send() == b"action=DUNNO\n\n"
         if eof:
             conn.receive_data(b"")
             assert conn.next_event() is NEED_DATA
@@ -446,3 +450,54 @@ def test_whole_request_path_agrees_with_the_line_by_line_path(data: bytes, size:
     assert _outcome(PolicyConnection(limits), data, size) == _outcome(
         _LineByLine(limits), data, size
     )
+
+
+# ----------------------------------------------------------------- shape shared with milter
+
+
+def test_replies_accumulate_in_one_outbox_in_order() -> None:
+    """send queues; data_to_send gives every queued reply in request order, then nothing."""
+    conn = PolicyConnection()
+    conn.receive_data(encode_request({"n": "1"}) + encode_request({"n": "2"}))
+    assert isinstance(conn.next_event(), PolicyRequest)
+    assert isinstance(conn.next_event(), PolicyRequest)
+    assert conn.data_to_send() == b""
+    conn.send("550 5.7.1 one")
+    conn.send("DUNNO")
+    assert conn.data_to_send() == b"action=550 5.7.1 one\n\naction=DUNNO\n\n"
+    assert conn.data_to_send() == b""
+
+
+def test_an_empty_action_queues_nothing_and_keeps_the_request_owed() -> None:
+    """send of an action that is empty after cleaning raises ValueError and changes nothing."""
+    conn = PolicyConnection()
+    conn.receive_data(encode_request({"n": "1"}))
+    assert isinstance(conn.next_event(), PolicyRequest)
+    with pytest.raises(ValueError, match="empty policy action"):
+        conn.send(" \r\n\0 ")
+    assert conn.awaiting_reply == 1
+    assert conn.data_to_send() == b""
+
+
+def test_need_data_and_errors_are_shared_with_the_milter_codec() -> None:
+    """One NEED_DATA object for both codecs; the policy errors are ProtocolErrors."""
+    from listgate import milter
+    from listgate.errors import ListgateError, ProtocolError
+    from listgate.sansio import NEED_DATA as SHARED
+
+    assert NEED_DATA is SHARED is milter.NEED_DATA
+    assert PolicyConnection().next_event() is SHARED
+    assert issubclass(PolicyProtocolError, ProtocolError)
+    assert issubclass(PolicyStateError, ProtocolError)
+    assert issubclass(PolicyStateError, RuntimeError)
+    assert issubclass(ProtocolError, ListgateError)
+    assert issubclass(milter.MilterProtocolError, ProtocolError)
+
+
+@pytest.mark.parametrize(
+    ("line", "request_bytes"), [(8192, 65536), (512, 65536), (70000, 70004)]
+)
+def test_limits_for_lines(line: int, request_bytes: int) -> None:
+    """A request may hold 64 KiB, or one longest line with its framing if that is more."""
+    limits = PolicyLimits.for_lines(line, 40)
+    assert limits == PolicyLimits(line, 40, request_bytes)
