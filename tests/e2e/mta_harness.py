@@ -466,54 +466,183 @@ class EximInstance:
 SENDMAIL_HOSTNAME = "mx.sendmail.test"
 
 
-def sendmail_mc(base: Path, smtp_port: int, sink_port: int, milter: str) -> str:
+@dataclass(frozen=True)
+class SendmailListener:
+    """One SMTP daemon port of the private Sendmail and the listgate milter it uses.
+
+    The listener named ``main`` uses the filter that deploy/sendmail/listgate.mc defines
+    (INPUT_MAIL_FILTER, every daemon's default); the others name a filter of their own
+    (MAIL_FILTER + the daemon's InputMailFilters) with the same flags and timeouts.
+    """
+
+    name: str
+    port: int
+    milter: str
+    """listgate's [milter] listen spec, ``inet:127.0.0.1:PORT``."""
+
+    @property
+    def sendmail_socket(self) -> str:
+        """The milter address as Sendmail writes it: ``inet:PORT@127.0.0.1``."""
+        return f"inet:{_port(self.milter)}@127.0.0.1"
+
+
+_FILTER_LINE = re.compile(r"^INPUT_MAIL_FILTER\(`listgate', `([^']*)'\)dnl$", re.MULTILINE)
+
+
+def sendmail_mc(base: Path, listeners: Sequence[SendmailListener], sink_port: int) -> str:
     """A private sendmail.mc around the shipped deploy/sendmail/listgate.mc (its socket
-    replaced by *milter*, ``inet:PORT@127.0.0.1``)."""
-    filter_mc = (DEPLOY / "sendmail" / "listgate.mc").read_text()
-    if "S=inet:8890@127.0.0.1" not in filter_mc:
-        raise AssertionError("listgate.mc no longer mentions S=inet:8890@127.0.0.1")
-    filter_mc = filter_mc.replace("S=inet:8890@127.0.0.1", f"S={milter}")
+    replaced by listener ``main``'s milter)."""
+    shipped = (DEPLOY / "sendmail" / "listgate.mc").read_text()
+    m = _FILTER_LINE.search(shipped)
+    if m is None or "S=inet:8890@127.0.0.1" not in m.group(1):
+        raise AssertionError("listgate.mc no longer has INPUT_MAIL_FILTER(`listgate', "
+                             "`S=inet:8890@127.0.0.1, ...')")
+    args = m.group(1)
+    by_name = {lst.name: lst for lst in listeners}
+    filter_mc = shipped.replace("S=inet:8890@127.0.0.1", f"S={by_name['main'].sendmail_socket}")
+    daemons = []
+    for lst in listeners:
+        if lst.name == "main":
+            daemons.append(f"DAEMON_OPTIONS(`Port={lst.port}, Addr=127.0.0.1, Name=main')dnl")
+            continue
+        own = args.replace("S=inet:8890@127.0.0.1", f"S={lst.sendmail_socket}")
+        daemons.append(f"MAIL_FILTER(`{lst.name}', `{own}')dnl")
+        daemons.append(f"DAEMON_OPTIONS(`Port={lst.port}, Addr=127.0.0.1, Name={lst.name}, "
+                       f"InputMailFilters={lst.name}')dnl")
     run = base / "run"
+    daemon_mc = "\n".join(daemons)
     return f"""\
 divert(-1)
 # Private Sendmail instance for listgate's end-to-end tests (generated).
 divert(0)dnl
 include(`{SENDMAIL_CF_M4}')dnl
 VERSIONID(`listgate e2e sendmail instance')dnl
-OSTYPE(`debian')dnl
+OSTYPE(`linux')dnl
 define(`confDOMAIN_NAME', `{SENDMAIL_HOSTNAME}')dnl
 define(`QUEUE_DIR', `{run}/mqueue')dnl
 define(`MSP_QUEUE_DIR', `{run}/clientmqueue')dnl
 define(`confPID_FILE', `{run}/sendmail.pid')dnl
 define(`STATUS_FILE', `{run}/statistics')dnl
 define(`ALIAS_FILE', `{run}/aliases')dnl
-define(`confSERVICE_SWITCH_FILE', `{run}/service.switch')dnl
-define(`confHOSTS_FILE', `/etc/hosts')dnl
+define(`HELP_FILE', `{run}/helpfile')dnl
 define(`confCW_FILE', `{run}/local-host-names')dnl
 define(`confCT_FILE', `{run}/trusted-users')dnl
+define(`confSERVICE_SWITCH_FILE', `{run}/service.switch')dnl
+define(`confHOSTS_FILE', `/etc/hosts')dnl
 define(`confDONT_PROBE_INTERFACES', `true')dnl
 define(`confTO_IDENT', `0')dnl
 define(`confBIND_OPTS', `-DNSRCH -DEFNAMES')dnl
-define(`confDONT_BLAME_SENDMAIL', `TrustStickyBit,GroupReadableKeyFile')dnl
+define(`confDONT_BLAME_SENDMAIL', `TrustStickyBit')dnl
 define(`confPRIVACY_FLAGS', `goaway')dnl
 define(`confDELIVERY_MODE', `background')dnl
-define(`confLOG_LEVEL', `14')dnl
-define(`confMILTER_LOG_LEVEL', `14')dnl
+define(`confLOG_LEVEL', `9')dnl
 define(`confREFUSE_LA', `100')dnl
 define(`confQUEUE_LA', `100')dnl
-define(`confMAX_DAEMON_CHILDREN', `40')dnl
+define(`confDELAY_LA', `0')dnl
 define(`confCONNECTION_RATE_THROTTLE', `0')dnl
 define(`confMIN_QUEUE_AGE', `0')dnl
 define(`SMART_HOST', `lmtpsink:[127.0.0.1]')dnl
+FEATURE(`no_default_msa')dnl
 FEATURE(`nocanonify')dnl
 FEATURE(`accept_unresolvable_domains')dnl
-FEATURE(`accept_unqualified_senders')dnl
 RELAY_DOMAIN(`example.org')dnl
-DAEMON_OPTIONS(`Port={smtp_port}, Addr=127.0.0.1, Name=MTA')dnl
+{daemon_mc}
+dnl ---- deploy/sendmail/listgate.mc
+{filter_mc}dnl ---- end of listgate.mc
+MAILER(`local')dnl
+MAILER(`smtp')dnl
 MAILER_DEFINITIONS
+# every relayed recipient goes to the aiosmtpd LMTP sink on 127.0.0.1 (SMART_HOST)
 Mlmtpsink, P=[IPC], F=mDFMuXz8, S=EnvFromSMTP/HdrFromSMTP, R=EnvToSMTP, E=\\r\\n, L=990,
 \t\tT=DNS/RFC822/SMTP, A=TCP $h {sink_port}
-# ---- deploy/sendmail/listgate.mc
-{filter_mc}MAILER(`local')dnl
-MAILER(`smtp')dnl
 """
+
+
+class SendmailInstance:
+    """A private Sendmail 8.17 daemon (``-bD``) on 127.0.0.1, one port per listener."""
+
+    def __init__(
+        self, base: Path, listeners: Sequence[SendmailListener], sink_port: int
+    ) -> None:
+        self.base = base
+        self.listeners = {lst.name: lst for lst in listeners}
+        self.sink_port = sink_port
+        self.namespace = PrivateNamespace(base / "ns", SENDMAIL_HOSTNAME)
+        self.run = base / "run"
+        self.mc = base / "sendmail.mc"
+        self.cf = base / "sendmail.cf"
+        self.traffic_log = base / "smtp-traffic.log"
+        self.daemon: TracedDaemon | None = None
+
+    def port(self, listener: str) -> int:
+        """SMTP port of a listener."""
+        return self.listeners[listener].port
+
+    def create(self) -> None:
+        """Write sendmail.mc, build sendmail.cf with m4 and Debian's sendmail-cf macros,
+        make the queue and the (empty) files the config names."""
+        require_file(SENDMAIL_BINARY)
+        require_file(SENDMAIL_CF_M4)
+        self.namespace.create()
+        for sub in ("mqueue", "clientmqueue"):
+            (self.run / sub).mkdir(parents=True, exist_ok=True)
+            (self.run / sub).chmod(0o700)
+        self.run.chmod(0o755)
+        for name in ("aliases", "helpfile", "local-host-names", "trusted-users", "statistics"):
+            (self.run / name).touch()
+        (self.run / "service.switch").write_text("hosts files\naliases files\n")
+        self.mc.write_text(sendmail_mc(self.base, list(self.listeners.values()), self.sink_port))
+        proc = subprocess.run(
+            [find_binary("m4"), str(self.mc)], capture_output=True, text=True, timeout=60,
+            check=False,
+        )
+        if proc.returncode != 0 or proc.stderr:
+            raise AssertionError(f"m4 {self.mc} failed (rc {proc.returncode}):\n{proc.stderr}")
+        self.cf.write_text(proc.stdout)
+        self.cf.chmod(0o644)
+
+    def sendmail(self, *args: str) -> list[str]:
+        """A sendmail command line with this instance's config, inside the namespaces."""
+        return self.namespace.command([str(SENDMAIL_BINARY), "-C", str(self.cf), *args])
+
+    def start(self) -> None:
+        """Start the daemon under strace; wait for the 220 banner on every port."""
+        self.daemon = TracedDaemon(
+            self.sendmail("-bD", "-L", "sm-e2e", "-X", str(self.traffic_log)),
+            self.base / "strace.log", self.base / "daemon.out",
+        )
+        self.daemon.start()
+        for lst in self.listeners.values():
+            wait_until(
+                functools.partial(smtp_banner, lst.port), 30.0,
+                f"Sendmail listener {lst.name} on 127.0.0.1:{lst.port} to send 220",
+                interval=0.05, detail=self.describe,
+            )
+
+    def stop(self) -> None:
+        """Stop the daemon (and every process it started)."""
+        if self.daemon is not None:
+            self.daemon.stop()
+
+    def describe(self) -> str:
+        """Daemon output and the end of the SMTP traffic log, for assertion messages."""
+        out = self.daemon.output() if self.daemon else ""
+        try:
+            traffic = tail(self.traffic_log.read_text(errors="replace"), 60)
+        except OSError:
+            traffic = ""
+        return (f"--- sendmail output ---\n{out}\n--- traffic log tail ---\n{traffic}\n"
+                f"--- queue ---\n{self.queued()}")
+
+    def queued(self) -> list[str]:
+        """Queue ids of the messages in the queue (their qf files)."""
+        try:
+            return sorted(p.name[2:] for p in (self.run / "mqueue").iterdir()
+                          if p.name.startswith("qf"))
+        except OSError:
+            return []
+
+    def wait_queue_empty(self, timeout: float = 15.0) -> None:
+        """Wait until every queued message was delivered."""
+        wait_until(lambda: not self.queued(), timeout, "the Sendmail queue to drain",
+                   interval=0.1, detail=self.describe)
