@@ -27,13 +27,22 @@ import ipaddress
 import os
 import re
 import signal
+import socket
 import subprocess
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .harness import INSTALL_HINT, REPO_ROOT, find_binary, tail, wait_until
+from .harness import (
+    INSTALL_HINT,
+    REPO_ROOT,
+    RecordingSMTP,
+    Reply,
+    Transcript,
+    find_binary,
+    tail,
+    wait_until,
+)
 
 MTA_ROOT = REPO_ROOT / ".cache" / "mta" / "root"
 """Where .ci/install-test-deps.sh unpacks exim4-daemon-light, sendmail-* and libraries."""
@@ -252,8 +261,6 @@ class TracedDaemon:
 
 def smtp_banner(port: int) -> str | None:
     """The first line the server on 127.0.0.1:*port* sends if it is a 220, else None."""
-    import socket
-
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
             s.settimeout(5)
@@ -298,12 +305,12 @@ def _port(spec: str) -> int:
     return int(spec.rsplit(":", 1)[1])
 
 
-def exim_localmacros(acl_file: Path, socket: str, timeout: str) -> str:
+def exim_localmacros(acl_file: Path, policy_socket: str, timeout: str) -> str:
     """deploy/exim/exim4.conf.localmacros with the test's ACL path, socket and timeout."""
     text = (DEPLOY / "exim" / "exim4.conf.localmacros").read_text()
     replace = {
         "/etc/exim4/listgate_rcpt_acl": str(acl_file),
-        "inet:127.0.0.1:8891": socket,
+        "inet:127.0.0.1:8891": policy_socket,
         "LISTGATE_TIMEOUT = 30s": f"LISTGATE_TIMEOUT = {timeout}",
     }
     for old, new in replace.items():
@@ -646,3 +653,52 @@ class SendmailInstance:
         """Wait until every queued message was delivered."""
         wait_until(lambda: not self.queued(), timeout, "the Sendmail queue to drain",
                    interval=0.1, detail=self.describe)
+
+
+# --------------------------------------------------------------------------- SMTP
+
+
+class MtaSessions:
+    """Recorded SMTP sessions of one test to one MTA instance (any ``port(name)``)."""
+
+    def __init__(self, ports: dict[str, int], test_name: str) -> None:
+        self.ports = ports
+        self.test_name = test_name
+        self.clients: list[RecordingSMTP] = []
+
+    def connect(self, listener: str, title: str) -> RecordingSMTP:
+        """A new recorded session to *listener*."""
+        transcript = Transcript(f"{self.test_name}: {title}")
+        client = RecordingSMTP(transcript, "127.0.0.1", self.ports[listener])
+        self.clients.append(client)
+        return client
+
+    def close(self) -> str:
+        """QUIT every session; the transcripts as text."""
+        for client in self.clients:
+            client.close_politely()
+        return "".join(c.transcript.render() for c in self.clients)
+
+
+def reply_text(reply: Reply) -> str:
+    """The reply as one line: a multi-line reply's continuation lines joined with spaces,
+    each line's repeated enhanced status code dropped (Exim splits long texts, e.g.
+    ``550-5.7.1 <a> is not allowed to post to`` / ``550 5.7.1 <list>``)."""
+    lines = reply.text.split("\n")
+    first = lines[0]
+    status = first.split(" ", 1)[0] if re.match(r"^[245]\.\d+\.\d+ ", first) else ""
+    rest = [ln[len(status) + 1:] if status and ln.startswith(status + " ") else ln
+            for ln in lines[1:]]
+    return " ".join([f"{reply.code} {first}", *rest]).rstrip()
+
+
+def wait_for_lines(
+    read: Callable[[], str], pattern: str, what: str, timeout: float = 10.0
+) -> str:
+    """Wait until a line of ``read()`` matches *pattern*; return it."""
+    rx = re.compile(pattern)
+
+    def probe() -> str | None:
+        return next((ln for ln in read().splitlines() if rx.search(ln)), None)
+
+    return wait_until(probe, timeout, what, detail=lambda: tail(read()))
