@@ -284,20 +284,21 @@ class EximListener:
     port: int
     policy: str
     """listgate's [policy] listen spec, ``inet:127.0.0.1:PORT``."""
+    timeout: str = "10s"
+    """LISTGATE_TIMEOUT for this port (readsocket's connect/write/read bound)."""
 
 
 EXIM_USER = "Debian-exim"
 
 
-def exim_policy_socket(listeners: Sequence[EximListener]) -> str:
-    """The readsocket address as an Exim expansion: each SMTP port asks its own listgate."""
+def by_received_port(listeners: Sequence[EximListener], value: Callable[[EximListener], str]
+                     ) -> str:
+    """An Exim expansion that gives ``value(listener)`` for the SMTP port a message came in
+    on (nested ``${if ={$received_port}{PORT}{...}{...}}``)."""
     *firsts, last = listeners
-    expr = f"inet:127.0.0.1:{_port(last.policy)}"
+    expr = value(last)
     for lst in reversed(firsts):
-        expr = (
-            f"${{if ={{$received_port}}{{{lst.port}}}"
-            f"{{inet:127.0.0.1:{_port(lst.policy)}}}{{{expr}}}}}"
-        )
+        expr = f"${{if ={{$received_port}}{{{lst.port}}}{{{value(lst)}}}{{{expr}}}}}"
     return expr
 
 
@@ -323,7 +324,11 @@ def exim_localmacros(acl_file: Path, policy_socket: str, timeout: str) -> str:
 def exim_config(base: Path, listeners: Sequence[EximListener], sink_port: int) -> str:
     """A private Exim configuration: Debian's acl_check_rcpt in miniature (relay check,
     the CHECK_RCPT_LOCAL_ACL_FILE hook, accept) around the shipped listgate drop-in."""
-    macros = exim_localmacros(base / "listgate_rcpt_acl", exim_policy_socket(listeners), "10s")
+    macros = exim_localmacros(
+        base / "listgate_rcpt_acl",
+        by_received_port(listeners, lambda lst: f"inet:127.0.0.1:{_port(lst.policy)}"),
+        by_received_port(listeners, lambda lst: lst.timeout),
+    )
     ports = " : ".join(str(lst.port) for lst in listeners)
     return f"""\
 # Private Exim instance for listgate's end-to-end tests (generated).

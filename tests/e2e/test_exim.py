@@ -3,9 +3,10 @@
 Exim asks listgate's Postfix policy listener from its RCPT ACL with ``${readsocket}``,
 through the shipped drop-in (deploy/exim/listgate_rcpt_acl, included by the
 CHECK_RCPT_LOCAL_ACL_FILE hook that deploy/exim/exim4.conf.localmacros sets, as in
-Debian's acl_check_rcpt). One private Exim daemon serves the whole module on three
-ports, each asking its own listgate: "main" (static map), "down" (a listgate that one
-test stops) and "mailman" (Mailman backend, a real core). Accepted mail goes over LMTP to
+Debian's acl_check_rcpt). One private Exim daemon serves the whole module on four
+ports, each asking its own policy port: "main" (listgate, static map), "down" (a
+listgate that one test stops), "mailman" (listgate, Mailman backend, a real core) and
+"silent" (a port that never answers, 1 s timeout). Accepted mail goes over LMTP to
 the aiosmtpd sink. Exim runs in private mount+UTS namespaces under strace; the last test
 reads the trace. Run with ``-s`` to see the SMTP transcripts (also saved in each test's
 tmp dir as ``smtp-transcripts.txt``).
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +66,10 @@ RCPT_OK = "250 Accepted"
 DATA_GO = '354 Enter message, ending with "." on a line by itself'
 UNAVAILABLE = "451 4.3.5 Policy service unavailable, try again later"
 """The shipped ACL's readsocket fail string: listgate unreachable or silent."""
-LISTENERS = ("main", "down", "mailman")
+LISTENERS = ("main", "down", "mailman", "silent")
+SILENT_TIMEOUT = 1.0
+"""LISTGATE_TIMEOUT (seconds) of listener "silent", whose policy port accepts connections
+but never answers."""
 
 
 def rejection(sender: str, lst: str = LIST) -> str:
@@ -85,11 +91,15 @@ class EximEnv:
 
 @pytest.fixture(scope="module")
 def exim_env(sink: LmtpSink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EximEnv]:
-    """A private Exim daemon with listeners main, down and mailman."""
+    """A private Exim daemon with listeners main, down, mailman and silent."""
     base = traversable_tmpdir("lg-e2e-exim-")
     policy = {name: f"inet:127.0.0.1:{free_port()}" for name in LISTENERS}
     exim = EximInstance(
-        base, [EximListener(name, free_port(), policy[name]) for name in LISTENERS], sink.port
+        base,
+        [EximListener(name, free_port(), policy[name],
+                      f"{SILENT_TIMEOUT:g}s" if name == "silent" else "10s")
+         for name in LISTENERS],
+        sink.port,
     )
     try:
         exim.create()
@@ -326,6 +336,25 @@ def test_listgate_stopped_gives_4xx_and_nothing_is_delivered(
     assert down.rcpt(owner).line == RCPT_OK
     deliver(down, exim_env, sink, MEMBER, [owner])
     assert sink.deliveries_for(token) == []
+
+
+def test_silent_policy_server_gives_451_after_the_timeout(
+    exim_env: EximEnv, sink: LmtpSink, smtp: MtaSessions
+) -> None:
+    """A policy port that accepts connections (the kernel completes them from the listen
+    backlog) but never answers: after LISTGATE_TIMEOUT the recipient gets the fail
+    string's 451, never a pass, and nothing is delivered."""
+    host, _, port = exim_env.policy["silent"].removeprefix("inet:").rpartition(":")
+    with socket.create_server((host, int(port)), backlog=16):
+        c = smtp.connect("silent", "policy server never answers")
+        assert c.hello().code == 250
+        assert c.mail(MEMBER).line == MAIL_OK
+        began = time.monotonic()
+        assert c.rcpt(LIST).line == UNAVAILABLE
+        waited = time.monotonic() - began
+        assert c.command("DATA").code == 503
+    assert SILENT_TIMEOUT - 0.05 <= waited < SILENT_TIMEOUT + 3.0, waited
+    assert exim_env.exim.queue_count() == 0
 
 
 # --------------------------------------------------------------------------- Mailman
