@@ -82,3 +82,41 @@ sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Pyth
   fi
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 fi
+
+# ---- Exim and Sendmail (tests/e2e/test_exim_*.py, test_sendmail_*.py) ----
+# Debian's exim4-daemon-light and sendmail-bin conflict with the postfix package, so they
+# are never installed: their .debs, plus the libraries they link that this machine lacks
+# (libidn12, libwrap0 on a Postfix host), are unpacked with dpkg -x into .cache/mta/root
+# (gitignored). The tests run private instances from there in their own mount+UTS
+# namespaces (unshare, util-linux) and watch them with strace. Done again only when the
+# prefix is incomplete (rm -rf .cache/mta to fetch newer versions).
+[ -x /usr/bin/strace ] || {
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends strace
+}
+mta_prefix=.cache/mta
+if [ ! -f "$mta_prefix/.complete" ] || [ ! -x "$mta_prefix/root/usr/sbin/exim4" ] \
+   || [ ! -x "$mta_prefix/root/usr/libexec/sendmail/sendmail" ] \
+   || [ ! -f "$mta_prefix/root/usr/share/sendmail/cf/m4/cf.m4" ]; then
+  rm -rf "$mta_prefix"
+  mkdir -p "$mta_prefix/debs" "$mta_prefix/root"
+  mta_pkgs=(exim4-daemon-light sendmail-bin sendmail-base sendmail-cf)
+  apt-cache show "${mta_pkgs[@]}" >/dev/null 2>&1 || apt-get update -q
+  mta_libs=$(apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks \
+      --no-replaces --no-enhances exim4-daemon-light sendmail-bin \
+    | awk '$1 == "Depends:" && $2 ~ /^lib/ {print $2}' | sort -u)
+  for lib in $mta_libs; do
+    dpkg-query -W -f='${Status}\n' "$lib" 2>/dev/null | grep -q 'ok installed' \
+      || mta_pkgs+=("$lib")
+  done
+  # apt's _apt user cannot write into the repo: download in a dir it may use.
+  mta_dl=$(mktemp -d)
+  chmod 755 "$mta_dl"
+  chown _apt "$mta_dl" 2>/dev/null || true
+  (cd "$mta_dl" && apt-get download -q "${mta_pkgs[@]}")
+  mv "$mta_dl"/*.deb "$mta_prefix/debs/"
+  rmdir "$mta_dl"
+  for deb in "$mta_prefix"/debs/*.deb; do dpkg -x "$deb" "$mta_prefix/root"; done
+  (cd "$mta_prefix/debs" && ls) > "$mta_prefix/.complete"
+fi
