@@ -18,7 +18,8 @@ Invariants:
   client is cut even if it sends a byte a second). No timeout runs while the gate
   decides: the gate bounds its own time.
 - ``drain()`` closes the connection as soon as no decision is in flight; ``abort()``
-  closes it at once.
+  closes it at once. End of input from the peer (a half-close) drains: every complete
+  request already received is still answered, then the connection closes.
 - One decision log line (``listgate.decision``) per decision: INFO when it is about a
   list or not an ACCEPT, else DEBUG; one count per decision in ``decisions``.
 """
@@ -256,7 +257,11 @@ class StreamConnection(asyncio.Protocol):
             self._reading_paused = True
 
     def eof_received(self) -> bool | None:
-        return None  # close our side too
+        # The peer has said all it will (Exim's readsocket half-closes after its one
+        # request and reads until we close): answer what is in flight or buffered, then
+        # close. True keeps the transport open for writing until then.
+        self.drain()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True

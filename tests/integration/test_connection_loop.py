@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -185,6 +186,23 @@ def test_drain_answers_what_is_in_flight_then_closes(fe: FrontEnd) -> None:
         assert not d.thread.is_alive()
         idle.close()
         busy.close()
+
+
+def test_half_close_answers_what_was_asked_then_closes(fe: FrontEnd) -> None:
+    """A peer that half-closes after its requests (Exim's readsocket does) still gets an
+    answer to each, the one being decided included, and then the connection closes; the
+    service is not stopped by it."""
+    with slow_daemon(fe) as (d, backend):
+        peer = fe.peer(d.port)
+        peer.hello()
+        peer.send(peer.wire([(OUTSIDER, LIST), (MEMBER, LIST)]))
+        wait_started(d, backend)
+        peer.sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.1)  # the end of input reaches the loop while the decision waits
+        release(d, backend)
+        assert peer.decode(peer.closed_by_peer()) == [fe.rejected, fe.accepted]
+        peer.close()
+        assert_served(fe, d.port)
 
 
 def test_stop_aborts_what_is_still_busy_after_shutdown_timeout(
