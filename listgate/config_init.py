@@ -565,7 +565,7 @@ def _write_new(path: Path, text: str, mode: int) -> None:
 def _check(url: str, user: str, password: str) -> None:
     """Ask Mailman and say what it answered (its lists); ``_CheckFailed`` names the
     failure."""
-    from listgate.mailman_probe import probe_rest
+    from listgate.mailman.probe import probe_rest
 
     try:
         probe = asyncio.run(probe_rest(url, user, password, timeout=REST_TIMEOUT))

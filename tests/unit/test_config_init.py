@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import free_port
 
 from listgate import config as config_module
 from listgate import config_init
@@ -37,7 +38,7 @@ from listgate.config_init import (
 )
 from listgate.errors import BackendUnavailable, ConfigError
 from listgate.listen import parse_listen_spec
-from listgate.mailman_probe import probe_rest
+from listgate.mailman.probe import probe_rest
 
 LISTEN = (parse_listen_spec("inet:127.0.0.1:8890"),)
 SECRET = "s3cret-Pass_word"
@@ -378,12 +379,6 @@ def test_a_user_listgate_cannot_use_is_refused(tmp_path: Path,
 
 
 # --------------------------------------------------------------------------- the REST check
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
