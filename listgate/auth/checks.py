@@ -174,7 +174,7 @@ def check_dkim(
         except _KeyTemporarilyUnavailable:
             temperror = True
             continue
-        except Exception:  # a broken signature or key is no proof
+        except Exception:  # noqa: S112 - a broken signature or key is no proof
             continue
         if ok and verifier.domain:
             domain = verifier.domain.decode("ascii", "replace").lower().rstrip(".")
@@ -211,7 +211,7 @@ def parse_upstream(values: Iterable[str], authserv_id: str, expected: int) -> Up
             header = authres.AuthenticationResultsHeader.parse_value(
                 value.replace("\r\n", "\n")
             )
-        except Exception:  # authres raises its own SyntaxError and a few others
+        except Exception:  # noqa: S112 - authres raises its own SyntaxError and others
             continue
         if str(header.authserv_id).lower() == authserv_id.lower():
             mine.append(header)

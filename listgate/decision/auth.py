@@ -24,11 +24,13 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
 
 from listgate.decision.model import PostingRequest
 
 __all__ = [
     "NO_AUTHENTICATION",
+    "Authenticates",
     "Authentication",
     "SpfResult",
     "domain_of",
@@ -40,7 +42,7 @@ __all__ = [
 class SpfResult(enum.Enum):
     """RFC 7208 §2.6 results of ``check_host()`` for the MAIL FROM identity."""
 
-    PASS = "pass"
+    PASS = "pass"  # noqa: S105 - an SPF result, not a password
     FAIL = "fail"
     SOFTFAIL = "softfail"
     NEUTRAL = "neutral"
@@ -126,3 +128,16 @@ def temporary(address: str, request: PostingRequest, auth: Authentication) -> bo
         return True
     return auth.dkim_temperror and address in auth.header_from and bool(domain)
 
+
+
+class Authenticates(Protocol):
+    """What the gate asks for a ``require_authenticated`` list's facts
+    (``listgate.auth.Authenticator`` implements it; the core never imports it)."""
+
+    def authenticate_now(self, request: PostingRequest) -> Authentication | None:
+        """The facts without I/O, or None: await ``authenticate``."""
+        ...
+
+    async def authenticate(self, request: PostingRequest) -> Authentication:
+        """The facts, within the configured DNS deadline; never raises for DNS trouble."""
+        ...
