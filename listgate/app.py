@@ -29,6 +29,7 @@ from listgate.config import (
     load_config,
     requires_authentication,
 )
+from listgate.decision.auth import Authenticates
 from listgate.decision.engine import DecideAt
 from listgate.decision.facts import FactSource
 from listgate.decision.gate import Gate
@@ -59,11 +60,15 @@ __all__ = [
 log = logging.getLogger("listgate")
 
 
-def build_gate(config: Config, backend: FactSource | None = None) -> Gate:
+def build_gate(
+    config: Config,
+    backend: FactSource | None = None,
+    authenticator: Authenticates | None = None,
+) -> Gate:
     """A gate over *backend* (or the configured one) with the configured texts, failure
-    policy and per-list overrides."""
-    authenticator = None
-    if requires_authentication(config):
+    policy and per-list overrides, and for require_authenticated lists *authenticator*
+    (or one checking as ``[auth]`` says)."""
+    if authenticator is None and requires_authentication(config):
         from listgate.auth import Authenticator  # DNS and crypto libraries: only if used
 
         authenticator = Authenticator(config.auth)

@@ -29,7 +29,7 @@ from listgate.config import AuthConfig, AuthSource, parse_nameserver
 from listgate.decision.auth import Authentication, SpfResult, domain_of
 from listgate.decision.model import Evidence, PostingRequest
 
-__all__ = ["SPF_CACHE_SECONDS", "Authenticator"]
+__all__ = ["SPF_CACHE_SECONDS", "Authenticator", "GivenResults"]
 
 SPF_CACHE_SECONDS = 60.0
 """How long an SPF result is reused for the same client, domain and HELO."""
@@ -215,3 +215,34 @@ class Authenticator:
                    *(domain_of(a) for a in request.senders)}
         domains.discard("")
         return MappingProxyType({d: checks.organizational_domain(d) for d in domains})
+
+
+class GivenResults:
+    """Fixed results instead of checks (``listgate check --spf --dkim-domain``): explains
+    a verdict offline, with no DNS at all."""
+
+    __slots__ = ("dkim_domains", "spf")
+
+    def __init__(self, spf: SpfResult | None, dkim_domains: tuple[str, ...]) -> None:
+        self.spf = spf
+        self.dkim_domains = tuple(d.lower().rstrip(".") for d in dkim_domains)
+
+    def authenticate_now(self, request: PostingRequest) -> Authentication:
+        """The given results, for this request's senders."""
+        evidence = request.evidence or _NO_EVIDENCE
+        spf_domain = domain_of(request.sender) if self.spf is not None else ""
+        return Authentication(
+            spf=self.spf,
+            spf_domain=spf_domain,
+            dkim_domains=self.dkim_domains,
+            dkim_checked=True,
+            header_from=evidence.header_from,
+            organizational=Authenticator._organizational(
+                request, evidence, spf_domain, self.dkim_domains
+            ),
+            source="given on the command line",
+        )
+
+    async def authenticate(self, request: PostingRequest) -> Authentication:
+        """The same, for the awaiting path."""
+        return self.authenticate_now(request)

@@ -370,9 +370,14 @@ def decide(
             return _accept((f"override allow {entry} admits <{address}>",), list_address)
     senders, hints = facts.senders, facts.hints if request.decodes_envelope else ()
     unproven: list[SenderFacts] = []
+    proven: tuple[str, ...] = ()
     auth = authentication or NO_AUTHENTICATION
     if overrides.require_authenticated:
         senders, hints, unproven = _demoted(request, senders, hints, auth)
+        proven = tuple(
+            f"authenticated <{s.address}>: {why}" for s in senders
+            if s.proven and s.address and (why := proof(s.address, request, auth))
+        )
     outcome = mailman_outcome(
         facts.policy, senders, hints, trust_approved=overrides.trust_approved
     )
@@ -390,7 +395,7 @@ def decide(
         and overrides.hold is HoldPolicy.REJECT
         and not outcome.never_reject
     )
-    reasons = outcome.reasons
+    reasons = (*outcome.reasons, *proven)
     if outcome.action is Action.HOLD:
         reasons = (*reasons, f"Mailman would hold it; hold={overrides.hold.value}")
     at_rcpt_of_headers_list = (
