@@ -111,7 +111,7 @@ def check_spf(
     from *client*."""
     _local.resolver = resolver
     try:
-        result, _code, _text = spf.check2(
+        result, _text = spf.check2(
             i=client, s=sender, h=helo or "unknown", timeout=timeout, querytime=timeout
         )
     except Exception:  # pyspf's own bugs on odd input: no proof, not a reject by itself
