@@ -129,7 +129,8 @@ def test_dns_temperror_is_451_never_550() -> None:
     d = decide(PostingRequest(MEMBER, LIST), facts(member()), TEXTS, ON,
                spf(SpfResult.TEMPERROR))
     assert d.verdict is Verdict.TEMPFAIL
-    assert d.smtp_reply is not None and d.smtp_reply.startswith("451 4.7.5 ")
+    assert d.smtp_reply is not None
+    assert d.smtp_reply.startswith("451 4.7.5 ")
 
 
 def test_monitor_mode_logs_would_reject_and_accepts() -> None:
@@ -171,4 +172,5 @@ def test_headers_list_waits_at_rcpt_as_before() -> None:
     overrides = ListOverrides(decide_at=DecideAt.HEADERS, require_authenticated=True)
     d = decide(PostingRequest(MEMBER, LIST), facts(member()), TEXTS, overrides,
                spf(SpfResult.NONE, pending=True))
-    assert d.provisional and d.awaits_proof
+    assert d.provisional
+    assert d.awaits_proof
