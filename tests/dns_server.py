@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from support import free_port, wait_until
@@ -149,3 +150,42 @@ class DkimKey:
             include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
         )
         return signature + message
+
+
+MEMBER = "member@example.com"
+"""A member; example.com's SPF allows 127.0.0.1 only; its mail is signed d=example.com."""
+
+
+@dataclass(frozen=True)
+class AuthDns:
+    """The running DNS server and the keys published in it."""
+
+    server: NsdServer
+    example: DkimKey
+    """Published at sel._domainkey.example.com."""
+    other: DkimKey
+    """Published at sel._domainkey.other.org."""
+
+
+def auth_zones(example: DkimKey, other: DkimKey) -> dict[str, str]:
+    """The test zones: SPF, DKIM keys and DMARC records of example.com and other.org."""
+    return {
+        "example.com": zone_text("example.com", [
+            ("@", "TXT", txt_record("v=spf1 ip4:127.0.0.1 include:_spf.example.com -all")),
+            ("_spf", "TXT", txt_record("v=spf1 a:ns.example.com -all")),
+            ("sel._domainkey", "TXT", txt_record(example.record)),
+            ("_dmarc", "TXT", txt_record("v=DMARC1; p=reject")),
+        ]),
+        "other.org": zone_text("other.org", [
+            ("@", "TXT", txt_record("v=spf1 -all")),
+            ("sel._domainkey", "TXT", txt_record(other.record)),
+            ("_dmarc", "TXT", txt_record("v=DMARC1; p=none")),
+        ]),
+    }
+
+
+def start_auth_dns(base: Path) -> AuthDns:
+    """Make the keys, write the zones and start NSD under *base*."""
+    example, other = DkimKey(base, "example"), DkimKey(base, "other")
+    server = NsdServer(base / "nsd", auth_zones(example, other)).start()
+    return AuthDns(server, example, other)
