@@ -165,10 +165,8 @@ class Gate:
     def _authenticate_now(
         self, request: PostingRequest, facts: ListFacts
     ) -> Authentication | None:
-        """The facts for *request* without waiting (None: await ``_authenticate``)."""
-        if not self._needs_authentication(request, facts):
-            return NO_AUTHENTICATION
-        if self._authenticator is None:
+        """The facts for *request* without waiting (None: await ``authenticate``)."""
+        if self._authenticator is None or not self._needs_authentication(request, facts):
             return NO_AUTHENTICATION
         return self._authenticator.authenticate_now(request)
 
