@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import time
 from typing import Any
@@ -116,9 +117,10 @@ def test_no_query_leaves_loopback(auth_dns: AuthDns, destinations: list[object])
     the configured NSD on 127.0.0.1, and nowhere else."""
     auth = authenticator(auth_dns)
     run(auth, request("127.0.0.9", msg=auth_dns.example.sign(message(), "example.com")))
-    assert destinations, "no query was made at all"
-    assert {d[:2] for d in destinations if isinstance(d, tuple)} == {  # type: ignore[index]
-        ("127.0.0.1", auth_dns.server.port)}
+    hosts = {d[0] for d in destinations if isinstance(d, tuple)}
+    ports = {d[1] for d in destinations if isinstance(d, tuple)}
+    assert auth_dns.server.port in ports, destinations
+    assert all(ipaddress.ip_address(h).is_loopback for h in hosts), destinations
 
 
 def test_dns_server_down_is_a_temperror_within_the_deadline(tmp_path: object) -> None:
