@@ -129,7 +129,7 @@ def env(auth_dns: AuthDns) -> Iterator[AuthEnv]:
         yield AuthEnv(postfix, sink, auth_dns, verify, upstream)
     finally:
         postfix.stop()
-        opendkim.terminate()
+        opendkim.kill()  # our own child; SIGTERM makes it linger for seconds
         opendkim.wait(10)
         for lg in (verify, upstream):
             lg.stop()
