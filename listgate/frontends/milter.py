@@ -540,6 +540,8 @@ class MilterSession:
         if isinstance(reply, ReplyCode):
             return f"{reply.code} {reply.dsn or ''} {reply.text}"
         if decision.provisional and decision.verdict is Verdict.REJECT:
+            if decision.awaits_proof and self.transaction.auth is AuthStage.MESSAGE:
+                return "continue (pending: judged at end of message)"
             return "continue (pending: judged at end of headers)"
         if decision.provisional:
             return "continue (judged again at end of headers if the only recipient)"
