@@ -1382,6 +1382,14 @@ def parse_config(data: Mapping[str, object], source: str = "<config>") -> Config
     problems.extend(_no_effect_problems(data, cfg, invalid))
     if cfg.milter.workers > 1 and cfg.metrics.listen:
         problems.append(WORKERS_WITH_METRICS)
+    if (requires_authentication(cfg) and cfg.backend.type == "mailman"
+            and cfg.auth.source is AuthSource.VERIFY
+            and cfg.mailman.timeout + cfg.auth.dns_timeout >= MAX_REST_TIMEOUT):
+        problems.append(
+            f"auth.dns_timeout: mailman.timeout + auth.dns_timeout must stay below "
+            f"{MAX_REST_TIMEOUT:g} s (one decision may wait for both; Postfix's "
+            f"milter_command_timeout is 30 s), got {cfg.mailman.timeout:g} + "
+            f"{cfg.auth.dns_timeout:g}")
     if problems:
         raise ConfigError(problems, source)
     return cfg
