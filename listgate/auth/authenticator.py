@@ -8,6 +8,8 @@ Invariants:
 - ``authenticate`` never raises for DNS trouble or a slow server: everything runs under
   ``dns_timeout``; past it, the unfinished check is a temporary error (the engine then
   answers 451 4.7.5, never a reject).
+- The blocking checks (pyspf, dkimpy) run in one pool of ``CHECK_THREADS`` threads per
+  process, never on the event loop.
 - SPF results are cached per (client, sender domain, HELO) for ``SPF_CACHE_SECONDS``
   (pass results only while DNS said so: never a temporary error), bounded in size.
 - source = "upstream": nothing is checked here; only Authentication-Results: header
@@ -21,6 +23,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -31,12 +34,27 @@ from listgate.decision.model import Evidence, PostingRequest
 
 __all__ = ["SPF_CACHE_SECONDS", "Authenticator", "GivenResults"]
 
+CHECK_THREADS = 32
+"""Worker threads for SPF and DKIM checks (per process)."""
 SPF_CACHE_SECONDS = 60.0
 """How long an SPF result is reused for the same client, domain and HELO."""
 _SPF_CACHE_MAX = 10_000
 _NO_EVIDENCE = Evidence()
 T = TypeVar("T")
 A = TypeVar("A")
+
+
+_EXECUTOR: list[ThreadPoolExecutor] = []
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The process's pool for the blocking checks (pyspf and dkimpy), shared by every
+    authenticator (a reload makes a new one), created at first use: a dead DNS server
+    holds a thread for up to ``dns_timeout``, so asyncio's small default pool is not
+    used."""
+    if not _EXECUTOR:
+        _EXECUTOR.append(ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="listgate-auth"))
+    return _EXECUTOR[0]
 
 
 class Authenticator:
@@ -138,14 +156,14 @@ class Authenticator:
         assert self._resolver is not None
         return checks.check_dkim(self._resolver, message, self.config.dns_timeout)
 
-    @staticmethod
     async def _bounded(
-        func: Callable[[A], T], arg: A, timeout: float, on_timeout: T
+        self, func: Callable[[A], T], arg: A, timeout: float, on_timeout: T
     ) -> T:
         """``func(arg)`` in a worker thread; *on_timeout* if it takes over *timeout* s."""
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                return await asyncio.to_thread(func, arg)
+                return await loop.run_in_executor(_executor(), func, arg)
         except TimeoutError:
             return on_timeout
 
