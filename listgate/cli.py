@@ -253,6 +253,7 @@ def _cmd_lists(args: argparse.Namespace) -> int:
                 "emergency": policy.emergency,
                 "moderator_password": policy.moderator_password,
                 "allow": list(o.allow),
+                "require_authenticated": o.require_authenticated,
             })
         return rows
 
@@ -275,6 +276,8 @@ def _cmd_lists(args: argparse.Namespace) -> int:
             notes.append("holds rejected")
         if r["allow"]:
             notes.append(f"allow {len(r['allow'])}")  # type: ignore[arg-type]
+        if r["require_authenticated"]:
+            notes.append("members must be authenticated")
         print(f"{r['list']!s:40} {r['mode']!s:8} {r['decide_at']!s:8} "
               f"{r['nonmembers']!s:10} {'; '.join(notes)}")
     return 0
