@@ -14,8 +14,12 @@ Rows:
   first message) at RCPT; the body is skipped.
 - require_authenticated, DKIM in-process: from a client SPF excludes, so every message is
   kept and its DKIM signature verified (dkimpy; the key cached by the resolver) at EOM.
-No socket I/O to the MTA is measured (that is milter_load.py's job): this isolates the
-decision path.
+These rows have no socket I/O to the MTA: they isolate the decision path. With
+``--postfix``, smtp-source (500 messages, 10 sessions, median of 3) also sends through a
+private Postfix (tests/e2e/harness.py) to the plain list, with listgate negotiating as a
+site without and with a require_authenticated list (the round trips of EOH and the
+skipped first body chunk are then paid), and to the require_authenticated list (SPF
+pass from 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -115,10 +119,80 @@ async def drive(data: dict[str, object], recipient: str, client: str, message: b
     return count / elapsed, at_eom
 
 
+def postfix_rates(dns_address: str, base: Path) -> list[tuple[str, float]]:
+    """Messages/s through Postfix and listgate for the three smtp-source runs."""
+    import json
+    import shutil
+    import statistics
+    import subprocess
+
+    from e2e.harness import (
+        Listener,
+        LmtpSink,
+        PostfixInstance,
+        find_binary,
+        free_port,
+        traversable_tmpdir,
+    )
+    from support import ListgateServe
+
+    pf_base = traversable_tmpdir("lg-authbench-")  # Postfix's user must enter it
+
+    sink = LmtpSink()
+    sink.start()
+    servers = []
+    listeners = []
+    for name, with_auth in (("none", False), ("auth", True)):
+        port = free_port()
+        data = config(dns_address, with_auth)
+        lines = [f'[milter]\nlisten = "inet:127.0.0.1:{port}"', "[static.posters]"]
+        lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in
+                  data["static"]["posters"].items()]  # type: ignore[index]
+        if with_auth:
+            lines += [f"[lists.{json.dumps(AUTH)}]", "require_authenticated = true",
+                      "[auth]", f"nameservers = [{json.dumps(dns_address)}]"]
+        (base / name).mkdir()
+        lg = ListgateServe(base / name, "\n".join(lines) + "\n",
+                           wait_for=[f"inet:127.0.0.1:{port}"], ready_line=None)
+        lg.start()
+        servers.append(lg)
+        listeners.append(Listener(name, free_port(), f"inet:127.0.0.1:{port}"))
+    postfix = PostfixInstance(pf_base, listeners, sink.port)
+    postfix.create()
+    postfix.start()
+    rows = []
+    try:
+        for title, listener, rcpt in (
+            ("Postfix: plain list, site without auth list", "none", PLAIN),
+            ("Postfix: plain list, site with auth list", "auth", PLAIN),
+            ("Postfix: require_authenticated list, SPF pass", "auth", AUTH),
+        ):
+            rates = []
+            for _ in range(3):
+                started = time.perf_counter()
+                subprocess.run(
+                    [find_binary("smtp-source"), "-m", "500", "-s", "10", "-l", "2000",
+                     "-f", MEMBER, "-t", rcpt,
+                     f"127.0.0.1:{postfix.listeners[listener].port}"],
+                    check=True, capture_output=True, timeout=300)
+                rates.append(500 / (time.perf_counter() - started))
+            postfix.wait_queue_empty(60)
+            rows.append((title, statistics.median(rates)))
+    finally:
+        postfix.stop()
+        for lg in servers:
+            lg.stop()
+        sink.stop()
+        shutil.rmtree(pf_base, ignore_errors=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--smoke", action="store_true", help="a few hundred messages")
+    parser.add_argument("--postfix", action="store_true",
+                        help="also send with smtp-source through a private Postfix")
     args = parser.parse_args()
     count = 200 if args.smoke else args.messages
     with tempfile.TemporaryDirectory(prefix="lg-authbench-") as tmp:
@@ -142,6 +216,9 @@ def main() -> int:
                 n = count if "DKIM" not in name else max(50, count // 4)
                 rate, at_eom = asyncio.run(drive(data, rcpt, client, msg, n))
                 print(f"| {name} | {n} | {at_eom} | {rate:,.0f} |")
+            if args.postfix:
+                for name, rate in postfix_rates(ns, Path(tmp)):
+                    print(f"| {name} | 500 x 3 | 0 | {rate:,.0f} |")
         finally:
             dns.server.stop()
     return 0
