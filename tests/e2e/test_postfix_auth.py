@@ -6,6 +6,8 @@ Authentication-Results: as a milter before it (listener "upstream")."""
 from __future__ import annotations
 
 import json
+import smtplib
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from dns_server import MEMBER, AuthDns
 from support import ListgateServe
 
 from .harness import (
+    CLIENT_HELO,
     LIST,
     Listener,
     LmtpSink,
@@ -64,13 +67,16 @@ class AuthEnv:
     def client(self, listener: str, source: str = "127.0.0.1") -> RecordingSMTP:
         """An SMTP session to *listener* from *source* (another 127.0.0.x is another
         client for SPF)."""
-        transcript = Transcript(listener)
-        smtp = RecordingSMTP.__new__(RecordingSMTP)
-        smtp.transcript = transcript
-        RecordingSMTP.__bases__[0].__init__(  # smtplib.SMTP with a source address
-            smtp, "127.0.0.1", self.postfix.listeners[listener].port,
-            local_hostname="client.feas.test", timeout=20.0, source_address=(source, 0))
-        return smtp
+        return SourcedSMTP(Transcript(listener), self.postfix.listeners[listener].port, source)
+
+
+class SourcedSMTP(RecordingSMTP):
+    """The harness's recording client, connecting from a chosen loopback address."""
+
+    def __init__(self, transcript: Transcript, port: int, source: str) -> None:
+        self.transcript = transcript
+        smtplib.SMTP.__init__(self, "127.0.0.1", port, local_hostname=CLIENT_HELO,
+                              timeout=20.0, source_address=(source, 0))
 
 
 def _opendkim(base: Path, dns: AuthDns) -> tuple[subprocess.Popen[bytes], int]:
@@ -91,8 +97,6 @@ def _opendkim(base: Path, dns: AuthDns) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def _listening(port: int) -> bool:
-    import socket
-
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
