@@ -14,6 +14,14 @@ need_apt=()
 [ -x /usr/bin/systemd-analyze ] || need_apt+=(systemd)  # tests/e2e/test_deploy.py
 [ -x /usr/bin/m4 ] || need_apt+=(m4)                    # deploy/sendmail/listgate.mc
 [ -x /usr/bin/mandoc ] || need_apt+=(mandoc)            # man/*: mandoc -T lint
+# require_authenticated tests: an authoritative DNS server the suite starts on a free
+# loopback port with its own config (tests/dns_server.py), OpenDKIM as an upstream milter
+# (tests/e2e/test_postfix_auth.py), openssl for dkimpy's key generation. Their Debian
+# services are never used (in a container policy-rc.d keeps them from starting; they
+# would listen on port 53 / a unix socket, never on the suite's ports).
+[ -x /usr/sbin/nsd ] || need_apt+=(nsd)
+[ -x /usr/sbin/opendkim ] || need_apt+=(opendkim)
+[ -x /usr/bin/openssl ] || need_apt+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -24,6 +32,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     'postfix postfix/mailname string localhost' | debconf-set-selections
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+  # The suite runs its own nsd and opendkim: stop the Debian services if the install
+  # started them (where no policy-rc.d forbade it).
+  for svc in nsd opendkim; do
+    if printf '%s\n' "${need_apt[@]}" | grep -qx "$svc"; then
+      invoke-rc.d "$svc" stop >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 # listgate and its test tools go into a project venv (.venv), never the system Python.

@@ -22,14 +22,21 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from listgate.config import Config, config_warnings, load_config
+from listgate.config import (
+    AuthSource,
+    Config,
+    config_warnings,
+    load_config,
+    requires_authentication,
+)
+from listgate.decision.auth import Authenticates
 from listgate.decision.engine import DecideAt
 from listgate.decision.facts import FactSource
 from listgate.decision.gate import Gate
 from listgate.errors import ConfigError, ListgateError
 from listgate.facts.contract import Backend
 from listgate.facts.registry import create_backend
-from listgate.frontends.milter import milter_options
+from listgate.frontends.milter import AuthStage, milter_options
 from listgate.listen import parse_metrics_listen
 from listgate.log import setup_logging
 from listgate.metrics import Metrics
@@ -53,9 +60,18 @@ __all__ = [
 log = logging.getLogger("listgate")
 
 
-def build_gate(config: Config, backend: FactSource | None = None) -> Gate:
+def build_gate(
+    config: Config,
+    backend: FactSource | None = None,
+    authenticator: Authenticates | None = None,
+) -> Gate:
     """A gate over *backend* (or the configured one) with the configured texts, failure
-    policy and per-list overrides."""
+    policy and per-list overrides, and for require_authenticated lists *authenticator*
+    (or one checking as ``[auth]`` says)."""
+    if authenticator is None and requires_authentication(config):
+        from listgate.auth import Authenticator  # DNS and crypto libraries: only if used
+
+        authenticator = Authenticator(config.auth)
     return Gate(
         backend or create_backend(config),
         config.reply,
@@ -63,7 +79,18 @@ def build_gate(config: Config, backend: FactSource | None = None) -> Gate:
         overrides=config.lists,
         default=config.gate,
         bypass=config.bypass,
+        authenticator=authenticator,
     )
+
+
+def auth_stage(config: Config) -> AuthStage | None:
+    """What evidence the milter gathers: none unless a list requires authentication;
+    the whole message when listgate verifies DKIM itself, else the headers."""
+    if not requires_authentication(config):
+        return None
+    if config.auth.source is AuthSource.VERIFY:
+        return AuthStage.MESSAGE
+    return AuthStage.HEADERS
 
 
 def needs_headers(config: Config) -> bool:
@@ -75,7 +102,8 @@ def needs_headers(config: Config) -> bool:
 
 def build_milter_service(config: Config, gate: Gate) -> MilterService:
     """The milter listeners, not yet started."""
-    return MilterService(config.milter, gate, headers=needs_headers(config))
+    return MilterService(config.milter, gate, headers=needs_headers(config),
+                         auth=auth_stage(config), max_message=config.auth.max_message_size)
 
 
 def build_policy_service(config: Config, gate: Gate) -> PolicyService | None:
@@ -209,7 +237,10 @@ class Daemon:
         m = kept.milter
         self.milter.gate = self.gate
         self.milter.config = m
-        self.milter.options = milter_options(m.max_packet_size, needs_headers(new))
+        self.milter.auth = auth_stage(new)
+        self.milter.max_message = new.auth.max_message_size
+        self.milter.options = milter_options(m.max_packet_size, needs_headers(new),
+                                             self.milter.auth)
         self.milter.max_connections = m.max_connections
         self.milter.shutdown_timeout = m.shutdown_timeout
         if self.policy is not None:

@@ -29,7 +29,14 @@ from listgate.config import (
     config_warnings,
     load_config,
 )
-from listgate.decision.model import Decision, PostingRequest, Verdict, normalize_address
+from listgate.decision.auth import SpfResult
+from listgate.decision.model import (
+    Decision,
+    Evidence,
+    PostingRequest,
+    Verdict,
+    normalize_address,
+)
 from listgate.decision.senders import mailman_senders
 from listgate.errors import ConfigError, ListgateError
 from listgate.log import setup_logging
@@ -69,6 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="HEADER_ADDR",
         help="a From: header address (repeatable): judge as at end of headers, like Mailman",
+    )
+    p.add_argument(
+        "--spf",
+        choices=[r.value for r in SpfResult],
+        help="explain offline as if SPF gave this result for SENDER's domain "
+        "(require_authenticated lists; no DNS is asked)",
+    )
+    p.add_argument(
+        "--dkim-domain",
+        dest="dkim_domains",
+        action="append",
+        default=[],
+        metavar="D",
+        help="explain offline as if the message had a valid DKIM signature with d=D "
+        "(repeatable; no DNS is asked)",
     )
     p.add_argument(
         "--via",
@@ -157,7 +179,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.header_from:
         senders = mailman_senders([("From", a) for a in args.header_from], sender)
         request = dataclasses.replace(request, header_senders=senders or (sender,))
-    gate = build_gate(config)
+    authenticator = None
+    if args.spf is not None or args.dkim_domains:
+        from listgate.auth.authenticator import GivenResults
+
+        authenticator = GivenResults(
+            SpfResult(args.spf) if args.spf is not None else None, tuple(args.dkim_domains)
+        )
+        request = dataclasses.replace(request, evidence=Evidence(
+            header_from=tuple(normalize_address(a) for a in args.header_from)))
+    gate = build_gate(config, authenticator=authenticator)
 
     async def ask() -> Decision:
         try:
@@ -222,6 +253,7 @@ def _cmd_lists(args: argparse.Namespace) -> int:
                 "emergency": policy.emergency,
                 "moderator_password": policy.moderator_password,
                 "allow": list(o.allow),
+                "require_authenticated": o.require_authenticated,
             })
         return rows
 
@@ -244,6 +276,8 @@ def _cmd_lists(args: argparse.Namespace) -> int:
             notes.append("holds rejected")
         if r["allow"]:
             notes.append(f"allow {len(r['allow'])}")  # type: ignore[arg-type]
+        if r["require_authenticated"]:
+            notes.append("members must be authenticated")
         print(f"{r['list']!s:40} {r['mode']!s:8} {r['decide_at']!s:8} "
               f"{r['nonmembers']!s:10} {'; '.join(notes)}")
     return 0

@@ -67,6 +67,8 @@ from listgate.log import LOG_TARGETS
 
 __all__ = [
     "EXAMPLE_CONFIG_PATH",
+    "AuthConfig",
+    "AuthSource",
     "BackendConfig",
     "CacheConfig",
     "Config",
@@ -293,6 +295,44 @@ class EventsConfig:
     read at load time; required when ``listen`` is set. Default: ""."""
 
 
+class AuthSource(enum.Enum):
+    """Where the authentication results of ``require_authenticated`` lists come from."""
+
+    VERIFY = "verify"
+    """listgate checks SPF at RCPT and DKIM at end of message itself (the milter then
+    asks the MTA for the header fields and, for such lists' messages only, the body)."""
+    UPSTREAM = "upstream"
+    """A milter before listgate (OpenDKIM, OpenDMARC, rspamd) adds an
+    Authentication-Results: header with ``authserv_id``; listgate reads it at end of
+    headers."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``[auth]``: how lists with ``require_authenticated`` learn what a message proves."""
+
+    source: AuthSource = AuthSource.VERIFY
+    """"verify" (SPF and DKIM checked by listgate) or "upstream" (a trusted
+    Authentication-Results: header of an earlier milter). Default: "verify"."""
+    nameservers: tuple[str, ...] = ()
+    """DNS servers listgate's resolver asks ("IP" or "IP:PORT", "[IPv6]:PORT"); [] = the
+    system's (/etc/resolv.conf). Default: []."""
+    dns_timeout: float = 5.0
+    """Seconds all the DNS lookups of one check may take together (SPF at RCPT, DKIM at
+    end of message); past it the post gets 451 4.7.5, never a reject; > 0 and < 30.
+    Default: 5."""
+    max_message_size: int = 4_194_304
+    """Bytes of a message kept to verify its DKIM signatures; a larger message has no
+    valid signature for listgate (only SPF can prove its sender). Default: 4194304."""
+    authserv_id: str = ""
+    """The authserv-id of the trusted milter's Authentication-Results: header fields
+    (OpenDKIM's AuthservID); required with source = "upstream". Default: ""."""
+    upstream_headers: int = 1
+    """How many Authentication-Results: header fields with ``authserv_id`` the milters
+    before listgate add to every message; when listgate sees more, one came from outside
+    (forged) and none is trusted. Default: 1."""
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; ``Config()`` is the defaults."""
@@ -316,6 +356,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    """``[auth]``: where require_authenticated lists' proof comes from."""
     source: str = "<defaults>"
     """Where the configuration came from (a path, or "<defaults>")."""
 
@@ -788,6 +830,68 @@ def _socket_path(value: object, key: str) -> object:
     return text
 
 
+def _nameservers(value: object, key: str) -> object:
+    expected = 'must be a list of "IP" or "IP:PORT" such as ["127.0.0.1:5353"]'
+    if not isinstance(value, list):
+        raise _bad(key, expected, value)
+    problems: list[str] = []
+    servers: list[str] = []
+    for i, item in enumerate(value):
+        item_key = f"{key}[{i}]"
+        if not isinstance(item, str):
+            problems.append(f"{item_key}: {expected}, got {_show(item)}")
+            continue
+        try:
+            address, port = parse_nameserver(item)
+        except ValueError:
+            problems.append(f"{item_key}: {expected}, got {_show(item)}")
+            continue
+        servers.append(format_nameserver(address, port))
+    if problems:
+        raise _Invalid(*problems)
+    return tuple(servers)
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """("IP", port) from "IP", "IP:PORT", "[IPv6]" or "[IPv6]:PORT"; ``ValueError``."""
+    text = text.strip()
+    port = 53
+    if text.startswith("["):
+        address, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(text)
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        address, _, raw_port = text.partition(":")
+        port = int(raw_port)
+    else:
+        address = text
+    if not 0 < port < 65536:
+        raise ValueError(text)
+    return str(ipaddress.ip_address(address)), port
+
+
+def format_nameserver(address: str, port: int) -> str:
+    """The canonical spelling of a nameserver entry."""
+    host = f"[{address}]" if ":" in address else address
+    return host if port == 53 else f"{host}:{port}"
+
+
+def _authserv_id(value: object, key: str) -> object:
+    text = _string(value, key)
+    if _SPACE_OR_CONTROL.search(text) or ";" in text:
+        raise _bad(key, 'must be an authserv-id such as "mx.example.org" (no spaces or ";")',
+                   value)
+    return text
+
+
+def _finish_auth(kwargs: dict[str, object], name: str) -> None:
+    if kwargs.get("source") is AuthSource.UPSTREAM and not kwargs.get("authserv_id"):
+        raise _Invalid(f'{name}.authserv_id: required when {name}.source = "upstream" (the '
+                       "authserv-id of the milter before listgate, e.g. OpenDKIM's AuthservID)")
+
+
 @dataclass(frozen=True, slots=True)
 class _Key:
     parse: _Parser
@@ -842,6 +946,7 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, _Key]]] = {
         "decide_at": _Key(_enum(DecideAt), _render_enum),
         "hold": _Key(_enum(HoldPolicy), _render_enum),
         "trust_approved": _Key(_boolean),
+        "require_authenticated": _Key(_boolean),
     }),
     "reply": (ReplyTexts, {
         "reject_code": _Key(_integer(500, 599)),
@@ -870,6 +975,14 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, _Key]]] = {
         "listen": _Key(_events_listen),
         "secret_file": _Key(_path),
     }),
+    "auth": (AuthConfig, {
+        "source": _Key(_enum(AuthSource), _render_enum),
+        "nameservers": _Key(_nameservers, _render_allow),
+        "dns_timeout": _Key(_rest_timeout),
+        "max_message_size": _Key(_integer(65_536, MAX_PACKET_SIZE)),
+        "authserv_id": _Key(_authserv_id),
+        "upstream_headers": _Key(_integer(1, 16)),
+    }),
 }
 """Section -> (dataclass, key -> how to parse and render it)."""
 
@@ -883,12 +996,14 @@ _LIST_KEYS: Mapping[str, _Key] = {
     "decide_at": _SCHEMA["gate"][1]["decide_at"],
     "hold": _SCHEMA["gate"][1]["hold"],
     "trust_approved": _SCHEMA["gate"][1]["trust_approved"],
+    "require_authenticated": _SCHEMA["gate"][1]["require_authenticated"],
 }
 """Keys of a ``[lists."addr"]`` table."""
 
 _FINISH: Mapping[str, Callable[[dict[str, object], str], None]] = {
     "mailman": _finish_mailman,
     "events": _finish_events,
+    "auth": _finish_auth,
 }
 """Section -> a step run on its parsed keys before the dataclass is built (may raise
 ``_Invalid``)."""
@@ -1066,6 +1181,28 @@ def _not_syslog(cfg: Config, data: Mapping[str, object]) -> str | None:
     return f'log.target is "{cfg.log.target}"'
 
 
+def requires_authentication(cfg: Config) -> bool:
+    """Whether any list (or the ``[gate]`` default) has ``require_authenticated``."""
+    return cfg.gate.require_authenticated or any(
+        o.require_authenticated for o in cfg.lists.values()
+    )
+
+
+def _no_authenticated_list(cfg: Config, data: Mapping[str, object]) -> str | None:
+    if requires_authentication(cfg):
+        return None
+    return "no list sets require_authenticated (nor [gate])"
+
+
+def _auth_source_is(source: AuthSource) -> Callable[[Config, Mapping[str, object]], str | None]:
+    def why(cfg: Config, data: Mapping[str, object]) -> str | None:
+        if cfg.auth.source is not source:
+            return None
+        return f'auth.source is "{source.value}"'
+
+    return why
+
+
 @dataclass(frozen=True, slots=True)
 class _NoEffect:
     """Keys of *section* that have no effect when *why* gives a reason (``None``: they do).
@@ -1113,6 +1250,15 @@ _NO_EFFECT: tuple[_NoEffect, ...] = (
               "remove it", ()),
     _NoEffect("log", ("syslog_address",), _not_syslog,
               'set log.target = "syslog" to log there, or remove it', ()),
+    _NoEffect("auth", None, _no_authenticated_list,
+              "set require_authenticated = true for a list (or in [gate]), or remove it",
+              ("gate", "lists")),
+    _NoEffect("auth", ("authserv_id", "upstream_headers"), _auth_source_is(AuthSource.VERIFY),
+              'they are read with auth.source = "upstream" only; remove them', ()),
+    _NoEffect("auth", ("nameservers", "dns_timeout", "max_message_size"),
+              _auth_source_is(AuthSource.UPSTREAM),
+              'listgate checks nothing itself with auth.source = "upstream"; remove them',
+              ()),
 )
 """Every setting that can be silently ignored, and when. The rest always has an effect:
 all of [milter] (the milter listener always runs), policy.listen, backend.type, gate.mode
@@ -1236,6 +1382,14 @@ def parse_config(data: Mapping[str, object], source: str = "<config>") -> Config
     problems.extend(_no_effect_problems(data, cfg, invalid))
     if cfg.milter.workers > 1 and cfg.metrics.listen:
         problems.append(WORKERS_WITH_METRICS)
+    if (requires_authentication(cfg) and cfg.backend.type == "mailman"
+            and cfg.auth.source is AuthSource.VERIFY
+            and cfg.mailman.timeout + cfg.auth.dns_timeout >= MAX_REST_TIMEOUT):
+        problems.append(
+            f"auth.dns_timeout: mailman.timeout + auth.dns_timeout must stay below "
+            f"{MAX_REST_TIMEOUT:g} s (one decision may wait for both; Postfix's "
+            f"milter_command_timeout is 30 s), got {cfg.mailman.timeout:g} + "
+            f"{cfg.auth.dns_timeout:g}")
     if problems:
         raise ConfigError(problems, source)
     return cfg

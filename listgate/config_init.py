@@ -244,6 +244,8 @@ _SECTIONS: Mapping[str, _Section] = MappingProxyType({
     "metrics": _Section(_BOTH, 'The Prometheus endpoint, e.g. listen = "127.0.0.1:9107".'),
     "events": _Section(("mailman",), "The change feed from listgate's Mailman plugin "
                                      "(README: Keeping listgate in step with Mailman)."),
+    "auth": _Section(_BOTH, "Where require_authenticated lists' proof comes from (README: "
+                            "Stopping forged member posts)."),
 })
 """Every top-level table of the schema, in the order ``config_to_dict`` shows them."""
 

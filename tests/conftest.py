@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dns_server import AuthDns, start_auth_dns
 from support import ListgateServe
 
 from listgate.log import THIRD_PARTY_LOGGERS
@@ -51,3 +52,14 @@ def restore_logging() -> Iterator[None]:
         if h not in root.handlers:
             root.addHandler(h)
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def auth_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthDns]:
+    """NSD on 127.0.0.1 serving SPF, DKIM key and DMARC records for example.com and
+    other.org (tests/dns_server.py), started once per session."""
+    dns = start_auth_dns(tmp_path_factory.mktemp("auth-dns"))
+    try:
+        yield dns
+    finally:
+        dns.server.stop()

@@ -10,23 +10,34 @@ Invariants:
 - Templates use only the ``{sender}`` and ``{list}`` placeholders; ``ReplyTexts`` refuses
   anything else at construction (``reply_template_problem``), so rendering cannot fail, and
   refuses reject codes outside 5xx/"5.X.Y" and tempfail codes outside 4xx/"4.X.Y".
+- On a ``require_authenticated`` list every sender the message does not prove
+  (``listgate.decision.auth.proof``) is judged as an unknown nonmember. When that alone
+  refuses the post: while more evidence may come it is a provisional REJECT that
+  ``awaits_proof``; after a DNS temperror it is a TEMPFAIL ``451 4.7.5``, never a reject;
+  otherwise ``AUTH_REJECT_TEXT``. Monitor mode accepts with a reason that starts "monitor
+  mode: would reject: unauthenticated member". A verdict that does not depend on
+  authentication is the one without the option.
 - The failure policy is *not* applied here: ``failure_decision``/``fail_open_decision`` build
   the decisions, and ``listgate.decision.gate.Gate`` is the one place that chooses between them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 import string
 from dataclasses import dataclass
 
+from listgate.decision.auth import NO_AUTHENTICATION, Authentication, proof, temporary
 from listgate.decision.facts import ListFacts
 from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.decision.recipients import NOT_A_LIST, Target
-from listgate.decision.rules import Action, mailman_outcome
+from listgate.decision.rules import Action, Outcome, SenderFacts, mailman_outcome
 
 __all__ = [
+    "AUTH_REJECT_TEXT",
+    "AUTH_TEMPFAIL",
     "DSN_PATTERN",
     "MAX_TEMPLATE_BYTES",
     "MAX_TEXT_CHARS",
@@ -58,6 +69,18 @@ DSN_PATTERN = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 """An RFC 3463 enhanced status code."""
 
 NOT_A_LIST_REASON = NOT_A_LIST.reason
+AUTH_REJECT_TEXT = (
+    "<{sender}> is {role} of <{list}>, but this message is not authenticated as coming "
+    "from that address (no SPF pass, no aligned DKIM signature)"
+)
+"""The reply text when only the missing authentication refuses the post."""
+AUTH_TEMPFAIL = (451, "4.7.5")
+"""RFC 3463 X.7.5 "cryptographic failure": the proof could not be checked now (DNS)."""
+AUTH_TEMPFAIL_TEXT = (
+    "cannot verify now that this message comes from <{sender}> (DNS), try again later"
+)
+UNAUTHENTICATED = "would reject: unauthenticated member"
+"""The greppable part of the monitor-mode reason."""
 
 _ELLIPSIS = "..."
 # Everything outside printable US-ASCII (controls, DEL, non-ASCII) becomes "?".
@@ -186,6 +209,10 @@ class ListOverrides:
     trust_approved: bool = True
     """Never reject on a list with a moderator_password (an Approved: header can admit
     anyone). Set False only if the password is never used to approve posts by mail."""
+    require_authenticated: bool = False
+    """A sender counts as a member (or accepted nonmember) only when the message proves
+    it comes from that address (SPF pass, aligned DKIM, SASL); others are judged as
+    unknown nonmembers."""
 
     def allows(self, address: str) -> str | None:
         """The allow entry that admits *address*, or None."""
@@ -210,12 +237,115 @@ DEFAULT_OVERRIDES = ListOverrides()
 
 
 def _accept(
-    reasons: tuple[str, ...], list_address: str | None, *, provisional: bool = False
+    reasons: tuple[str, ...],
+    list_address: str | None,
+    *,
+    provisional: bool = False,
+    awaits_proof: bool = False,
 ) -> Decision:
-    return Decision(Verdict.ACCEPT, None, None, "", reasons, list_address, provisional)
+    return Decision(Verdict.ACCEPT, None, None, "", reasons, list_address, provisional,
+                    awaits_proof)
 
 
 _REFUSED = frozenset({Action.REJECT, Action.DISCARD})
+
+
+def _demoted(
+    request: PostingRequest,
+    senders: tuple[SenderFacts, ...],
+    hints: tuple[SenderFacts, ...],
+    auth: Authentication,
+) -> tuple[tuple[SenderFacts, ...], tuple[SenderFacts, ...], list[SenderFacts]]:
+    """*senders* and *hints* with every address the message does not prove marked
+    ``proven=False``, and those of them that Mailman would have trusted."""
+    unproven: list[SenderFacts] = []
+
+    def mark(sender: SenderFacts) -> SenderFacts:
+        if not sender.address or proof(sender.address, request, auth) is not None:
+            return sender
+        if sender.member is not None or sender.nonmember_action in _TRUSTING or \
+                sender.member_of:
+            unproven.append(sender)
+        return dataclasses.replace(sender, proven=False)
+
+    marked = tuple(mark(s) for s in senders)
+    marked_hints = tuple(mark(h) for h in hints)
+    if not unproven:  # an accept_these_nonmembers hit is trusted too: name the first
+        unproven.extend(s for s in senders if s.address and
+                        proof(s.address, request, auth) is None)
+    return marked, marked_hints, unproven
+
+
+_TRUSTING = frozenset({Action.ACCEPT, Action.DEFER})
+
+
+def _unauthenticated(
+    request: PostingRequest,
+    texts: ReplyTexts,
+    overrides: ListOverrides,
+    auth: Authentication,
+    unproven: list[SenderFacts],
+    outcome: Outcome,
+    list_address: str,
+) -> Decision:
+    """The decision when only the missing proof of *unproven* refuses the post."""
+    who = unproven[0]
+    role = "a member" if who.member is not None else "an accepted nonmember"
+    shown = ", ".join(f"<{s.address}>" for s in unproven)
+    why = (f"require_authenticated: not proven by this message ({_evidence(auth)}): "
+           f"{shown}, judged as unknown nonmember")
+    reasons = (why, *outcome.reasons)
+    if auth.pending and overrides.mode is not GateMode.OFF:
+        reasons = (f"{why}; waiting for more evidence", *outcome.reasons)
+        if overrides.mode is GateMode.MONITOR:
+            return _accept(reasons, list_address or None, provisional=True,
+                           awaits_proof=True)
+        text = render_reply_text(
+            overrides.reject_text or texts.reject_text, request.sender, list_address
+        )
+        return Decision(Verdict.REJECT, texts.reject_code, texts.reject_dsn, text, reasons,
+                        list_address or None, provisional=True, awaits_proof=True)
+    if any(temporary(s.address, request, auth) for s in unproven):
+        if overrides.mode is GateMode.MONITOR:
+            return _accept(("monitor mode: would tempfail: authentication temporarily "
+                            "unavailable", *reasons), list_address or None)
+        code, dsn = AUTH_TEMPFAIL
+        text = sanitize_reply_value(
+            AUTH_TEMPFAIL_TEXT.format(sender=sanitize_reply_value(who.address)),
+            MAX_TEXT_CHARS,
+        )
+        return Decision(Verdict.TEMPFAIL, code, dsn, text,
+                        ("authentication temporarily unavailable (DNS)", *reasons),
+                        list_address or None)
+    if overrides.mode is GateMode.MONITOR:
+        return _accept((f"monitor mode: {UNAUTHENTICATED} <{who.address}>", *reasons),
+                       list_address or None)
+    text = sanitize_reply_value(
+        AUTH_REJECT_TEXT.format(sender=sanitize_reply_value(who.address), role=role,
+                                list=sanitize_reply_value(list_address)),
+        MAX_TEXT_CHARS,
+    )
+    return Decision(Verdict.REJECT, texts.reject_code, texts.reject_dsn, text, reasons,
+                    list_address or None)
+
+
+def _evidence(auth: Authentication) -> str:
+    """What was checked, for the reasons."""
+    parts = []
+    if auth.spf is None:
+        parts.append("SPF not checked")
+    else:
+        parts.append(f"SPF {auth.spf.value} for {auth.spf_domain or '-'}")
+    if auth.dkim_domains:
+        parts.append("DKIM valid for " + ", ".join(auth.dkim_domains) + " (not aligned)")
+    elif auth.dkim_checked:
+        parts.append("no valid DKIM signature")
+    else:
+        parts.append("DKIM not checked yet" if auth.pending else "DKIM not checked")
+    if auth.source != "listgate":
+        parts.append(f"results of {auth.source}")
+    parts.extend(auth.notes)
+    return ", ".join(parts)
 
 
 def decide(
@@ -223,8 +353,10 @@ def decide(
     facts: ListFacts,
     texts: ReplyTexts,
     overrides: ListOverrides = DEFAULT_OVERRIDES,
+    authentication: Authentication | None = None,
 ) -> Decision:
-    """Decide *request* from the backend's *facts* and the list's *overrides*."""
+    """Decide *request* from the backend's *facts*, the list's *overrides* and, for a
+    ``require_authenticated`` list, what the message proves (*authentication*)."""
     resolution = facts.resolution
     list_address = resolution.list_address
     if resolution.target is not Target.POSTING or facts.policy is None:
@@ -236,18 +368,34 @@ def decide(
         entry = overrides.allows(address)
         if entry is not None:
             return _accept((f"override allow {entry} admits <{address}>",), list_address)
+    senders, hints = facts.senders, facts.hints if request.decodes_envelope else ()
+    unproven: list[SenderFacts] = []
+    proven: tuple[str, ...] = ()
+    auth = authentication or NO_AUTHENTICATION
+    if overrides.require_authenticated:
+        senders, hints, unproven = _demoted(request, senders, hints, auth)
+        proven = tuple(
+            f"authenticated <{s.address}>: {why}" for s in senders
+            if s.proven and s.address and (why := proof(s.address, request, auth))
+        )
     outcome = mailman_outcome(
-        facts.policy,
-        facts.senders,
-        facts.hints if request.decodes_envelope else (),
-        trust_approved=overrides.trust_approved,
+        facts.policy, senders, hints, trust_approved=overrides.trust_approved
     )
+    if unproven and outcome.action in _REFUSED:
+        trusted = mailman_outcome(
+            facts.policy, facts.senders, facts.hints if request.decodes_envelope else (),
+            trust_approved=overrides.trust_approved,
+        )
+        if trusted.action not in _REFUSED:
+            return _unauthenticated(
+                request, texts, overrides, auth, unproven, outcome, list_address or ""
+            )
     refused = outcome.action in _REFUSED or (
         outcome.action is Action.HOLD
         and overrides.hold is HoldPolicy.REJECT
         and not outcome.never_reject
     )
-    reasons = outcome.reasons
+    reasons = (*outcome.reasons, *proven)
     if outcome.action is Action.HOLD:
         reasons = (*reasons, f"Mailman would hold it; hold={overrides.hold.value}")
     at_rcpt_of_headers_list = (

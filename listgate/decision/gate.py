@@ -11,6 +11,10 @@ Invariants:
   ERROR with its traceback (it is a bug).
 - No I/O of its own: ``decide_now`` is synchronous and never waits; ``decide`` awaits only
   the backend.
+- Authentication facts are asked for only when they can matter: a posting address of a
+  list with ``require_authenticated`` (not off), a client that is not SASL-authenticated,
+  and a sender Mailman would trust (a member or an accepted nonmember); without an
+  authenticator nothing is proven but by SASL.
 - The gate's own settings live here: ``FailurePolicy`` (``[failure]``) and ``Bypass``
   (``[bypass]``, checked before the backend is asked); the engine never sees either.
 """
@@ -23,8 +27,10 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from listgate.decision.auth import NO_AUTHENTICATION, Authenticates, Authentication
 from listgate.decision.engine import (
     DEFAULT_OVERRIDES,
+    GateMode,
     ListOverrides,
     ReplyTexts,
     decide,
@@ -34,6 +40,8 @@ from listgate.decision.engine import (
 )
 from listgate.decision.facts import PENDING, FactSource, ListFacts
 from listgate.decision.model import Decision, PostingRequest, Verdict
+from listgate.decision.recipients import Target
+from listgate.decision.rules import Action
 from listgate.errors import BackendError, BackendUnavailable
 
 __all__ = ["NO_BYPASS", "Bypass", "FailurePolicy", "Gate"]
@@ -75,6 +83,7 @@ class Bypass:
 
 
 NO_BYPASS = Bypass()
+_TRUSTING = frozenset({Action.ACCEPT, Action.DEFER})
 
 _FailureBuilder = Callable[[PostingRequest, str | None, ReplyTexts, str], Decision]
 
@@ -97,6 +106,7 @@ class Gate:
     """Decides posting requests with *backend* and *texts*, applying *failure_policy*."""
 
     __slots__ = (
+        "_authenticator",
         "_backend",
         "_bypass",
         "_default",
@@ -114,8 +124,10 @@ class Gate:
         overrides: Mapping[str, ListOverrides] | None = None,
         default: ListOverrides = DEFAULT_OVERRIDES,
         bypass: Bypass = NO_BYPASS,
+        authenticator: Authenticates | None = None,
     ) -> None:
         self._backend = backend
+        self._authenticator = authenticator
         self._bypass = bypass
         self._texts = texts
         self._overrides: Mapping[str, ListOverrides] = overrides or {}
@@ -129,9 +141,34 @@ class Gate:
             return self._default
         return self._overrides.get(list_address, self._default)
 
-    def _decide(self, request: PostingRequest, facts: ListFacts) -> Decision:
+    def _decide(
+        self, request: PostingRequest, facts: ListFacts, auth: Authentication | None = None
+    ) -> Decision:
         overrides = self.overrides_for(facts.resolution.list_address)
-        return decide(request, facts, self._texts, overrides)
+        return decide(request, facts, self._texts, overrides, auth)
+
+    def _needs_authentication(self, request: PostingRequest, facts: ListFacts) -> bool:
+        """Whether what the message proves can change the decision (see the invariants)."""
+        if facts.resolution.target is not Target.POSTING or facts.policy is None:
+            return False
+        overrides = self.overrides_for(facts.resolution.list_address)
+        if not overrides.require_authenticated or overrides.mode is GateMode.OFF:
+            return False
+        if request.auth_user:
+            return False
+        return any(
+            s.member is not None or s.nonmember_action in _TRUSTING or s.member_of
+            or facts.policy.accept_these_nonmembers
+            for s in (*facts.senders, *facts.hints)
+        )
+
+    def _authenticate_now(
+        self, request: PostingRequest, facts: ListFacts
+    ) -> Authentication | None:
+        """The facts for *request* without waiting (None: await ``authenticate``)."""
+        if self._authenticator is None or not self._needs_authentication(request, facts):
+            return NO_AUTHENTICATION
+        return self._authenticator.authenticate_now(request)
 
     @property
     def backend(self) -> FactSource:
@@ -152,7 +189,10 @@ class Gate:
             facts = self._backend.lookup_now(request)
             if facts is PENDING:
                 return None
-            return self._decide(request, facts)
+            auth = self._authenticate_now(request, facts)
+            if auth is None:
+                return None
+            return self._decide(request, facts, auth)
         except Exception as exc:
             return self._failed(request, exc)
 
@@ -162,7 +202,11 @@ class Gate:
             return bypassed
         try:
             facts = await self._backend.lookup(request)
-            return self._decide(request, facts)
+            auth = self._authenticate_now(request, facts)
+            if auth is None:
+                assert self._authenticator is not None
+                auth = await self._authenticator.authenticate(request)
+            return self._decide(request, facts, auth)
         except Exception as exc:
             return self._failed(request, exc)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "Decision",
+    "Evidence",
     "PostingRequest",
     "Verdict",
     "normalize_address",
@@ -63,6 +64,25 @@ def normalize_address(raw: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the MTA showed listgate that may prove who sent the message (raw material
+    for ``require_authenticated`` lists; turned into an ``Authentication`` by the
+    authenticator in ``listgate.auth``)."""
+
+    helo: str = ""
+    """The client's HELO/EHLO name (SPF's HELO identity and %{h})."""
+    header_from: tuple[str, ...] = ()
+    """The addresses of the From: header, normalised (once the headers are known)."""
+    auth_results: tuple[str, ...] = ()
+    """Every Authentication-Results: header value, in the order the MTA showed them."""
+    message: bytes | None = None
+    """The whole message (header fields and body, CRLF), at end of message: for DKIM."""
+    more: bool = False
+    """The front end will ask again in this transaction with more evidence (the headers,
+    or the whole message): a verdict that needs proof may wait for it."""
+
+
+@dataclass(frozen=True, slots=True)
 class PostingRequest:
     """One (sender, recipient) pair the MTA asks about, with what else it told us."""
 
@@ -76,6 +96,9 @@ class PostingRequest:
     header_senders: tuple[str, ...] = ()
     """At end of headers: every sender Mailman would consider, in its order (From:,
     envelope, Reply-To:, Sender:), normalised. Empty at RCPT time."""
+
+    evidence: Evidence | None = None
+    """What may prove the senders (see ``Evidence``); None: nothing beyond the envelope."""
 
     @property
     def senders(self) -> tuple[str, ...]:
@@ -111,6 +134,11 @@ class Decision:
     headers. A provisional REJECT: the header senders may still admit the post, so the
     front end must wait for them. A provisional ACCEPT: a header sender may still make
     Mailman refuse the post; a front end that sees the headers may judge it again."""
+    awaits_proof: bool = False
+    """With ``provisional``: the verdict waits for proof that a later stage of the
+    message may give (an aligned DKIM signature at end of message, upstream
+    Authentication-Results at end of headers): the front end keeps the evidence (header
+    fields, body) and asks again."""
 
     @property
     def smtp_reply(self) -> str | None:

@@ -123,6 +123,11 @@ class SenderFacts:
     unverifiable: str | None = None
     """Set when the backend could not learn everything Mailman would know about this
     address (why, for the reason chain). Such a sender is never the cause of a reject."""
+    proven: bool = True
+    """False on a ``require_authenticated`` list when the message does not prove that it
+    comes from this address: it is judged as an unknown nonmember (its membership, its
+    own accepting action and ``accept_these_nonmembers`` hits do not count; bans and the
+    refusing rules still do)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,13 +210,21 @@ def _member_outcome(policy: ListPolicy, sender: SenderFacts) -> Outcome:
     return Outcome(Action.ACCEPT if action is Action.DEFER else action, (why,))
 
 
+_TRUSTING = frozenset({Action.ACCEPT, Action.DEFER})
+"""A nonmember's own actions that admit the post (they need a proven address)."""
+
+
 def _nonmember_outcome(policy: ListPolicy, senders: Sequence[SenderFacts]) -> Outcome:
     for sender in senders:
-        if sender.nonmember_action is not None:
+        if sender.nonmember_action is not None and (
+            sender.proven or sender.nonmember_action not in _TRUSTING
+        ):
             action = sender.nonmember_action
             why = f"nonmember {_shown(sender.address)}; own moderation_action={action.value}"
             return Outcome(Action.ACCEPT if action is Action.DEFER else action, (why,))
         for action, name in _LEGACY_LISTS:
+            if action is Action.ACCEPT and not sender.proven:
+                continue
             for entry in getattr(policy, name):
                 if matches_nonmember_entry(
                     entry, sender.address, sender.member_of, at_list=action is Action.ACCEPT
@@ -244,7 +257,7 @@ def _core_outcome(
             never_reject=True,
         )
     for sender in senders:
-        if sender.member is not None and sender.address:  # "" is never a Mailman sender
+        if sender.member is not None and sender.address and sender.proven:  # "" never posts
             return _member_outcome(policy, sender)
     return _nonmember_outcome(policy, senders)
 

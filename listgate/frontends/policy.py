@@ -16,6 +16,10 @@ Invariants:
   with the decision's code, DSN and text (defaults ``550 5.7.1`` and ``451 4.3.0``).
   Postfix keeps that code and prefixes the text with ``<rcpt>: Recipient address
   rejected:``.
+- Authenticated posters: the policy protocol shows no headers and no body, so only the
+  SPF half works here: a request carries the HELO name (``Evidence``, no more to come),
+  and a member of a ``require_authenticated`` list counts only with an SPF pass for the
+  envelope sender (or SASL); a From: address can never be proven over this protocol.
 - Headers mode cannot work here: the policy protocol asks once per RCPT and cannot wait
   for the headers. A *provisional* REJECT (``decide_at = "headers"``, the envelope sender
   may not post, the headers might still admit the post) is answered ``DUNNO``, so Mailman
@@ -28,7 +32,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from listgate.decision.model import Decision, PostingRequest, Verdict, normalize_address
+from listgate.decision.model import (
+    Decision,
+    Evidence,
+    PostingRequest,
+    Verdict,
+    normalize_address,
+)
 from listgate.frontends.session import Event, Notice
 from listgate.policyd import PolicyConnection, PolicyLimits, PolicyRequest, PolicyStateError
 from listgate.sansio import NEED_DATA, PAUSED
@@ -91,7 +101,14 @@ def posting_request(request: PolicyRequest) -> PostingRequest | None:
         client_address=request.client_address or None,
         queue_id=request.queue_id or None,
         auth_user=request.sasl_username or None,
+        evidence=_evidence(request),
     )
+
+
+def _evidence(request: PolicyRequest) -> Evidence | None:
+    """The HELO name, for SPF (None when Postfix sent none)."""
+    helo = request.attributes.get("helo_name", "")
+    return Evidence(helo=helo) if helo else None
 
 
 def answer_for(decision: Decision) -> PolicyAnswer:

@@ -18,7 +18,12 @@ import logging
 
 from listgate.config import MilterConfig
 from listgate.decision.gate import Gate
-from listgate.frontends.milter import MilterSession, milter_options
+from listgate.frontends.milter import (
+    DEFAULT_MAX_MESSAGE,
+    AuthStage,
+    MilterSession,
+    milter_options,
+)
 from listgate.server.connection import SessionService
 
 __all__ = ["MilterService"]
@@ -31,15 +36,27 @@ class MilterService(SessionService):
     ack_unanswered = True
     config: MilterConfig
 
-    def __init__(self, config: MilterConfig, gate: Gate, *, headers: bool = False) -> None:
+    def __init__(
+        self,
+        config: MilterConfig,
+        gate: Gate,
+        *,
+        headers: bool = False,
+        auth: AuthStage | None = None,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
         super().__init__("milter", config, gate, max_buffered=config.max_packet_size,
                          shutdown_timeout=config.shutdown_timeout)
-        self.options = milter_options(config.max_packet_size, headers)
+        self.options = milter_options(config.max_packet_size, headers, auth)
         """What each new connection negotiates; a reload replaces it."""
+        self.auth = auth
+        """The authentication evidence sessions gather (require_authenticated lists);
+        a reload replaces it together with ``options``."""
+        self.max_message = max_message
 
     @property
     def command_timeout(self) -> float:
         return self.config.command_timeout
 
     def new_session(self) -> MilterSession:
-        return MilterSession(self.options)
+        return MilterSession(self.options, self.auth, self.max_message)

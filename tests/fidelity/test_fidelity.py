@@ -28,7 +28,7 @@ import pytest
 
 from .oracle import MailmanOracle
 from .suite import CaseResult, RunStats, result_json, run
-from .verdicts import MODES, cli_check, eoh_decisions, from_only
+from .verdicts import MODES, auth_decisions, cli_check, eoh_decisions, from_only
 
 FIXED_SEED = 20261125
 FIXED_CASES = int(os.environ.get("LISTGATE_FIDELITY_CASES", "300"))
@@ -126,3 +126,40 @@ def test_listgate_check_agrees(fixed_run: Run, oracle: MailmanOracle) -> None:
             if got["verdict"] != want.verdict or got["reasons"] != want.reasons:
                 mismatches.append(f"{r.case_id} --from: check {got} vs gate {want}")
     assert not mismatches, "\n".join(mismatches)
+
+
+AUTH_SAMPLE = int(os.environ.get("LISTGATE_FIDELITY_AUTH_CASES", "150"))
+
+
+def test_require_authenticated(fixed_run: Run) -> None:
+    """The same lists with require_authenticated (results given, no DNS), on a sample of
+    the fixed run's posts to lists: an authenticated poster (envelope by SPF, every From:
+    by an aligned DKIM signature) whose post has no Reply-To:/Sender: gets exactly the
+    verdict of the list without the option (zero false rejects); a post that only a
+    member made acceptable is refused when nothing is proven (a forged member post),
+    unless the list's own nonmember rules admit it."""
+    from .generator import generate
+
+    batch = generate(FIXED_SEED, FIXED_CASES)
+    posts = [p for p in batch.posts if p.kinds.get("recipient", "").startswith("posting")]
+    posts = posts[:AUTH_SAMPLE]
+    verdicts = auth_decisions(fixed_run.workdir / "listgate-headers.toml", posts)
+    false_rejects, forged_refused, forged_admitted = [], 0, []
+    for post in posts:
+        v = verdicts[post.case_id]
+        plain = "reply-to" not in post.kinds and "sender" not in post.kinds
+        if plain and v["authenticated"].verdict != v["baseline"].verdict:
+            false_rejects.append(f"{post.case_id} {post.kinds}: {v}")
+        member_made = v["baseline"].verdict == "accept" and any(
+            r.startswith("member ") for r in v["baseline"].reasons)
+        if member_made:
+            if v["forged"].verdict == "reject":
+                forged_refused += 1
+                assert "not authenticated" in (v["forged"].reply or ""), v
+            elif any(r.startswith("member ") for r in v["forged"].reasons):
+                forged_admitted.append(f"{post.case_id}: {v['forged']}")
+    print(f"require_authenticated: {len(posts)} posts; forged member posts refused: "
+          f"{forged_refused}")
+    assert not false_rejects, "\n".join(false_rejects)
+    assert not forged_admitted, "\n".join(forged_admitted)
+    assert forged_refused > 0

@@ -29,7 +29,7 @@ from pathlib import Path
 from listgate.app import build_gate
 from listgate.config import load_config
 from listgate.decision.gate import Gate
-from listgate.decision.model import Decision, PostingRequest, normalize_address
+from listgate.decision.model import Decision, Evidence, PostingRequest, normalize_address
 from listgate.decision.senders import mailman_senders
 
 from .generator import PostSpec
@@ -156,3 +156,45 @@ def cli_check(config: Path, post: PostSpec, *, with_headers: bool) -> dict[str, 
                              f"{argv}\n{proc.stdout}\n{proc.stderr}") from None
     answer["exit"] = proc.returncode
     return answer
+
+
+def _from_addresses(post: PostSpec) -> tuple[str, ...]:
+    """The post's From: addresses as listgate's milter front end finds them."""
+    return mailman_senders([(n, v) for n, v in post.headers if n.lower() == "from"], "")
+
+
+def auth_decisions(headers_config: Path, posts: Sequence[PostSpec]
+                   ) -> dict[str, dict[str, ModeVerdict]]:
+    """End-of-headers verdicts on the same lists with ``require_authenticated``: the
+    baseline (option off), "authenticated" (SPF pass for the envelope, a DKIM signature
+    aligned with every From: domain) and "forged" (SPF fail, no signature), explained
+    with the results ``listgate check --spf/--dkim-domain`` uses (no DNS)."""
+    from listgate.auth.authenticator import GivenResults
+    from listgate.decision.auth import SpfResult
+
+    auth_config = headers_config.with_name("listgate-auth.toml")
+    auth_config.write_text(headers_config.read_text() + "require_authenticated = true\n")
+
+    async def run() -> dict[str, dict[str, ModeVerdict]]:
+        base = build_gate(load_config(headers_config))
+        config = load_config(auth_config)
+        out: dict[str, dict[str, ModeVerdict]] = {}
+        try:
+            forged = build_gate(config, base.backend, GivenResults(SpfResult.FAIL, ()))
+            for post in posts:
+                froms = _from_addresses(post)
+                domains = tuple(dict.fromkeys(a.rpartition("@")[2] for a in froms))
+                proven = build_gate(config, base.backend,
+                                    GivenResults(SpfResult.PASS, domains))
+                request = dataclasses.replace(
+                    eoh_request(post), evidence=Evidence(header_from=froms))
+                out[post.case_id] = {
+                    "baseline": _mode(await base.decide(request), "eoh"),
+                    "authenticated": _mode(await proven.decide(request), "eoh"),
+                    "forged": _mode(await forged.decide(request), "eoh"),
+                }
+        finally:
+            await base.backend.aclose()
+        return out
+
+    return asyncio.run(run())

@@ -73,7 +73,7 @@ def test_schema_matches_dataclasses() -> None:
         assert tuple(config_module._SCHEMA[section][1]) == names, section
     assert set(config_module._SCHEMA) == {
         "milter", "policy", "backend", "static", "mailman", "cache", "gate", "reply", "failure",
-        "bypass", "log", "metrics", "events",
+        "bypass", "log", "metrics", "events", "auth",
     }
     assert tuple(config_module._LIST_KEYS) == config_module._list_fields()
 

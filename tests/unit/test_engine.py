@@ -360,7 +360,8 @@ def test_engine_is_pure() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
     assert imported <= {"__future__", "enum", "ipaddress", "re", "string", "dataclasses",
-                        "listgate.decision.facts", "listgate.decision.model",
+                        "listgate.decision.auth", "listgate.decision.facts",
+                        "listgate.decision.model",
                         "listgate.decision.recipients", "listgate.decision.rules"}
 
 
