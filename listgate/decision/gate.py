@@ -13,6 +13,11 @@ Invariants:
   the backend.
 - The gate's own settings live here: ``FailurePolicy`` (``[failure]``) and ``Bypass``
   (``[bypass]``, checked before the backend is asked); the engine never sees either.
+- A stale reject is never served: a final REJECT decided on facts the source marked as
+  too old (``ListFacts.confirm``) is decided again on the confirmed facts before it is
+  answered; ``decide_now`` leaves such a request to ``decide``. Accepts, and provisional
+  rejects (which only make a headers-mode recipient wait for its headers), are answered
+  on the facts at hand.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class Bypass:
 
 
 NO_BYPASS = Bypass()
+_REJECT = Verdict.REJECT
 
 _FailureBuilder = Callable[[PostingRequest, str | None, ReplyTexts, str], Decision]
 
@@ -152,7 +158,11 @@ class Gate:
             facts = self._backend.lookup_now(request)
             if facts is PENDING:
                 return None
-            return self._decide(request, facts)
+            decision = self._decide(request, facts)
+            if (decision.verdict is _REJECT and facts.confirm is not None
+                    and not decision.provisional):
+                return None  # too old to reject on: ``decide`` confirms
+            return decision
         except Exception as exc:
             return self._failed(request, exc)
 
@@ -162,7 +172,11 @@ class Gate:
             return bypassed
         try:
             facts = await self._backend.lookup(request)
-            return self._decide(request, facts)
+            decision = self._decide(request, facts)
+            if (decision.verdict is _REJECT and facts.confirm is not None
+                    and not decision.provisional):
+                decision = self._decide(request, await facts.confirm())
+            return decision
         except Exception as exc:
             return self._failed(request, exc)
 
