@@ -17,7 +17,7 @@ from listgate.decision.facts import PENDING
 from listgate.decision.gate import FailurePolicy, Gate
 from listgate.decision.model import PostingRequest, Verdict
 from listgate.errors import BackendUnavailable
-from listgate.events import EVERYTHING, ChangeSet, FeedState, Message
+from listgate.events import EVERYTHING, NOTHING, ChangeSet, FeedState, Message
 from listgate.facts.cache import FactCache
 from listgate.facts.feed import HEALTHY, SILENT, FeedCoverage, FeedInvalidator
 from listgate.facts.lookup import Reader, answer
@@ -110,12 +110,14 @@ def test_an_old_reject_is_confirmed_before_it_is_sent() -> None:
         calls = records.calls
         clock.advance(2.5)
         facts = backend.lookup_now(request)
-        assert facts is not PENDING and facts.confirm is not None
+        assert facts is not PENDING
+        assert facts.confirm is not None
         assert gate.decide_now(request) is None
         assert records.calls == calls
         again = await gate.decide(request)
         assert again.verdict is Verdict.REJECT
-        assert records.fetches["memberships"] == 2 and records.fetches["policy"] == 2
+        assert records.fetches["memberships"] == 2
+        assert records.fetches["policy"] == 2
         assert backend.reject_refetches()["fresh"] == 1
         assert gate.decide_now(request) is not None  # refreshed: answered at once
 
@@ -150,7 +152,8 @@ def test_an_old_accept_uses_the_ttls() -> None:
         calls = records.calls
         clock.advance(30)
         decision = gate.decide_now(request)
-        assert decision is not None and decision.verdict is Verdict.ACCEPT
+        assert decision is not None
+        assert decision.verdict is Verdict.ACCEPT
         assert records.calls == calls
         assert backend.reject_refetches() == {"fresh": 0, "stale": 0, "failed": 0}
 
@@ -174,7 +177,8 @@ def test_a_healthy_feed_vouches_for_old_facts() -> None:
         calls = records.calls
         clock.advance(8)  # older than reject_max_age, within the TTLs
         decision = gate.decide_now(request)
-        assert decision is not None and decision.verdict is Verdict.REJECT
+        assert decision is not None
+        assert decision.verdict is Verdict.REJECT
         assert records.calls == calls
 
     run(go())
@@ -228,7 +232,7 @@ def test_concurrent_old_rejects_refetch_once() -> None:
 # --------------------------------------------------------------------------- the feed
 
 
-def message(seq: int, changes: ChangeSet = ChangeSet()) -> Message:
+def message(seq: int, changes: ChangeSet = NOTHING) -> Message:
     return Message("mm/1/a", 0.0, seq, 0.0, changes)
 
 
@@ -274,7 +278,7 @@ def test_real_backend_drops_what_the_feed_names() -> None:
     """Through the adapter, an address change drops that address's facts from the Mailman
     backend: the next lookup fetches them again."""
     clock = FakeClock()
-    records, backend, gate = world(clock)
+    _records, backend, gate = world(clock)
     request = PostingRequest(NONMEMBER, LIST)
     adapter = FeedInvalidator(lambda: backend)
 
@@ -301,7 +305,8 @@ def test_coverage_starts_when_the_feed_is_heard_and_ends_with_a_silence() -> Non
     clock.advance(1)
     state.receive(message(1), clock.now, 0.0)
     heard = clock.now
-    assert coverage.covers(heard) and not coverage.covers(before)
+    assert coverage.covers(heard)
+    assert not coverage.covers(before)
     clock.advance(2)
     state.receive(message(2), clock.now, 0.0)
     assert coverage.covers(heard)
@@ -337,7 +342,9 @@ def test_a_feed_never_heard_turns_silent_after_max_silence() -> None:
     assert coverage.transition() is None
     clock.advance(4)
     change = coverage.transition()
-    assert change is not None and change[0] == SILENT and "plugin" in change[1]
+    assert change is not None
+    assert change[0] == SILENT
+    assert "plugin" in change[1]
 
 
 def test_feed_metrics_are_read_at_scrape_time() -> None:
@@ -353,7 +360,8 @@ def test_feed_metrics_are_read_at_scrape_time() -> None:
     text = generate_latest(metrics.registry).decode()
     for line in ('listgate_feed_messages_total 2.0', 'listgate_feed_gaps_total 3.0',
                  'listgate_feed_refused_total{reason="unauthorized"} 1.0',
-                 'listgate_feed_healthy 1.0', 'listgate_reject_refetches_total{result="fresh"} 3.0'):
+                 'listgate_feed_healthy 1.0',
+                 'listgate_reject_refetches_total{result="fresh"} 3.0'):
         assert line in text
     assert "listgate_feed_last_message_age_seconds " in text
 
