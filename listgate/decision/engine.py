@@ -241,6 +241,7 @@ def decide(
         facts.senders,
         facts.hints if request.decodes_envelope else (),
         trust_approved=overrides.trust_approved,
+        list_posts=request.list_posts,
     )
     refused = outcome.action in _REFUSED or (
         outcome.action is Action.HOLD

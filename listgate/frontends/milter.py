@@ -90,7 +90,8 @@ _REJECT = Reject()
 _TEMPFAIL = TempFail()
 _MAX_HEADERS = 64
 """Sender headers kept per message; more are ignored (Mailman reads a handful)."""
-_SENDER_FIELDS = frozenset({"from", "reply-to", "sender"})
+_KEPT_FIELDS = frozenset({"from", "reply-to", "sender", "list-post"})
+"""Header fields kept for EOH: Mailman's senders, and List-Post (its loop rule)."""
 
 
 _NORMALIZED: dict[str, str] = {}
@@ -207,10 +208,10 @@ class MilterTransaction:
         return self.recheck if self.accepted == 1 else None
 
     def on_header(self, event: Header) -> None:
-        """Keep the sender headers while a recipient waits for EOH."""
+        """Keep the sender and List-Post headers while a recipient waits for EOH."""
         if (
             (self.pending is not None or self.recheck is not None)
-            and event.field.lower() in _SENDER_FIELDS
+            and event.field.lower() in _KEPT_FIELDS
             and len(self.headers) < _MAX_HEADERS
         ):
             self.headers.append((event.field, event.value))
@@ -225,6 +226,8 @@ class MilterTransaction:
             waiting,
             header_senders=senders or (waiting.sender,),
             queue_id=conn.macro("i") or waiting.queue_id,
+            list_posts=tuple(v.strip().lower() for k, v in self.headers
+                             if k.lower() == "list-post"),
         )
 
     def answer_eoh(self, request: PostingRequest, decision: Decision) -> Reply:
