@@ -40,7 +40,9 @@ class DaemonThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
-        self._peer: MilterPeer | None = None
+        self._local = threading.local()
+        """One milter connection per asking thread."""
+        self._peers: list[MilterPeer] = []
 
     def start(self, timeout: float = 30.0) -> DaemonThread:
         """Start and wait until every listener is up."""
@@ -78,11 +80,14 @@ class DaemonThread:
         return int(self.daemon.milter.addresses[0].rsplit(":", 1)[1])
 
     def verdict(self, sender: str, recipient: str) -> str:
-        """"accept", "reject" (5xx) or "tempfail" (4xx) for one RCPT through the milter."""
-        if self._peer is None:
-            self._peer = MilterPeer(self.milter_port, timeout=30.0)
-            self._peer.hello()
-        reply = self._peer.ask(sender, recipient)
+        """"accept", "reject" (5xx) or "tempfail" (4xx) for one RCPT through the milter
+        (one connection per calling thread)."""
+        peer: MilterPeer | None = getattr(self._local, "peer", None)
+        if peer is None:
+            peer = self._local.peer = MilterPeer(self.milter_port, timeout=30.0)
+            peer.hello()
+            self._peers.append(peer)
+        reply = peer.ask(sender, recipient)
         if isinstance(reply, Continue):
             return "accept"
         assert isinstance(reply, ReplyCode), reply
@@ -90,9 +95,10 @@ class DaemonThread:
 
     def stop(self) -> None:
         """Drain and stop the daemon."""
-        if self._peer is not None:
-            self._peer.close()
-            self._peer = None
+        for peer in self._peers:
+            peer.close()
+        self._peers.clear()
+        self._local = threading.local()
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
