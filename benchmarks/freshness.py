@@ -131,7 +131,8 @@ def run_mode(mode: str, repeat: int, interval: float, cap: float) -> dict[str, l
         results: dict[str, list[float]] = {c.name: [] for c in CHANGES}
         with daemon:
             if mode == "feed":  # wait for the first heartbeat
-                assert daemon.daemon is not None and daemon.daemon.feed is not None
+                assert daemon.daemon is not None
+                assert daemon.daemon.feed is not None
                 deadline = time.monotonic() + 10
                 while not daemon.daemon.feed.healthy() and time.monotonic() < deadline:
                     time.sleep(0.05)
