@@ -58,7 +58,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -290,10 +289,10 @@ class MailmanBackend(Backend):
             return ListFacts(NOT_A_LIST)
         except BackendError as exc:
             raise BackendUnavailable(str(exc), list_address=fqdn) from None
-        facts = ListFacts(resolution, record.policy, senders, hints)
-        if confirming or self._fresh_enough(reader.oldest):
-            return facts
-        return replace(facts, confirm=partial(self._confirm, request, started))
+        confirm = None
+        if not confirming and not self._fresh_enough(reader.oldest):
+            confirm = partial(self._confirm, request, started)
+        return ListFacts(resolution, record.policy, senders, hints, confirm)
 
     def _fresh_enough(self, oldest: float) -> bool:
         """Whether facts fetched at *oldest* (the cache clock) may stand behind a reject:
@@ -310,6 +309,7 @@ class MailmanBackend(Backend):
         if deadline is not None and started is not None:
             deadline = max(0.0, deadline - (asyncio.get_running_loop().time() - started))
         within = self.settings.reject_max_age
+        began = self._clock()
 
         def assemble(reader: Reader) -> tuple[ListFacts, float]:
             return self._assemble(request, reader, confirming=True), reader.oldest
@@ -324,7 +324,7 @@ class MailmanBackend(Backend):
                     list_address=self._list_address(request),
                 ) from None
             raise
-        age = self._clock() - oldest
+        age = began - oldest  # a fact fresh when read may age while others are fetched
         if age > within and not (self.feed is not None and self.feed.covers(oldest)):
             self._refetched("stale", request, f"facts {age:.1f} s old (stale-if-error)")
         else:

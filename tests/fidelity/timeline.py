@@ -46,6 +46,11 @@ TIGHTENING = ("unsubscribe", "ban", "close-reject", "close-discard", "unlink")
 TTLs (a stale accept only lets Mailman decide after queueing)."""
 STALE_ACCEPT = "a stale accept after a tightening change (the TTLs allow it)"
 
+LOOSENING = ("subscribe", "unban", "accept", "open", "link")
+"""Changes that can turn a refusal into an accept."""
+LOOSENING_SHARE = 0.7
+"""Share of worlds whose change is drawn among the loosening ones first."""
+
 CHANGE_KINDS = ("subscribe", "unsubscribe", "ban", "unban", "accept", "open", "close",
                 "link", "unlink")
 
@@ -80,6 +85,8 @@ def draw_change(rng: random.Random, world: WorldSpec, posts: Sequence[PostSpec])
     lid = _list_id(world)
     kinds = list(CHANGE_KINDS)
     rng.shuffle(kinds)
+    if rng.random() < LOOSENING_SHARE:  # where a stale reject would be a false one
+        kinds.sort(key=lambda k: k not in LOOSENING)
     members = [a.lower() for a, _ in world.members]
     exact_bans = [b for b in world.list_bans if not b.startswith("^")]
     linked = [(u.addresses[0], a) for u in world.users for a in u.addresses[1:]]
