@@ -423,6 +423,9 @@ def _header_value(rng: random.Random, address: str) -> str:
 
 LIST_POST_SHARE = 0.08
 """Share of posts with a ``List-Post:`` header (Mailman's loop rule)."""
+LOOP_KINDS = ("own-bare", "own-bare-upper", "own-folded")
+"""The ``List-Post:`` kinds Mailman's loop rule discards (the whole stripped,
+lower-cased value is the posting address)."""
 
 
 def _list_post(rng: random.Random, world: WorldSpec) -> tuple[str, str] | None:

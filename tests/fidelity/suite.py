@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .generator import Batch, PostSpec, WorldSpec, generate
+from .generator import LOOP_KINDS, Batch, PostSpec, WorldSpec, generate
 from .oracle import REFUSED, Delivery, MailmanOracle, Observation, delivery
 from .verdicts import MODES, ModeVerdict, decide_all, write_config
 
@@ -81,7 +81,7 @@ def _miss_class(mode: str, r: CaseResult, world: WorldSpec, post: PostSpec) -> s
     if mode == "headers" and verdict.phase == "rcpt":
         return ("accepted at RCPT and not judged at end of headers; Mailman decided on a "
                 "header sender")
-    if mode == "rcpt" and post.kinds.get("list-post", "").startswith("own"):
+    if mode == "rcpt" and post.kinds.get("list-post") in LOOP_KINDS:
         return "List-Post: names the list (Mailman's loop rule), which RCPT cannot see"
     if mode == "rcpt" and not _informative(post, r.mailman_senders):
         return "Mailman refused because of a header sender, which RCPT cannot see"
