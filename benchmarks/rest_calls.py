@@ -226,7 +226,7 @@ def main() -> None:
             core, requests, "change feed healthy, every TTL 1 h, real clock", False, hour,
             rate=rate, feed=True))
     print(f"--- calls <= distinct pairs: frozen clock {frozen_ok}, real clock {real_ok}")
-    if not frozen_ok:
+    if not frozen_ok and args.mix == "members":  # a new nonmember costs 2 calls (spam mix)
         raise SystemExit(1)
 
 
