@@ -172,7 +172,7 @@ class Daemon:
         if config.events.listen and config.backend.type == "mailman":
             events = self.events = build_events_listener(config, lambda: self.backend)
             feed = self.feed = FeedCoverage(lambda: events.health, config.events.max_silence)
-            self._feed_monitor = FeedMonitor(feed)
+            self._feed_monitor = FeedMonitor(feed, min(1.0, config.events.max_silence / 4))
             self.backend.follow_feed(feed)
             self.metrics.feed = lambda: events.health
             self.metrics.feed_healthy = feed.healthy
