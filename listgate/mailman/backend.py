@@ -326,7 +326,9 @@ class MailmanBackend(Backend):
             raise
         age = began - oldest  # a fact fresh when read may age while others are fetched
         if age > within and not (self.feed is not None and self.feed.covers(oldest)):
-            self._refetched("stale", request, f"facts {age:.1f} s old (stale-if-error)")
+            self._refetched("stale", request, f"Mailman failed or did not answer within the "
+                            f"deadline; the reject rests on facts {age:.1f} s old "
+                            "(stale-if-error)")
         else:
             self._refetched("fresh", request, "")
         return facts
