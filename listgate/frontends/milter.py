@@ -30,7 +30,9 @@ Invariants:
   banned ``From:``, a member whose action rejects, a nonmember rule). If that recipient
   is the transaction's only one, it is judged again at EOH and may be refused there;
   with any other recipient accepted, the RCPT verdict stands (a refusal at EOH would hit
-  the others too).
+  the others too). The same goes for Mailman's loop rule: the ``List-Post:`` headers are
+  kept with the sender headers, and a post whose ``List-Post:`` names the list itself is
+  refused at EOH when the list is its only recipient.
 """
 
 from __future__ import annotations
