@@ -3,7 +3,8 @@
 Each generated world (``generator.generate``) gets one change, drawn from the same seed,
 made through Mailman's REST API *after* listgate has decided every post of the world once
 (so its caches hold the facts from before the change): a sender subscribed or
-unsubscribed, banned or unbanned, put into ``accept_these_nonmembers``, the list opened
+unsubscribed, banned or unbanned, put into ``accept_these_nonmembers`` or
+``reject_these_nonmembers``, the list opened
 (``default_nonmember_action`` accept) or closed (reject or discard), an address linked to
 a member's user or unlinked. ``reject_max_age`` seconds after the changes, listgate
 decides every post again with the same gates (the same caches), and the posts go to
@@ -41,7 +42,7 @@ REJECT_MAX_AGE = 2.0
 """listgate's default ``[cache] reject_max_age``: the posts are made this long after the
 changes."""
 
-TIGHTENING = ("unsubscribe", "ban", "close-reject", "close-discard", "unlink")
+TIGHTENING = ("unsubscribe", "ban", "reject", "close-reject", "close-discard", "unlink")
 """Changes that can turn an accept into a refusal: listgate may keep accepting for its
 TTLs (a stale accept only lets Mailman decide after queueing)."""
 STALE_ACCEPT = "a stale accept after a tightening change (the TTLs allow it)"
@@ -51,8 +52,8 @@ LOOSENING = ("subscribe", "unban", "accept", "open", "link")
 LOOSENING_SHARE = 0.7
 """Share of worlds whose change is drawn among the loosening ones first."""
 
-CHANGE_KINDS = ("subscribe", "unsubscribe", "ban", "unban", "accept", "open", "close",
-                "link", "unlink")
+CHANGE_KINDS = ("subscribe", "unsubscribe", "ban", "unban", "accept", "reject", "open",
+                "close", "link", "unlink")
 
 
 @dataclass
@@ -112,6 +113,9 @@ def draw_change(rng: random.Random, world: WorldSpec, posts: Sequence[PostSpec])
         if kind == "accept":
             return ChangeSpec(world.index, kind, target, [("PATCH", f"lists/{lid}/config",
                                                            {"accept_these_nonmembers": target})])
+        if kind == "reject":
+            return ChangeSpec(world.index, kind, target, [("PATCH", f"lists/{lid}/config",
+                                                           {"reject_these_nonmembers": target})])
         if kind == "open":
             return ChangeSpec(world.index, kind, "", [("PATCH", f"lists/{lid}/config",
                                                        {"default_nonmember_action": "accept"})])
