@@ -13,7 +13,9 @@ through is a false reject, as in ``suite.compare``: none is allowed.
 
 Invariants:
 - One seed gives the same worlds, posts and changes (the changes come from their own
-  random stream, so the worlds and posts are those of ``generate(seed, cases)``).
+  random stream, so the worlds and posts are those of ``generate(seed, cases)``; a
+  change's target is drawn among the senders listgate refused first, which depends only
+  on the seed too).
 - The posts reach Mailman only after listgate's second decision, and nothing changes
   between the two.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,13 +76,16 @@ def _list_id(world: WorldSpec) -> str:
     return f"{world.list_name}.{LIST_DOMAIN}"
 
 
-def _target(rng: random.Random, posts: Sequence[PostSpec]) -> str:
-    """An address the world's posts use (so the change can alter their verdicts)."""
-    envelopes = [p.envelope.lower() for p in posts if p.envelope and "=" not in p.envelope]
-    return rng.choice(envelopes) if envelopes else f"nobody@{LIST_DOMAIN}"
+def _target(rng: random.Random, posts: Sequence[PostSpec], refused: Collection[str]) -> str:
+    """An address the world's posts use (so the change can alter their verdicts): one
+    listgate refused before the change if there is one (*refused*: case ids)."""
+    usable = [p for p in posts if p.envelope and "=" not in p.envelope]
+    preferred = [p for p in usable if p.case_id in refused] or usable
+    return rng.choice(preferred).envelope.lower() if preferred else f"nobody@{LIST_DOMAIN}"
 
 
-def draw_change(rng: random.Random, world: WorldSpec, posts: Sequence[PostSpec]) -> ChangeSpec:
+def draw_change(rng: random.Random, world: WorldSpec, posts: Sequence[PostSpec],
+                refused: Collection[str]) -> ChangeSpec:
     """One change for *world* that touches a sender of *posts* or the list's policy; a
     kind the world cannot have (no member to unsubscribe...) falls back to another."""
     lid = _list_id(world)
@@ -92,7 +97,7 @@ def draw_change(rng: random.Random, world: WorldSpec, posts: Sequence[PostSpec])
     exact_bans = [b for b in world.list_bans if not b.startswith("^")]
     linked = [(u.addresses[0], a) for u in world.users for a in u.addresses[1:]]
     for kind in kinds:
-        target = _target(rng, posts)
+        target = _target(rng, posts, refused)
         if kind == "subscribe" and target not in members:
             return ChangeSpec(world.index, kind, target, [("POST", "members", {
                 "list_id": lid, "subscriber": target, "pre_verified": True,
@@ -136,13 +141,15 @@ def draw_change(rng: random.Random, world: WorldSpec, posts: Sequence[PostSpec])
                                                   {"default_nonmember_action": "accept"})])
 
 
-def draw_changes(batch: Batch) -> dict[int, ChangeSpec]:
-    """A change per world of *batch*, from the seed's own stream of changes."""
+def draw_changes(batch: Batch, refused: set[str]) -> dict[int, ChangeSpec]:
+    """A change per world of *batch*, from the seed's own stream of changes, aimed at the
+    senders of posts listgate refused (*refused*: case ids) where it can."""
     rng = random.Random(f"{batch.seed}/timeline")
     by_world: dict[int, list[PostSpec]] = {}
     for p in batch.posts:
         by_world.setdefault(p.world, []).append(p)
-    return {w.index: draw_change(rng, w, by_world.get(w.index, [])) for w in batch.worlds}
+    return {w.index: draw_change(rng, w, by_world.get(w.index, []), refused)
+            for w in batch.worlds}
 
 
 @dataclass
@@ -168,8 +175,8 @@ def _apply(oracle: MailmanOracle, change: ChangeSpec) -> str | None:
 
 
 async def _decide_twice(
-    gates: dict[str, Gate], posts: Sequence[PostSpec], between: Callable[[], None],
-    wait: float,
+    gates: dict[str, Gate], posts: Sequence[PostSpec],
+    between: Callable[[dict[str, dict[str, ModeVerdict]]], None], wait: float,
 ) -> tuple[dict[str, dict[str, ModeVerdict]], dict[str, dict[str, ModeVerdict]]]:
     async def every() -> dict[str, dict[str, ModeVerdict]]:
         limit = asyncio.Semaphore(8)
@@ -181,7 +188,7 @@ async def _decide_twice(
         return dict(await asyncio.gather(*(one(p) for p in posts)))
 
     before = await every()
-    await asyncio.to_thread(between)
+    await asyncio.to_thread(between, before)
     await asyncio.sleep(wait)
     return before, await every()
 
@@ -190,7 +197,7 @@ def run_timeline(oracle: MailmanOracle, workdir: Path, seed: int, cases: int, *,
                  reject_max_age: float = REJECT_MAX_AGE) -> tuple[TimelineStats, list[CaseResult]]:
     """Generate, build, decide, change, wait, decide again, post, compare."""
     batch = generate(seed, cases)
-    changes = draw_changes(batch)
+    changes: dict[int, ChangeSpec] = {}
     worlds = {w.index: w for w in batch.worlds}
     out = TimelineStats()
     core = oracle.core
@@ -199,7 +206,9 @@ def run_timeline(oracle: MailmanOracle, workdir: Path, seed: int, cases: int, *,
                                   core.password, mode) for mode in MODES}
     oracle.build_worlds(batch.worlds)
 
-    def change_all() -> None:
+    def change_all(before: dict[str, dict[str, ModeVerdict]]) -> None:
+        refused = {case for case, v in before.items() if v["rcpt"].verdict == "reject"}
+        changes.update(draw_changes(batch, refused))
         for change in changes.values():
             why = _apply(oracle, change)
             if why is None:
