@@ -11,12 +11,22 @@ Two passes over the same requests, each with a fresh backend: one with the clock
 exceed the distinct pairs), one on the real clock (a run longer than ``negative_ttl``
 refetches the answers that would reject, so calls can exceed the pairs).
 
-Run: .venv/bin/python benchmarks/rest_calls.py
+With ``--mix spam`` the requests look like a spam run against the lists instead: most
+senders are new nonmembers (each seen once), some nonmembers repeat (a pool of
+``SPAM_REPEATERS``), a few are members; requests are paced at ``--rate`` RCPT/s so that
+the time between repeats is realistic. The real-clock passes then show what
+``[cache] reject_max_age`` costs: ``before`` (unbounded: listgate before #13), ``after``
+(the default 2 s), and ``feed`` (every TTL one hour, a healthy change feed vouching for
+every fact: what the Mailman plugin allows while nothing changes).
+
+Run: .venv/bin/python benchmarks/rest_calls.py [--mix members|spam] [--rate N]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import math
 import random
 import sys
 import time
@@ -43,6 +53,12 @@ REQUESTS = 10_000
 MEMBER_SHARE = 0.5
 """Share of requests whose sender is a member of the list posted to."""
 IN_FLIGHT = 50
+SPAM_NEW = 0.75
+"""Spam mix: share of requests from a sender never seen before (a nonmember)."""
+SPAM_MEMBERS = 0.05
+"""Spam mix: share of requests from a member of the list."""
+SPAM_REPEATERS = 200
+"""Spam mix: the pool the remaining requests' (nonmember) senders repeat from."""
 
 
 def build(core: MailmanCore, rng: random.Random) -> tuple[list[str], dict[str, list[str]]]:
@@ -71,6 +87,35 @@ def workload(
         requests.append(PostingRequest(rng.choice(pool), fqdn))
     rng.shuffle(requests)
     return requests
+
+
+def spam_workload(
+    rng: random.Random, members: dict[str, list[str]], count: int
+) -> list[PostingRequest]:
+    """*count* requests: SPAM_NEW new nonmembers, SPAM_MEMBERS members, the rest from
+    SPAM_REPEATERS repeating nonmembers."""
+    lists = sorted(members)
+    repeaters = [f"bulk{i:04d}@spam{i % 13}.example" for i in range(SPAM_REPEATERS)]
+    requests = []
+    for n in range(count):
+        fqdn = rng.choice(lists)
+        roll = rng.random()
+        if roll < SPAM_NEW:
+            sender = f"new{n:06d}@spam{n % 17}.example"
+        elif roll < SPAM_NEW + SPAM_MEMBERS:
+            sender = rng.choice(members[fqdn])
+        else:
+            sender = rng.choice(repeaters)
+        requests.append(PostingRequest(sender, fqdn))
+    return requests
+
+
+class Covering:
+    """A healthy change feed that vouches for every fact (nothing changes in the run)."""
+
+    def covers(self, fetched_at: float) -> bool:
+        del fetched_at
+        return True
 
 
 class CountingSource(MailmanClient):
@@ -102,22 +147,29 @@ class CountingSource(MailmanClient):
 
 
 async def one_pass(
-    core: MailmanCore, requests: list[PostingRequest], label: str, frozen: bool
+    core: MailmanCore, requests: list[PostingRequest], label: str, frozen: bool,
+    settings: CacheConfig | None = None, *, rate: float = 0.0, feed: bool = False,
 ) -> bool:
-    """Decide every request with a fresh cached backend; print figures; calls <= pairs?"""
+    """Decide every request with a fresh cached backend (*settings*, default CacheConfig),
+    at most *rate* RCPT/s (0: as fast as IN_FLIGHT allows); with *feed*, a healthy change
+    feed covers every fact. Print figures; calls <= pairs?"""
     source = CountingSource(core.url, core.user, core.password)
     clock = (lambda: 0.0) if frozen else time.monotonic
-    backend = MailmanBackend(source, CacheConfig(), clock=clock)
+    backend = MailmanBackend(source, settings or CacheConfig(), clock=clock)
+    if feed:
+        backend.follow_feed(Covering())
     gate = Gate(backend, ReplyTexts())
     limit = asyncio.Semaphore(IN_FLIGHT)
+    began = time.monotonic()
 
-    async def one(request: PostingRequest) -> str:
+    async def one(n: int, request: PostingRequest) -> str:
+        if rate:
+            await asyncio.sleep(max(0.0, began + n / rate - time.monotonic()))
         async with limit:
             return (await gate.decide(request)).verdict.value
 
     try:
-        began = time.monotonic()
-        verdicts = Counter(await asyncio.gather(*(one(r) for r in requests)))
+        verdicts = Counter(await asyncio.gather(*(one(n, r) for n, r in enumerate(requests))))
         elapsed = time.monotonic() - began
     finally:
         await backend.aclose()
@@ -134,28 +186,47 @@ async def one_pass(
     print(f"verdicts                   {dict(sorted(verdicts.items()))}")
     print(f"elapsed                    {elapsed:.1f} s "
           f"({len(requests) / elapsed:.0f} RCPT/s, {IN_FLIGHT} in flight)")
+    print(f"refetches before a reject  {dict(backend.reject_refetches())}")
     print(f"calls <= distinct pairs    {ok}")
     return ok
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mix", choices=("members", "spam"), default="members",
+                        help="members: the pool mix (default); spam: mostly new nonmembers")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="RCPT/s (default: unpaced; spam mix: 500)")
+    args = parser.parse_args()
+    rate = args.rate if args.rate is not None else (500.0 if args.mix == "spam" else 0.0)
     rng = random.Random(SEED)
     with MailmanCore() as core:
         began = time.monotonic()
         senders, members = build(core, rng)
         print(f"Mailman core up in {core.startup_seconds:.1f} s; {LISTS} lists, "
               f"{LISTS * MEMBERS_PER_LIST} subscriptions in {time.monotonic() - began:.1f} s; "
-              f"seed {SEED}")
-        requests = workload(rng, senders, members)
+              f"seed {SEED}; mix {args.mix}; rate {rate or 'unpaced'}")
+        requests = (workload(rng, senders, members) if args.mix == "members"
+                    else spam_workload(rng, members, REQUESTS))
         s = CacheConfig()
         frozen_ok = asyncio.run(one_pass(
             core, requests, "default CacheConfig, clock frozen (no TTL can expire)", True))
+        before = CacheConfig(reject_max_age=math.inf)
+        asyncio.run(one_pass(
+            core, requests,
+            f"before #13: no reject_max_age, real clock (ttl {s.ttl:g} s, negative_ttl "
+            f"{s.negative_ttl:g} s)", False, before, rate=rate))
         real_ok = asyncio.run(one_pass(
             core, requests,
             f"default CacheConfig, real clock (ttl {s.ttl:g} s, negative_ttl "
-            f"{s.negative_ttl:g} s)", False))
+            f"{s.negative_ttl:g} s, reject_max_age {s.reject_max_age:g} s)", False,
+            rate=rate))
+        hour = CacheConfig(ttl=3600, negative_ttl=3600, policy_ttl=3600, directory_ttl=3600)
+        asyncio.run(one_pass(
+            core, requests, "change feed healthy, every TTL 1 h, real clock", False, hour,
+            rate=rate, feed=True))
     print(f"--- calls <= distinct pairs: frozen clock {frozen_ok}, real clock {real_ok}")
-    if not frozen_ok:
+    if not frozen_ok and args.mix == "members":  # a new nonmember costs 2 calls (spam mix)
         raise SystemExit(1)
 
 

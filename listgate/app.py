@@ -11,6 +11,11 @@ Invariants:
   second signal aborts every connection and exits at once.
 - Start-up failures (bad listen address, busy socket) surface as ``ListgateError`` with a
   message that names what failed; ``run`` turns them into exit status 1 and one log line.
+- The change feed (``[events] listen``, Mailman backend only) starts with the other
+  listeners and stops with them; its address and secret are restart-only, its
+  ``max_silence`` follows a reload. Its messages drop facts from whichever backend the
+  daemon holds at the time (``listgate.facts.feed``), and the backend lets the feed vouch
+  for old facts behind a reject while it is healthy.
 """
 
 from __future__ import annotations
@@ -34,13 +39,16 @@ from listgate.decision.engine import DecideAt
 from listgate.decision.facts import FactSource
 from listgate.decision.gate import Gate
 from listgate.errors import ConfigError, ListgateError
+from listgate.events import EventError, read_secret
 from listgate.facts.contract import Backend
+from listgate.facts.feed import FeedCoverage, FeedInvalidator
 from listgate.facts.registry import create_backend
 from listgate.frontends.milter import AuthStage, milter_options
-from listgate.listen import parse_metrics_listen
+from listgate.listen import parse_listen_spec, parse_metrics_listen
 from listgate.log import setup_logging
 from listgate.metrics import Metrics
 from listgate.server.base import StreamService
+from listgate.server.events import EventsListener, FeedMonitor
 from listgate.server.milter import MilterService
 from listgate.server.notify import notify
 from listgate.server.policy import PolicyService
@@ -115,6 +123,18 @@ def build_policy_service(config: Config, gate: Gate) -> PolicyService | None:
     return PolicyService(p, gate, shutdown_timeout=config.milter.shutdown_timeout)
 
 
+def build_events_listener(config: Config, backend: Callable[[], Backend]) -> EventsListener:
+    """The change feed's listener on ``[events] listen``, dropping facts from *backend()*,
+    not yet started."""
+    e = config.events
+    try:
+        secret = read_secret(e.secret_file)
+    except EventError as exc:
+        raise ListgateError(f"events: {exc}") from None
+    return EventsListener(parse_listen_spec(e.listen.strip()), secret,
+                          FeedInvalidator(backend), max_silence=e.max_silence)
+
+
 RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("milter", "listen"),
     ("milter", "socket_mode"),
@@ -123,6 +143,8 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("milter", "max_packet_size"),
     ("milter", "workers"),
     ("milter", "uvloop"),
+    ("events", "listen"),
+    ("events", "secret_file"),
 )
 """(section, key) of the settings bound at start (sockets, the negotiated packet size,
 processes, the event loop): a reload warns when one changed and keeps the running value."""
@@ -169,7 +191,19 @@ class Daemon:
             self.policy.decisions = self.metrics.decisions
         self.metrics.services = self._services
         self.metrics.caches = lambda: self.backend.caches()
+        self.metrics.refetches = lambda: self.backend.reject_refetches()
         self.backend.observe_fetches(self.metrics.backend.observe)
+        self.events: EventsListener | None = None
+        """The change feed's listener (``[events] listen`` with the Mailman backend)."""
+        self.feed: FeedCoverage | None = None
+        self._feed_monitor: FeedMonitor | None = None
+        if config.events.listen and config.backend.type == "mailman":
+            events = self.events = build_events_listener(config, lambda: self.backend)
+            feed = self.feed = FeedCoverage(lambda: events.health, config.events.max_silence)
+            self._feed_monitor = FeedMonitor(feed, min(1.0, config.events.max_silence / 4))
+            self.backend.follow_feed(feed)
+            self.metrics.feed = lambda: events.health
+            self.metrics.feed_healthy = feed.healthy
 
     def _services(self) -> tuple[StreamService, ...]:
         return (self.milter,) if self.policy is None else (self.milter, self.policy)
@@ -181,6 +215,15 @@ class Daemon:
         await self.milter.start()
         if self.policy is not None:
             await self.policy.start()
+        if self.events is not None:
+            assert self._feed_monitor is not None
+            try:
+                await self.events.start()
+            except OSError as exc:
+                raise ListgateError(
+                    f"events: cannot listen on {self.config.events.listen}: {exc}"
+                ) from None
+            self._feed_monitor.start()
         if self.config.metrics.listen:
             host, port = parse_metrics_listen(self.config.metrics.listen)
             try:
@@ -231,6 +274,10 @@ class Daemon:
         elif new.backend.type == "static" and new.static != old.static:
             backend = create_backend(new)  # a static map is cheap to rebuild
         backend.reconfigure(new.cache)
+        if backend is not self.backend:
+            backend.follow_feed(self.feed)
+        if self.feed is not None:
+            self.feed.max_silence = new.events.max_silence
         self.backend = backend
         self.gate = build_gate(new, backend)
         kept = keep_restart_only(new, old)
@@ -255,6 +302,10 @@ class Daemon:
         try:
             await asyncio.gather(*(s.stop() for s in self._services()))
         finally:
+            if self._feed_monitor is not None:
+                await self._feed_monitor.aclose()
+            if self.events is not None:
+                await self.events.aclose()
             await self.gate.backend.aclose()
             self.metrics.close()
         log.info("stopped")

@@ -244,6 +244,10 @@ class CacheConfig:
     stale_if_error: float = 3600.0
     """Seconds past expiry an answer may still be served while Mailman fails (0 = never).
     Default: 3600."""
+    reject_max_age: float = 2.0
+    """Seconds: an answer that would reject must rest on facts no older than this (older
+    ones are fetched again before the 5xx is sent), unless a healthy change feed
+    (``[events]``) covers them. Answers that accept use the lifetimes above. Default: 2."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +297,11 @@ class EventsConfig:
     secret_file: str = ""
     """File holding the secret shared with the plugin (the plugin's ``secret_file``),
     read at load time; required when ``listen`` is set. Default: ""."""
+    max_silence: float = 90.0
+    """Seconds without any message (the plugin sends a heartbeat after its ``heartbeat``
+    seconds of quiet, 30 by default) after which the feed counts as silent: listgate then
+    relies on ``[cache] reject_max_age`` again until the feed is back. Keep it at about 3
+    times the plugin's heartbeat. Default: 90."""
 
 
 class AuthSource(enum.Enum):
@@ -940,6 +949,7 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, _Key]]] = {
         "directory_ttl": _Key(_seconds(allow_zero=False)),
         "max_entries": _Key(_integer(1)),
         "stale_if_error": _Key(_seconds(allow_zero=True)),
+        "reject_max_age": _Key(_seconds(allow_zero=True)),
     }),
     "gate": (ListOverrides, {
         "mode": _Key(_enum(GateMode), _render_enum),
@@ -974,6 +984,7 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, _Key]]] = {
     "events": (EventsConfig, {
         "listen": _Key(_events_listen),
         "secret_file": _Key(_path),
+        "max_silence": _Key(_seconds(allow_zero=False)),
     }),
     "auth": (AuthConfig, {
         "source": _Key(_enum(AuthSource), _render_enum),
@@ -1245,7 +1256,7 @@ _NO_EFFECT: tuple[_NoEffect, ...] = (
     _NoEffect("events", None, _static_backend,
               f"the change feed comes from Mailman; {_TO_MAILMAN}, or remove it",
               ("backend",)),
-    _NoEffect("events", ("secret_file",), _no_events_listener,
+    _NoEffect("events", ("secret_file", "max_silence"), _no_events_listener,
               'set events.listen (e.g. "inet:127.0.0.1:8891") to receive the feed, or '
               "remove it", ()),
     _NoEffect("log", ("syslog_address",), _not_syslog,
@@ -1327,6 +1338,12 @@ WORKERS_WITH_METRICS = (
     'only its own decisions): set workers = 1 or listen = ""'
 )
 
+WORKERS_WITH_EVENTS = (
+    "milter.workers: more than 1 worker cannot serve [events] listen (each worker has its "
+    "own cache, and each feed message would reach only one of them): set workers = 1 or "
+    'listen = ""'
+)
+
 
 def config_warnings(cfg: Config) -> list[str]:
     """What ``serve`` warns about at startup and ``config check`` prints: a static backend
@@ -1390,6 +1407,8 @@ def parse_config(data: Mapping[str, object], source: str = "<config>") -> Config
             f"{MAX_REST_TIMEOUT:g} s (one decision may wait for both; Postfix's "
             f"milter_command_timeout is 30 s), got {cfg.mailman.timeout:g} + "
             f"{cfg.auth.dns_timeout:g}")
+    if cfg.milter.workers > 1 and cfg.events.listen:
+        problems.append(WORKERS_WITH_EVENTS)
     if problems:
         raise ConfigError(problems, source)
     return cfg

@@ -2,7 +2,7 @@
 with each message (drop exactly the cache entries it names, and keep the feed's health).
 
 Mailman's side (``listgate.mailman_plugin``, run inside Mailman's own venv) and listgate's
-side (``listgate.events_server``) share this module, so the format is written down once.
+side (``listgate.server.events``) share this module, so the format is written down once.
 
 Wire format, version 1: one HTTP ``POST`` to the notify URL, ``Content-Type:
 application/json``, with the header ``X-Listgate-Signature: sha256=<hex>``: the HMAC-SHA256
@@ -325,6 +325,9 @@ class FeedHealth:
     between hosts shows up here)."""
     streams: int = 0
     """Sending Mailman processes currently remembered."""
+    resumed: float | None = None
+    """When the feed was last heard after a silence longer than the state's
+    ``max_silence`` (or for the first time): facts fetched since are covered by it."""
     refused: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     """Requests refused, by reason: unauthorized, malformed, too_large, timeout, method,
     overloaded, incomplete (the sender closed mid-request), error (the ``Invalidator``
@@ -334,6 +337,13 @@ class FeedHealth:
         """True when a message arrived within *max_silence* seconds before *now*: the
         cache may then rely on the feed instead of short lifetimes."""
         return self.last_message is not None and now - self.last_message <= max_silence
+
+    def covers(self, fetched_at: float, now: float, max_silence: float) -> bool:
+        """True when the feed is healthy at *now* and has been since *fetched_at*
+        (monotonic): every change since that fact was fetched has reached listgate, or
+        been detected as lost (a gap drops the whole cache)."""
+        return (self.healthy(now, max_silence) and self.resumed is not None
+                and fetched_at >= self.resumed)
 
 
 @dataclass(slots=True)
@@ -347,8 +357,11 @@ class FeedState:
     REFUSALS = ("unauthorized", "malformed", "too_large", "timeout", "method", "overloaded",
                 "incomplete", "error")
 
-    def __init__(self, invalidator: Invalidator, *, started_wall: float) -> None:
+    def __init__(self, invalidator: Invalidator, *, started_wall: float,
+                 max_silence: float = math.inf) -> None:
         self._invalidator = invalidator
+        self.max_silence = max_silence
+        """A pause between messages longer than this is a silence (``FeedHealth.resumed``)."""
         self._started_wall = started_wall
         """Unix time the listener started: a stream begun later must be heard from seq 1."""
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
@@ -403,6 +416,8 @@ class FeedState:
             last_gap=now if missed else h.last_gap,
             lag=now_wall - message.sent,
             streams=len(self._streams),
+            resumed=(now if h.last_message is None or now - h.last_message > self.max_silence
+                     else h.resumed),
         )
 
 

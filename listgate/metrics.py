@@ -13,8 +13,9 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
@@ -104,6 +105,52 @@ class _LiveCollector(Collector):
             refused.add_metric([service.name], service.refused)
         yield conns
         yield refused
+        refetches = CounterMetricFamily(
+            "listgate_reject_refetches",
+            "Facts fetched again before a reject because they were older than [cache] "
+            "reject_max_age, by result (fresh; stale = Mailman failed and older facts "
+            "stood in; failed = nothing could).",
+            labels=["result"],
+        )
+        for result, n in sorted(m.refetches().items()):
+            refetches.add_metric([result], n)
+        yield refetches
+        health = m.feed()
+        if health is not None:
+            yield from _feed_metrics(health, m.feed_healthy())
+
+
+def _feed_metrics(health: Any, healthy: bool) -> Iterator[Any]:
+    """The change feed's health (``listgate.events.FeedHealth``) as metrics."""
+    messages = CounterMetricFamily(
+        "listgate_feed_messages", "Change-feed messages accepted (heartbeats included).")
+    messages.add_metric([], health.messages)
+    yield messages
+    changes = CounterMetricFamily(
+        "listgate_feed_changes", "Change-feed messages that named a change.")
+    changes.add_metric([], health.changes)
+    yield changes
+    gaps = CounterMetricFamily(
+        "listgate_feed_gaps",
+        "Change-feed messages known lost (each gap dropped every cached fact).")
+    gaps.add_metric([], health.gaps)
+    yield gaps
+    refused = CounterMetricFamily(
+        "listgate_feed_refused", "Change-feed requests refused, by reason.", labels=["reason"])
+    for reason, n in sorted(health.refused.items()):
+        refused.add_metric([reason], n)
+    yield refused
+    age = GaugeMetricFamily(
+        "listgate_feed_last_message_age_seconds",
+        "Seconds since the last change-feed message (absent until the first).")
+    if health.last_message is not None:
+        age.add_metric([], max(0.0, time.monotonic() - health.last_message))
+    yield age
+    up = GaugeMetricFamily(
+        "listgate_feed_healthy",
+        "1 when a change-feed message arrived within [events] max_silence, else 0.")
+    up.add_metric([], 1.0 if healthy else 0.0)
+    yield up
 
 
 class Metrics:
@@ -117,6 +164,12 @@ class Metrics:
         """Returns the FactCache objects to report (they have name/hits/misses/...)."""
         self.services: Callable[[], Iterable[Any]] = tuple
         """Returns the StreamService objects to report (name/active/refused)."""
+        self.refetches: Callable[[], Mapping[str, int]] = dict
+        """Returns the backend's refetches before a reject, by result."""
+        self.feed: Callable[[], Any] = lambda: None
+        """Returns the change feed's ``FeedHealth``, or None when there is no feed."""
+        self.feed_healthy: Callable[[], bool] = lambda: False
+        """Whether the change feed is healthy now."""
         self.registry.register(_LiveCollector(self))
         self._server: Any = None
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from mailman_harness import REPO_ROOT, MailmanCore, free_port
 
 from listgate.events import FeedHealth
-from listgate.events_server import EventsListener
 from listgate.listen import ListenSpec
+from listgate.server.events import EventsListener
 
 
 @dataclass(frozen=True)

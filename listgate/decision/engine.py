@@ -379,12 +379,13 @@ def decide(
             if s.proven and s.address and (why := proof(s.address, request, auth))
         )
     outcome = mailman_outcome(
-        facts.policy, senders, hints, trust_approved=overrides.trust_approved
+        facts.policy, senders, hints, trust_approved=overrides.trust_approved,
+        list_posts=request.list_posts,
     )
     if unproven and outcome.action in _REFUSED:
         trusted = mailman_outcome(
             facts.policy, facts.senders, facts.hints if request.decodes_envelope else (),
-            trust_approved=overrides.trust_approved,
+            trust_approved=overrides.trust_approved, list_posts=request.list_posts,
         )
         if trusted.action not in _REFUSED:
             return _unauthenticated(

@@ -22,12 +22,17 @@ Invariants:
   purpose; the library errors they see are translated at their boundary. The failure
   policy is not theirs to apply: ``listgate.decision.gate.Gate`` does it.
 - ``aclose`` releases what the source holds (HTTP sessions...) and may be called once.
+- A source whose facts may be older than its ``reject_max_age`` says so with
+  ``ListFacts.confirm``: awaiting it answers the same request from facts fetched again
+  (within the source's own deadline, and without a further ``confirm``). The gate
+  awaits it before it sends a reject; an accept never waits for it.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
 from listgate.decision.model import PostingRequest
@@ -49,6 +54,12 @@ class ListFacts:
     """In Mailman's order (From:, envelope, Reply-To:, Sender:; at RCPT the envelope)."""
     hints: tuple[SenderFacts, ...] = ()
     """Other spellings of the envelope sender (SRS, BATV, +tag): may only accept."""
+    confirm: Callable[[], Awaitable[ListFacts]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    """Set when these facts are too old to reject on: the same lookup from facts fetched
+    again, to await before a reject is sent (None: fresh enough, or a source that keeps
+    no old facts)."""
 
 
 def not_a_list() -> ListFacts:

@@ -17,6 +17,11 @@ Invariants:
   authenticator nothing is proven but by SASL.
 - The gate's own settings live here: ``FailurePolicy`` (``[failure]``) and ``Bypass``
   (``[bypass]``, checked before the backend is asked); the engine never sees either.
+- A stale reject is never served: a final REJECT decided on facts the source marked as
+  too old (``ListFacts.confirm``) is decided again on the confirmed facts before it is
+  answered; ``decide_now`` leaves such a request to ``decide``. Accepts, and provisional
+  rejects (which only make a headers-mode recipient wait for its headers), are answered
+  on the facts at hand.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class Bypass:
 
 NO_BYPASS = Bypass()
 _TRUSTING = frozenset({Action.ACCEPT, Action.DEFER})
+_REJECT = Verdict.REJECT
 
 _FailureBuilder = Callable[[PostingRequest, str | None, ReplyTexts, str], Decision]
 
@@ -170,6 +176,14 @@ class Gate:
             return NO_AUTHENTICATION
         return self._authenticator.authenticate_now(request)
 
+    async def _authenticate(self, request: PostingRequest, facts: ListFacts) -> Authentication:
+        """The authentication facts for *request*, awaiting the checks when needed."""
+        auth = self._authenticate_now(request, facts)
+        if auth is None:
+            assert self._authenticator is not None
+            auth = await self._authenticator.authenticate(request)
+        return auth
+
     @property
     def backend(self) -> FactSource:
         """The backend this gate asks."""
@@ -192,7 +206,11 @@ class Gate:
             auth = self._authenticate_now(request, facts)
             if auth is None:
                 return None
-            return self._decide(request, facts, auth)
+            decision = self._decide(request, facts, auth)
+            if (decision.verdict is _REJECT and facts.confirm is not None
+                    and not decision.provisional):
+                return None  # too old to reject on: ``decide`` confirms
+            return decision
         except Exception as exc:
             return self._failed(request, exc)
 
@@ -202,11 +220,14 @@ class Gate:
             return bypassed
         try:
             facts = await self._backend.lookup(request)
-            auth = self._authenticate_now(request, facts)
-            if auth is None:
-                assert self._authenticator is not None
-                auth = await self._authenticator.authenticate(request)
-            return self._decide(request, facts, auth)
+            decision = self._decide(request, facts, await self._authenticate(request, facts))
+            if (decision.verdict is _REJECT and facts.confirm is not None
+                    and not decision.provisional):
+                # Too old to reject on: decide again on fresh facts, which may also
+                # change whether the message's authentication matters.
+                fresh = await facts.confirm()
+                decision = self._decide(request, fresh, await self._authenticate(request, fresh))
+            return decision
         except Exception as exc:
             return self._failed(request, exc)
 

@@ -96,6 +96,9 @@ class PostingRequest:
     header_senders: tuple[str, ...] = ()
     """At end of headers: every sender Mailman would consider, in its order (From:,
     envelope, Reply-To:, Sender:), normalised. Empty at RCPT time."""
+    list_posts: tuple[str, ...] = ()
+    """At end of headers: every ``List-Post:`` header value as Mailman's loop rule reads
+    it (surrounding whitespace removed, lower-cased). Empty at RCPT time."""
 
     evidence: Evidence | None = None
     """What may prove the senders (see ``Evidence``); None: nothing beyond the envelope."""

@@ -12,6 +12,10 @@ The order is Mailman 3.3.10's ``default-posting-chain`` (``chains/builtin.py``) 
    a valid ``Approved:`` header, before bans are even checked. listgate cannot see the
    password, so such a list is never rejected (unless the operator says otherwise).
    (Before it, ``no-senders``: a post with no valid sender at all is discarded.)
+   Then ``loop`` (``rules/loop.py``): a ``List-Post:`` header whose value, stripped and
+   lower-cased, *is* the list's posting address → discard (the post has been through
+   the list already). Mailman compares the whole value: ``<mailto:list@host>``, the form
+   Mailman itself writes, is no loop to it, so not to listgate either.
 2. ``banned-address``: *any* banned sender → discard.
 3. ``emergency``: the list is in emergency moderation → hold (members too).
 4. ``member-moderation``: the first sender (in order) that is, or is linked through its
@@ -46,6 +50,7 @@ __all__ = [
     "Outcome",
     "SenderFacts",
     "is_banned",
+    "is_loop",
     "mailman_outcome",
     "matches_nonmember_entry",
 ]
@@ -237,8 +242,15 @@ def _nonmember_outcome(policy: ListPolicy, senders: Sequence[SenderFacts]) -> Ou
     return Outcome(Action.ACCEPT if action is Action.DEFER else action, (why,))
 
 
+def is_loop(policy: ListPolicy, list_posts: Sequence[str]) -> bool:
+    """Mailman's ``loop`` rule: some ``List-Post:`` value (already stripped and
+    lower-cased) is the list's posting address."""
+    return bool(list_posts) and policy.posting_address.lower() in list_posts
+
+
 def _core_outcome(
-    policy: ListPolicy, senders: Sequence[SenderFacts], trust_approved: bool
+    policy: ListPolicy, senders: Sequence[SenderFacts], trust_approved: bool,
+    list_posts: Sequence[str] = (),
 ) -> Outcome:
     if not senders:
         return Outcome(Action.DISCARD, ("no valid sender at all (Mailman's no-senders rule)",))
@@ -246,6 +258,12 @@ def _core_outcome(
         return Outcome(
             Action.ACCEPT,
             ("list has a moderator_password: an Approved: header can admit any sender",),
+        )
+    if is_loop(policy, list_posts):
+        return Outcome(
+            Action.DISCARD,
+            (f"List-Post: names <{policy.posting_address}> itself: Mailman discards it as "
+             "a loop",),
         )
     for sender in senders:
         if sender.banned:
@@ -271,19 +289,21 @@ def mailman_outcome(
     hints: Sequence[SenderFacts] = (),
     *,
     trust_approved: bool = True,
+    list_posts: Sequence[str] = (),
 ) -> Outcome:
     """What Mailman's posting chain would do with a post from *senders* (in Mailman's
     order: From:, envelope, Reply-To:, Sender:, or just the envelope at RCPT).
 
-    *hints* are other spellings of the envelope sender (SRS/BATV decoded, ``+tag``
+    *list_posts* are the post's ``List-Post:`` values (at end of headers; see
+    ``is_loop``). *hints* are other spellings of the envelope sender (SRS/BATV decoded, ``+tag``
     stripped) that Mailman itself would not try; they are consulted only when the
     outcome would refuse the post, and only to accept it.
     """
-    outcome = _core_outcome(policy, senders, trust_approved)
+    outcome = _core_outcome(policy, senders, trust_approved, list_posts)
     if outcome.action not in _REFUSED:
         return outcome
-    if any(s.banned for s in senders):
-        return outcome  # a ban is a ban; hints never override it
+    if any(s.banned for s in senders) or is_loop(policy, list_posts):
+        return outcome  # a ban is a ban, a loop a loop; hints never override them
     for sender in senders:
         if sender.unverifiable is not None:
             return Outcome(

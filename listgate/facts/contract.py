@@ -19,13 +19,13 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from listgate.config import CacheConfig
 from listgate.decision.facts import FactSource
 
-__all__ = ["Backend", "CacheStats", "FetchObserver"]
+__all__ = ["Backend", "CacheStats", "FeedCoverage", "FetchObserver"]
 
 FetchObserver = Callable[[str, float], None]
 """Called with (kind of fact, seconds) after each fetch from the source."""
@@ -64,6 +64,15 @@ class CacheStats(Protocol):
         ...
 
 
+class FeedCoverage(Protocol):
+    """Whether a healthy change feed covers a cached fact (``listgate.facts.feed``)."""
+
+    def covers(self, fetched_at: float) -> bool:
+        """True when every change since *fetched_at* (``time.monotonic``) has reached
+        listgate, so the fact may stand behind a reject however old it is."""
+        ...
+
+
 class Backend(FactSource, Protocol):
     """A ``FactSource`` with the daemon's optional capabilities (no-op by default)."""
 
@@ -97,3 +106,12 @@ class Backend(FactSource, Protocol):
     def invalidate_all(self) -> int:
         """Drop every cached fact; entries dropped."""
         return 0
+
+    def follow_feed(self, coverage: FeedCoverage | None) -> None:
+        """From now on, let *coverage* (a change feed) vouch for old facts behind a
+        reject; None: no feed, ``[cache] reject_max_age`` alone."""
+        del coverage
+
+    def reject_refetches(self) -> Mapping[str, int]:
+        """Refetches before a reject, by result (fresh, stale, failed), for the metrics."""
+        return {}

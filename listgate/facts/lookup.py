@@ -27,6 +27,11 @@ Invariants:
   assembly handles it as it would an error from awaiting the fetch itself.
 - ``answer_now`` never waits and never raises ``NotCached``; ``answer`` raises it only at
   the deadline. ``NotCached`` never reaches the decision core.
+- A reader knows how old the facts it read are: ``oldest`` is the earliest ``fetched_at``
+  of every fact ``read`` (``read_or`` stand-ins do not count). With a ``within`` bound
+  (``answer(..., within=s)``) a fact older than *s* seconds is not fresh, whatever its
+  own lifetime says: it is fetched again (single-flight, as any miss). Past the
+  deadline the stale window is the one of the fact's own lifetime, as without a bound.
 """
 
 from __future__ import annotations
@@ -62,12 +67,16 @@ class NotCached(ListgateError):
 class Reader:
     """One lookup's view of the caches: each fact read once, then the same for every run."""
 
-    __slots__ = ("_known", "accept_stale")
+    __slots__ = ("_known", "accept_stale", "oldest", "within")
 
-    def __init__(self) -> None:
+    def __init__(self, within: float = math.inf) -> None:
         self._known: dict[tuple[FactCache[Any, Any], Hashable], Fetched[Any] | Exception] = {}
         self.accept_stale = False
         """Past the deadline: a value within ``stale_if_error`` past its age limit will do."""
+        self.within = within
+        """No fact older than this (seconds) is fresh in this lookup."""
+        self.oldest = math.inf
+        """The earliest ``fetched_at`` of the facts read so far (inf: none yet)."""
 
     def read(
         self,
@@ -75,23 +84,33 @@ class Reader:
         key: K,
         max_age: Callable[[V], float],
         fetch: Callable[[], Awaitable[V]],
+        *,
+        aged: bool = True,
     ) -> Fetched[V]:
         """The fact *key* of *cache*, with when it was fetched; ``NotCached`` (its fetch
         started or joined) when it is not fresh in memory, or raises the error its fetch
-        ended with in this lookup."""
+        ended with in this lookup. With *aged* false the fact's age neither counts for
+        ``oldest`` nor is bounded by ``within`` (a fact no verdict rests on)."""
         slot = (cache, key)
         known = self._known.get(slot)
         if known is None:
-            fresh = cache.peek(key, max_age)
+            within = self.within if aged else math.inf
+            fresh = cache.peek(
+                key, max_age if within == math.inf else lambda v: min(max_age(v), within)
+            )
             if fresh is None:
                 flight = cache.flight(key, max_age, fetch)
                 fresh = cache.peek_stale(key, max_age) if self.accept_stale else None
                 if fresh is None:
                     raise NotCached(cache, key, flight)
             self._known[slot] = fresh
+            if aged and fresh.fetched_at < self.oldest:
+                self.oldest = fresh.fetched_at
             return fresh
         if isinstance(known, Exception):
             raise known
+        if aged and known.fetched_at < self.oldest:
+            self.oldest = known.fetched_at
         return known
 
     def read_or(
@@ -139,10 +158,14 @@ def answer_now(assemble: Callable[[Reader], T]) -> T | Pending:
         return PENDING
 
 
-async def answer(assemble: Callable[[Reader], T], deadline: float | None = None) -> T:
+async def answer(
+    assemble: Callable[[Reader], T], deadline: float | None = None, *,
+    within: float = math.inf,
+) -> T:
     """The answer, awaiting the facts it needs; with a *deadline* (seconds), answered at
-    the deadline from what is known, stale values included, or ``NotCached``."""
-    reader = Reader()
+    the deadline from what is known, stale values included, or ``NotCached``. With
+    *within*, no fact older than that many seconds counts as fresh (see ``Reader``)."""
+    reader = Reader(within)
     if deadline is None:
         return await _settle(assemble, reader)
     try:

@@ -40,7 +40,9 @@ Invariants:
   banned ``From:``, a member whose action rejects, a nonmember rule). If that recipient
   is the transaction's only one, it is judged again at EOH and may be refused there;
   with any other recipient accepted, the RCPT verdict stands (a refusal at EOH would hit
-  the others too).
+  the others too). The same goes for Mailman's loop rule: the ``List-Post:`` headers are
+  kept with the sender headers, and a post whose ``List-Post:`` names the list itself is
+  refused at EOH when the list is its only recipient.
 """
 
 from __future__ import annotations
@@ -131,7 +133,9 @@ _TEMPFAIL = TempFail()
 _MAX_HEADERS = 64
 """Sender headers kept per message; more are ignored (Mailman reads a handful)."""
 _SENDER_FIELDS = frozenset({"from", "reply-to", "sender"})
-_EVIDENCE_FIELDS = _SENDER_FIELDS | {"authentication-results"}
+_KEPT_FIELDS = _SENDER_FIELDS | {"list-post"}
+"""Header fields kept for EOH: Mailman's senders, and List-Post (its loop rule)."""
+_EVIDENCE_FIELDS = _KEPT_FIELDS | {"authentication-results"}
 _SKIP_FLAG = ProtocolFlag.SKIP
 
 
@@ -312,13 +316,13 @@ class MilterTransaction:
         return self.recheck if self.accepted == 1 else None
 
     def on_header(self, event: Header) -> None:
-        """Keep the sender headers while a recipient waits for EOH (with ``auth``, the
+        """Keep the sender and List-Post headers while a recipient waits for EOH (with ``auth``, the
         Authentication-Results: too; with ``AuthStage.MESSAGE`` every header field, in
         case the recipient waits for DKIM)."""
         waiting = self.pending is not None or self.recheck is not None
         if not waiting:
             return
-        wanted = _SENDER_FIELDS if self.auth is None else _EVIDENCE_FIELDS
+        wanted = _KEPT_FIELDS if self.auth is None else _EVIDENCE_FIELDS
         if event.field.lower() in wanted and len(self.headers) < _MAX_HEADERS:
             self.headers.append((event.field, event.value))
         if self.auth is AuthStage.MESSAGE:
@@ -374,6 +378,8 @@ class MilterTransaction:
             header_senders=senders or (waiting.sender,),
             queue_id=conn.macro("i") or waiting.queue_id,
             evidence=self._evidence(more=self.auth is AuthStage.MESSAGE),
+            list_posts=tuple(v.strip().lower() for k, v in self.headers
+                             if k.lower() == "list-post"),
         )
 
     def answer_eoh(self, request: PostingRequest, decision: Decision) -> Reply:

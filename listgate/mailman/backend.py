@@ -40,32 +40,51 @@ Invariants:
   ``stale_if_error``), or fails with ``BackendUnavailable``.
 - A list Mailman no longer has (``ListNotFound`` for its policy) makes the recipient not
   a list, and the directory entry is dropped so that the next lookups refetch it.
+- Freshness of rejects (``[cache] reject_max_age``): every answer for a list carries how
+  old its facts are (the policy, the bans, each sender's memberships and linked
+  addresses; the directory, which only tells which recipients are lists, does not
+  count). When they are older than ``reject_max_age`` and no healthy change feed covers
+  them (``follow_feed``), the answer carries ``ListFacts.confirm``: the same lookup with
+  every fact older than that fetched again (single-flight), within what is left of the
+  ``deadline``. If Mailman cannot answer it, the stale-if-error window and the
+  ``[failure]`` policy apply as for any lookup; each refetch is counted by result
+  (``reject_refetches``), and a reject left resting on old facts is logged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 from listgate.config import CacheConfig
+from listgate.decision.engine import sanitize_reply_value
 from listgate.decision.facts import ListFacts, LookupNow
 from listgate.decision.model import PostingRequest
 from listgate.decision.recipients import NOT_A_LIST, Target, resolve
 from listgate.decision.rules import Action, ListPolicy, Membership, SenderFacts, is_banned
 from listgate.decision.senders import sender_hints
 from listgate.errors import BackendError, BackendUnavailable, ListNotFound
+from listgate.events import RateLimit
 from listgate.facts.cache import FactCache
-from listgate.facts.contract import Backend, CacheStats, FetchObserver
+from listgate.facts.contract import Backend, CacheStats, FeedCoverage, FetchObserver
 from listgate.facts.keyspace import SITE_SUBJECT, KeySpace, Scope
 from listgate.facts.lookup import NotCached, Reader, answer, answer_now
 from listgate.mailman.client import Directory, MembershipRecord, PolicyRecord
 from listgate.mailman.directory import DirectoryView, load_directory, save_directory, view
 
 __all__ = ["MailmanBackend", "RecordSource"]
+
+log = logging.getLogger("listgate.mailman")
+
+REFETCH_RESULTS = ("fresh", "stale", "failed")
+"""How a refetch before a reject ended: facts fetched again; Mailman failed and older
+facts stood in (stale-if-error); Mailman failed with nothing to stand in."""
 
 _LENIENCY = {Action.ACCEPT: 0, Action.DEFER: 0, Action.HOLD: 1, Action.REJECT: 2,
              Action.DISCARD: 2}
@@ -125,6 +144,12 @@ class MailmanBackend(Backend):
             FactCache("linked", s.max_entries, clock=clock, stale_if_error=stale),
             Scope.ADDRESS,
         )
+        self._clock = clock
+        self.feed: FeedCoverage | None = None
+        """The change feed that may vouch for old facts behind a reject (``follow_feed``)."""
+        self.refetches = dict.fromkeys(REFETCH_RESULTS, 0)
+        """Refetches before a reject, by result (``REFETCH_RESULTS``)."""
+        self._refetch_log = RateLimit(10.0)
         self._directory_file = directory_file
         self._persisted: DirectoryView | None = (
             load_directory(directory_file) if directory_file is not None else None
@@ -162,6 +187,14 @@ class MailmanBackend(Backend):
         """Drop every cached fact (the directory file's copy stays the fallback)."""
         return self.keys.invalidate_all()
 
+    def follow_feed(self, coverage: FeedCoverage | None) -> None:
+        """Let *coverage* vouch for facts older than ``reject_max_age`` (None: stop)."""
+        self.feed = coverage
+
+    def reject_refetches(self) -> Mapping[str, int]:
+        """Refetches before a reject, by result."""
+        return dict(self.refetches)
+
     # ------------------------------------------------------------------ protocol
 
     async def list_policies(self) -> tuple[ListPolicy, ...]:
@@ -198,8 +231,10 @@ class MailmanBackend(Backend):
     async def lookup(self, request: PostingRequest) -> ListFacts:
         """Answer, fetching what is missing; ``BackendUnavailable`` if Mailman cannot.
         With a ``deadline``: at the deadline, answer from the cache (stale entries too)."""
+        started = asyncio.get_running_loop().time()
         try:
-            return await answer(partial(self._assemble, request), self.deadline)
+            return await answer(partial(self._assemble, request, started=started),
+                                self.deadline)
         except NotCached:  # only at the deadline
             raise BackendUnavailable(
                 f"Mailman REST: no answer within {self.deadline:g} s and nothing cached",
@@ -215,8 +250,13 @@ class MailmanBackend(Backend):
 
     # ------------------------------------------------------------------ assembly
 
-    def _assemble(self, request: PostingRequest, reader: Reader) -> ListFacts:
-        """The facts for *request*, from what *reader* reads (``NotCached`` on a miss)."""
+    def _assemble(
+        self, request: PostingRequest, reader: Reader, *, started: float | None = None,
+        confirming: bool = False,
+    ) -> ListFacts:
+        """The facts for *request*, from what *reader* reads (``NotCached`` on a miss);
+        with ``confirm`` set when they are too old to reject on (unless *confirming*:
+        this is that refetch). *started*: when the lookup began (loop time)."""
         directory = self._directory_view(reader)
         resolution = resolve(request.recipient, directory.resolver)
         if resolution.target is not Target.POSTING or resolution.list_address is None:
@@ -249,7 +289,64 @@ class MailmanBackend(Backend):
             return ListFacts(NOT_A_LIST)
         except BackendError as exc:
             raise BackendUnavailable(str(exc), list_address=fqdn) from None
-        return ListFacts(resolution, record.policy, senders, hints)
+        confirm = None
+        if not confirming and not self._fresh_enough(reader.oldest):
+            confirm = partial(self._confirm, request, started)
+        return ListFacts(resolution, record.policy, senders, hints, confirm)
+
+    def _fresh_enough(self, oldest: float) -> bool:
+        """Whether facts fetched at *oldest* (the cache clock) may stand behind a reject:
+        no older than ``reject_max_age``, or covered by a healthy change feed."""
+        if self._clock() - oldest <= self.settings.reject_max_age:
+            return True
+        feed = self.feed
+        return feed is not None and feed.covers(oldest)
+
+    async def _confirm(self, request: PostingRequest, started: float | None) -> ListFacts:
+        """*request* answered again from facts no older than ``reject_max_age``, fetched
+        within what is left of the deadline (from *started*, loop time)."""
+        deadline = self.deadline
+        if deadline is not None and started is not None:
+            deadline = max(0.0, deadline - (asyncio.get_running_loop().time() - started))
+        within = self.settings.reject_max_age
+        began = self._clock()
+
+        def assemble(reader: Reader) -> tuple[ListFacts, float]:
+            return self._assemble(request, reader, confirming=True), reader.oldest
+
+        try:
+            facts, oldest = await answer(assemble, deadline, within=within)
+        except (NotCached, BackendError) as exc:
+            self._refetched("failed", request, f"{exc}")
+            if isinstance(exc, NotCached):
+                raise BackendUnavailable(
+                    f"Mailman REST: no answer within {self.deadline:g} s and nothing cached",
+                    list_address=self._list_address(request),
+                ) from None
+            raise
+        age = began - oldest  # a fact fresh when read may age while others are fetched
+        if age > within and not (self.feed is not None and self.feed.covers(oldest)):
+            self._refetched("stale", request, f"Mailman failed or did not answer within the "
+                            f"deadline; the reject rests on facts {age:.1f} s old "
+                            "(stale-if-error)")
+        else:
+            self._refetched("fresh", request, "")
+        return facts
+
+    def _refetched(self, result: str, request: PostingRequest, why: str) -> None:
+        """Count one refetch before a reject; log one that failed (rate-limited)."""
+        self.refetches[result] += 1
+        if result == "fresh":
+            return
+        held = self._refetch_log.check(result, time.monotonic())
+        if held is None:
+            return
+        more = f" ({held} more since the last line)" if held else ""
+        log.warning(
+            "could not refetch the facts behind a reject of %s -> %s: %s%s",
+            sanitize_reply_value(request.sender) or "<>", sanitize_reply_value(request.recipient),
+            why, more,
+        )
 
     def _policy_ttl(self, _value: object) -> float:
         return self.settings.policy_ttl
@@ -359,7 +456,7 @@ class MailmanBackend(Backend):
             )
         try:
             return reader.read(
-                self._directory, SITE_SUBJECT, max_age, self._fetch_directory
+                self._directory, SITE_SUBJECT, max_age, self._fetch_directory, aged=False
             ).value
         except BackendError as exc:
             raise BackendUnavailable(f"no list directory yet: {exc}") from None
@@ -370,3 +467,4 @@ class MailmanBackend(Backend):
         if self._directory_file is not None:
             save_directory(self._directory_file, fetched.directory)
         return fetched
+

@@ -119,7 +119,7 @@ class PostSpec:
     envelope: str
     """MAIL FROM as the client sent it ("" = the null sender)."""
     headers: list[tuple[str, str]]
-    """Sender-relevant headers (From, Reply-To, Sender, Approved), in order."""
+    """Decision-relevant headers (From, Reply-To, Sender, List-Post, Approved), in order."""
     recipient: str
     kinds: dict[str, str]
     """What each position was drawn as (for reports): envelope, from, reply-to, sender."""
@@ -421,6 +421,31 @@ def _header_value(rng: random.Random, address: str) -> str:
     return f"<{address}>"
 
 
+LIST_POST_SHARE = 0.08
+"""Share of posts with a ``List-Post:`` header (Mailman's loop rule)."""
+LOOP_KINDS = ("own-bare", "own-bare-upper", "own-folded")
+"""The ``List-Post:`` kinds Mailman's loop rule discards (the whole stripped,
+lower-cased value is the posting address)."""
+
+
+def _list_post(rng: random.Random, world: WorldSpec) -> tuple[str, str] | None:
+    """A ``List-Post:`` header for some posts: (kind, value). Drawn from its own random
+    stream (per case), so the rest of a seed's cases stay as they were."""
+    if rng.random() >= LIST_POST_SHARE:
+        return None
+    own = world.posting_address
+    other = f"other-{world.list_name}@{LIST_DOMAIN}"
+    return rng.choice((
+        ("own-bare", own),
+        ("own-bare-upper", own.upper()),
+        ("own-mailto", f"<mailto:{own}>"),
+        ("other-list", f"<mailto:{other}>"),
+        ("other-list-bare", other),
+        ("own-folded", f"\r\n {own}"),
+        ("own-mailto-folded", f"\r\n <mailto:{own}>"),
+    ))
+
+
 def _post(rng: random.Random, world: WorldSpec, case_id: str) -> PostSpec:
     env_kind, envelope = _envelope(rng, world)
     kinds = {"envelope": env_kind}
@@ -455,6 +480,10 @@ def _post(rng: random.Random, world: WorldSpec, case_id: str) -> PostSpec:
                 value, kind = f"{value}, {other}", f"{kind},{other_kind}"
             headers.append((name, value))
             kinds[name.lower()] = kind
+    list_post = _list_post(random.Random(f"{case_id}/list-post"), world)
+    if list_post is not None:
+        kinds["list-post"], value = list_post
+        headers.append(("List-Post", value))
     if world.moderator_password and rng.random() < 0.4:
         good = rng.random() < 0.75
         headers.append(("Approved", world.moderator_password if good else "wrong-password"))

@@ -9,6 +9,10 @@ listgate's verdicts and reasons in both modes, the classification), ``summary.js
 ``report.md`` (the numbers and every miss class, for ``docs/fidelity.md``). ``--only ID``
 prints the given cases in full. The exit status is 1 if any false reject or harness error
 was found.
+
+``--timeline`` runs the differential suite with time instead (``fidelity.timeline``):
+every world changes once between listgate's first decision and the posts; batches of
+``--batch`` cases use the seeds SEED, SEED+1, ...
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ if str(TESTS) not in sys.path:
 
 from fidelity.oracle import MailmanOracle  # noqa: E402
 from fidelity.suite import CaseResult, RunStats, result_json, run  # noqa: E402
+from fidelity.timeline import run_timeline  # noqa: E402
 from fidelity.verdicts import MODES  # noqa: E402
 
 
@@ -77,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("fidelity-run"))
     ap.add_argument("--batch", type=int, default=200, help="cases per batch of worlds")
     ap.add_argument("--only", action="append", default=[], help="print this case in full")
+    ap.add_argument("--timeline", action="store_true",
+                    help="worlds change between listgate's first look and the posts")
     args = ap.parse_args(argv)
     # SIGTERM ends the run like ^C does: the oracle's processes are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -93,9 +100,25 @@ def main(argv: list[str] | None = None) -> int:
         def progress(line: str) -> None:
             print(f"[{(time.monotonic() - began) / 60:5.1f} min] {line}", flush=True)
 
-        stats, results = run(oracle, args.out / "work", args.seed, args.cases,
-                             batch_cases=args.batch, on_case=keep, progress=progress,
-                             keep_going=True)
+        if args.timeline:
+            stats, results = RunStats(), []
+            done, batch_seed = 0, args.seed
+            while done < args.cases:
+                n = min(args.batch, args.cases - done)
+                out, part = run_timeline(oracle, args.out / "work", batch_seed, n)
+                stats.merge(out.stats)
+                for r in part:
+                    keep(r)
+                results += part
+                done += n
+                batch_seed += 1
+                progress(f"{done}/{args.cases} cases; changes {out.changes}; turned "
+                         f"{out.turned}; changes not made {out.failed_changes}")
+                stats.errors += [f"change not made: {c}" for c in out.failed_changes]
+        else:
+            stats, results = run(oracle, args.out / "work", args.seed, args.cases,
+                                 batch_cases=args.batch, on_case=keep, progress=progress,
+                                 keep_going=True)
     seconds = time.monotonic() - began
     report = stats.report()
     print(report)

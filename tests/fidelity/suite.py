@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .generator import Batch, PostSpec, WorldSpec, generate
+from .generator import LOOP_KINDS, Batch, PostSpec, WorldSpec, generate
 from .oracle import REFUSED, Delivery, MailmanOracle, Observation, delivery
 from .verdicts import MODES, ModeVerdict, decide_all, write_config
 
@@ -81,6 +81,8 @@ def _miss_class(mode: str, r: CaseResult, world: WorldSpec, post: PostSpec) -> s
     if mode == "headers" and verdict.phase == "rcpt":
         return ("accepted at RCPT and not judged at end of headers; Mailman decided on a "
                 "header sender")
+    if mode == "rcpt" and post.kinds.get("list-post") in LOOP_KINDS:
+        return "List-Post: names the list (Mailman's loop rule), which RCPT cannot see"
     if mode == "rcpt" and not _informative(post, r.mailman_senders):
         return "Mailman refused because of a header sender, which RCPT cannot see"
     if r.mailman.chain is None and r.mailman.outcome == "discarded":
@@ -139,6 +141,21 @@ class RunStats:
                 self.missed[mode][r.missed[mode]] += 1
         for why in r.excused.values():
             self.excused[why.split(";")[0]] += 1
+
+    def merge(self, other: RunStats) -> None:
+        """Add *other*'s figures to these (a run made of several batches)."""
+        self.cases += other.cases
+        self.outcomes.update(other.outcomes)
+        for mode in MODES:
+            self.false_rejects[mode] += other.false_rejects[mode]
+            self.missed[mode].update(other.missed[mode])
+        self.excused.update(other.excused)
+        self.rcpt_informative += other.rcpt_informative
+        self.errors += other.errors
+        self.sender_mismatches += other.sender_mismatches
+        self.twins += other.twins
+        for k, v in other.seconds.items():
+            self.seconds[k] += v
 
     @property
     def refused(self) -> int:

@@ -73,11 +73,14 @@ def request_for(post: PostSpec) -> PostingRequest:
 
 
 def eoh_request(post: PostSpec) -> PostingRequest:
-    """The end-of-headers request (``MilterSession.eoh_request``)."""
+    """The end-of-headers request (``MilterTransaction.eoh_request``), List-Post values
+    included."""
     rcpt = request_for(post)
     headers = [(n, v) for n, v in post.headers if n.lower() in SENDER_FIELDS]
     senders = mailman_senders(headers, rcpt.sender)
-    return dataclasses.replace(rcpt, header_senders=senders or (rcpt.sender,))
+    list_posts = tuple(v.strip().lower() for n, v in post.headers if n.lower() == "list-post")
+    return dataclasses.replace(rcpt, header_senders=senders or (rcpt.sender,),
+                               list_posts=list_posts)
 
 
 def _mode(decision: Decision, phase: str) -> ModeVerdict:
@@ -134,9 +137,11 @@ def eoh_decisions(config: Path, posts: Sequence[PostSpec]) -> dict[str, ModeVerd
 
 
 def from_only(post: PostSpec) -> bool:
-    """Whether ``listgate check --from`` can state this post's sender headers."""
+    """Whether ``listgate check --from`` can state this post's headers (sender headers
+    all ``From:``, and no ``List-Post:``, which it has no option for)."""
     names = [n.lower() for n, _ in post.headers if n.lower() in SENDER_FIELDS]
-    return bool(names) and set(names) == {"from"}
+    has_list_post = any(n.lower() == "list-post" for n, _ in post.headers)
+    return bool(names) and set(names) == {"from"} and not has_list_post
 
 
 def cli_check(config: Path, post: PostSpec, *, with_headers: bool) -> dict[str, object]:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -146,11 +148,13 @@ def test_new_subscriber_accepted_after_negative_ttl_not_before(
     mailman_core: MailmanCore, reject_list: MailingList, uid: str
 ) -> None:
     """A rejected nonmember who then subscribes is still rejected from cache until
-    negative_ttl has passed, and accepted right after."""
+    negative_ttl has passed, and accepted right after (the lifetime alone: with
+    reject_max_age unbounded; tests/mailman/test_fresh_verdicts.py has the default)."""
     newbie, fqdn = f"new-{uid}@example.com", reject_list.fqdn_listname
 
     async def run() -> list[Verdict]:
-        async with harness(mailman_core) as h:
+        async with harness(mailman_core,
+                           settings=replace(SETTINGS, reject_max_age=math.inf)) as h:
             seen = [await h.verdict(newbie, fqdn)]
             mailman_core.subscribe(reject_list, newbie)
             h.clock.advance(SETTINGS.negative_ttl - 1)

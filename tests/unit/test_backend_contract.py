@@ -98,7 +98,7 @@ def test_decision_contract_is_pure() -> None:
             imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
-    assert imported <= {"__future__", "enum", "dataclasses", "typing",
+    assert imported <= {"__future__", "enum", "dataclasses", "typing", "collections.abc",
                         "listgate.decision.model", "listgate.decision.recipients",
                         "listgate.decision.rules"}
 

@@ -14,7 +14,8 @@ from listgate.errors import ConfigError
 def test_default_is_no_feed() -> None:
     """Without [events] there is no listener, and the defaults render as ""."""
     assert Config().events == EventsConfig("", "")
-    assert config_to_dict(Config())["events"] == {"listen": "", "secret_file": ""}
+    assert config_to_dict(Config())["events"] == {"listen": "", "secret_file": "",
+                                                   "max_silence": 90.0}
 
 
 MAILMAN: dict[str, object] = {"backend": {"type": "mailman"}, "mailman": {"password": "pw"}}
@@ -30,7 +31,8 @@ def test_listen_with_secret_file_round_trips(tmp_path: Path) -> None:
                                               "secret_file": str(secret)}})
     assert cfg.events == EventsConfig("inet:127.0.0.1:8891", str(secret))
     shown = config_to_dict(cfg)
-    assert shown["events"] == {"listen": "inet:127.0.0.1:8891", "secret_file": str(secret)}
+    assert shown["events"] == {"listen": "inet:127.0.0.1:8891", "secret_file": str(secret),
+                               "max_silence": 90.0}
     assert "abc" not in repr(cfg)
     assert parse_config(shown).events == cfg.events
     v6 = parse_config({**MAILMAN,

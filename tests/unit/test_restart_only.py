@@ -26,6 +26,7 @@ NEW = replace(
     metrics=replace(OLD.metrics, listen="127.0.0.1:3"),
     backend=replace(OLD.backend, type="mailman"),
     mailman=replace(OLD.mailman, url="http://127.0.0.1:4/3.1"),
+    events=replace(OLD.events, listen="inet:127.0.0.1:5", secret_file="/nonexistent/secret"),
 )
 
 

@@ -17,6 +17,8 @@ Invariants:
   At most ``max_connections`` connections are served at once; more are closed at accept.
 - Every refusal is counted in ``FeedHealth.refused`` and logged (``listgate.events``), at
   most one line per reason per ``log_interval`` seconds.
+- ``FeedMonitor`` logs each change of the feed's state (healthy, silent) once, within
+  ``interval`` seconds of it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -40,9 +43,10 @@ from listgate.events import (
     decode,
     verify,
 )
+from listgate.facts.feed import HEALTHY, FeedCoverage
 from listgate.listen import ListenSpec
 
-__all__ = ["EventsListener"]
+__all__ = ["EventsListener", "FeedMonitor"]
 
 log = logging.getLogger("listgate.events")
 
@@ -74,6 +78,7 @@ class EventsListener:
         request_timeout: float = 5.0,
         max_connections: int = 32,
         log_interval: float = 10.0,
+        max_silence: float = math.inf,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -87,7 +92,7 @@ class EventsListener:
         self._clock = clock
         self._wall = wall_clock
         self._limit = RateLimit(log_interval)
-        self.state = FeedState(invalidator, started_wall=wall_clock())
+        self.state = FeedState(invalidator, started_wall=wall_clock(), max_silence=max_silence)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         """One per open connection."""
@@ -246,3 +251,31 @@ class EventsListener:
                 return signature, bytes(body)
             elif isinstance(event, h11.ConnectionClosed):
                 raise EOFError("closed")
+
+
+class FeedMonitor:
+    """Polls a ``FeedCoverage`` and logs its state changes; ``start()``, then ``aclose()``."""
+
+    def __init__(self, coverage: FeedCoverage, interval: float = 1.0) -> None:
+        self.coverage = coverage
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start polling in the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            change = self.coverage.transition()
+            if change is not None:
+                state, line = change
+                log.log(logging.INFO if state == HEALTHY else logging.WARNING, "%s", line)
+            await asyncio.sleep(self.interval)
+
+    async def aclose(self) -> None:
+        """Stop polling."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
