@@ -157,6 +157,7 @@ class Daemon:
             self.policy.decisions = self.metrics.decisions
         self.metrics.services = self._services
         self.metrics.caches = lambda: self.backend.caches()
+        self.metrics.tier_stats = lambda: self.backend.tier_stats()
         self.backend.observe_fetches(self.metrics.backend.observe)
 
     def _services(self) -> tuple[StreamService, ...]:

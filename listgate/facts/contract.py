@@ -19,7 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from listgate.config import CacheConfig
@@ -97,3 +97,8 @@ class Backend(FactSource, Protocol):
     def invalidate_all(self) -> int:
         """Drop every cached fact; entries dropped."""
         return 0
+
+    def tier_stats(self) -> Mapping[str, float]:
+        """The shared cache tier's counters by name (``listgate.facts.redis.TierStats``);
+        empty without a shared tier."""
+        return {}
