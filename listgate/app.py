@@ -111,6 +111,9 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("milter", "max_packet_size"),
     ("milter", "workers"),
     ("milter", "uvloop"),
+    ("cache", "redis_url"),
+    ("cache", "redis_password_file"),
+    ("cache", "redis_timeout"),
 )
 """(section, key) of the settings bound at start (sockets, the negotiated packet size,
 processes, the event loop): a reload warns when one changed and keeps the running value."""

@@ -18,7 +18,8 @@ the names and the invalidation message are ``listgate.facts.sharedkeys``.
   The holder's ``put`` (or ``release``, when its fetch failed) deletes the lock if it is
   still its own (a compare-and-delete script).
 - **Invalidate everywhere.** ``invalidate``/``clear`` queue the change; a background task
-  deletes the shared keys and publishes one message in one ``MULTI``. A subscriber task
+  deletes the shared keys and publishes one message in one ``MULTI``; until it has, this
+  process does not read those keys (they hold what is being invalidated). A subscriber task
   hears every message (its own skipped by origin) and drops the named facts from the
   local tier only (``FactCache.forget``). When the subscription breaks (Redis down or
   restarted, a connection that stopped answering: a ``PING`` every second must be answered
@@ -152,6 +153,7 @@ class RedisTier:
         self._down_until = 0.0
         self._limit = RateLimit(LOG_INTERVAL)
         self._pending: Invalidation | None = None
+        self._sending: Invalidation | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Task[None]] = set()
@@ -249,13 +251,22 @@ class RedisTier:
                 return
             self._flusher = loop.create_task(self._flush())
 
+    def unsent(self, kind: str, subject: str) -> bool:
+        """Whether an invalidation of this fact has not reached Redis yet: until it has,
+        the shared value is not read (it is the one being invalidated)."""
+        for change in (self._pending, self._sending):
+            if change is not None and (change.everything or kind in change.kinds
+                                       or (kind, subject) in change.keys):
+                return True
+        return False
+
     async def _flush(self) -> None:
         for delay in (0.0, 0.2, 0.5, 1.0, 2.0):
             await asyncio.sleep(delay)
             change = self._pending
             if change is None:
                 return
-            self._pending = None
+            self._pending, self._sending = None, change
             try:
                 await self._send(change)
             except _FAILURES as exc:
@@ -265,6 +276,8 @@ class RedisTier:
             else:
                 self.stats.invalidations_sent += 1
                 self.succeeded()
+            finally:
+                self._sending = None
         if self._pending is not None:
             self._warn("lost", f"{self.describe()}: could not publish an invalidation; "
                                "other hosts follow it at their TTLs or when they resync")
@@ -391,8 +404,9 @@ class RedisStore(Generic[V]):
         return self._decode(raw, int(pttl))
 
     async def get(self, key: str) -> Stored[V] | None:
-        """The stored value and its age, or None (absent, or Redis unavailable)."""
-        if not self.tier.available():
+        """The stored value and its age, or None (absent, being invalidated, or Redis
+        unavailable)."""
+        if self.tier.unsent(self.kind, key) or not self.tier.available():
             return None
         try:
             async with asyncio.timeout(self.tier.timeout):
@@ -404,7 +418,7 @@ class RedisStore(Generic[V]):
 
     async def claim(self, key: str) -> Stored[V] | None:
         """Take the fetch lock (None: fetch), or wait for the host that holds it."""
-        if not self.tier.available():
+        if self.tier.unsent(self.kind, key) or not self.tier.available():
             return None
         tier = self.tier
         token = secrets.token_hex(8)
