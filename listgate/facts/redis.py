@@ -397,7 +397,7 @@ class RedisStore(Generic[V]):
         return Stored(value, max(0.0, keep - pttl / 1000.0))
 
     async def _read(self, name: str) -> Stored[V] | None:
-        async with self.tier.client.pipeline(transaction=False) as pipe:
+        async with self.tier.client.pipeline(transaction=True) as pipe:
             pipe.get(name)
             pipe.pttl(name)
             raw, pttl = await pipe.execute()
@@ -423,27 +423,36 @@ class RedisStore(Generic[V]):
         tier = self.tier
         token = secrets.token_hex(8)
         lock = lock_name(self.kind, key)
+        name = fact_name(self.kind, key)
         try:
             async with asyncio.timeout(tier.timeout):
-                taken = await tier.client.set(lock, token, nx=True,
-                                              px=max(1, int(tier.lock_ttl * 1000)))
+                async with tier.client.pipeline(transaction=True) as pipe:
+                    pipe.set(lock, token, nx=True, px=max(1, int(tier.lock_ttl * 1000)))
+                    pipe.get(name)
+                    pipe.pttl(name)
+                    taken, raw, pttl = await pipe.execute()
         except _FAILURES as exc:
             raise tier.failed("SET NX", exc) from None
+        stored = self._decode(raw, int(pttl))
         if taken:
+            if stored is not None:  # filled since our GET: no need to fetch
+                self._unlock_later(key, token)
+                return stored
             tier.stats.locks_taken += 1
             self._locks[key] = token
             return None
+        if stored is not None:
+            return stored
         tier.stats.lock_waits += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + tier.wait
         delay = 0.005
-        name = fact_name(self.kind, key)
         while loop.time() + delay < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
             try:
                 async with asyncio.timeout(tier.timeout):
-                    async with tier.client.pipeline(transaction=False) as pipe:
+                    async with tier.client.pipeline(transaction=True) as pipe:
                         pipe.get(name)
                         pipe.pttl(name)
                         pipe.exists(lock)
@@ -468,13 +477,14 @@ class RedisStore(Generic[V]):
                           separators=(",", ":"), sort_keys=True)
         try:
             async with asyncio.timeout(self.tier.timeout):
-                async with self.tier.client.pipeline(transaction=False) as pipe:
+                async with self.tier.client.pipeline(transaction=True) as pipe:
                     pipe.set(fact_name(self.kind, key), body,
                              px=max(1, int((keep - age) * 1000)))
                     if token is not None:
                         pipe.eval(_RELEASE, 1, lock_name(self.kind, key), token)
                     await pipe.execute()
         except _FAILURES as exc:
+            self._unlock_later(key, token)
             raise self.tier.failed("SET", exc) from None
         self.tier.succeeded()
 
