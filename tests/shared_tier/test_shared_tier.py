@@ -117,6 +117,34 @@ def test_invalidation_reaches_every_host_within_a_second(redis_server: RedisServ
     run(body)
 
 
+def test_plugin_redis_notify_is_followed_by_every_host(redis_server: RedisServer) -> None:
+    """The Mailman plugin's ``notify: redis://...`` sender (its real thread) deletes the
+    changed facts in Redis and publishes them: two hosts follow within 1 s, with the
+    password read from redis_password_file."""
+    from listgate.events import ChangeSet
+    from listgate.mailman_plugin import Feed, PluginSettings
+
+    async def body() -> None:
+        source = FakeMailmanRecords()
+        hosts = [host(redis_server.url, source) for _ in range(2)]
+        for h in hosts:
+            assert not await member(h, "y@example.net")
+        await asyncio.sleep(0.3)
+        source.members.add("y@example.net")
+        feed = Feed(PluginSettings((redis_server.url,), b"", heartbeat=0.0))
+        started = time.monotonic()
+        feed.submit(ChangeSet(addresses=frozenset({"y@example.net"})))
+        while not all([await member(h, "y@example.net") for h in hosts]):
+            assert time.monotonic() - started < 1.0
+            await asyncio.sleep(0.02)
+        assert all(h.shared is not None and h.shared.stats.invalidations_received == 1
+                   for h in hosts)
+        feed.drain(0.5)
+        await close(*hosts)
+
+    run(body)
+
+
 def test_plugin_message_on_the_channel_drops_local_entries(
         redis_server: RedisServer) -> None:
     """A message published straight to Redis (as the Mailman plugin's redis:// notify does)
