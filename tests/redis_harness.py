@@ -9,7 +9,6 @@ own config and data directory (the Debian package's own service plays no part).
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
