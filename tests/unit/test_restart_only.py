@@ -26,6 +26,8 @@ NEW = replace(
     metrics=replace(OLD.metrics, listen="127.0.0.1:3"),
     backend=replace(OLD.backend, type="mailman"),
     mailman=replace(OLD.mailman, url="http://127.0.0.1:4/3.1"),
+    cache=replace(OLD.cache, redis_url="redis://127.0.0.1:5/0",
+                  redis_password_file="/etc/listgate/redis-password", redis_timeout=0.5),
 )
 
 
