@@ -263,3 +263,24 @@ def test_redis_failing_is_never_an_outage(world: World) -> None:
         hole.close()
         world.redis.start()
     shared_tier_used_again(world)
+
+
+def test_worker_processes_share_through_redis(world: World, tmp_path: Path) -> None:
+    """With ``[milter] workers = 3`` and a redis_url, 1,000 concurrent RCPTs of a new
+    sender make as many REST calls as on a single-process host."""
+    port = free_port()
+    config = host_config(port, world.proxy, world.core, world.redis.url).replace(
+        "[milter]\n", "[milter]\nworkers = 3\n")
+    with ListgateServe(tmp_path, config, wait_for=[f"inet:127.0.0.1:{port}"]).start():
+        everyone_answers(world, "warm@example.net", REJECT)
+
+        async def burst(target: int, sender: str) -> int:
+            before = world.proxy.requests
+            replies = await asyncio.gather(*(rcpt(target, sender, world.list_address)
+                                             for _ in range(1000)))
+            assert {r for r, _ in replies} == {b"y"}
+            return world.proxy.requests - before
+
+        alone = asyncio.run(burst(world.ports[0], f"one-{secrets.token_hex(3)}@example.net"))
+        shared = asyncio.run(burst(port, f"workers-{secrets.token_hex(3)}@example.net"))
+        assert shared == alone, (alone, shared)
