@@ -11,13 +11,22 @@ Two passes over the same requests, each with a fresh backend: one with the clock
 exceed the distinct pairs), one on the real clock (a run longer than ``negative_ttl``
 refetches the answers that would reject, so calls can exceed the pairs).
 
-Run: .venv/bin/python benchmarks/rest_calls.py
+``--hosts N`` spreads the same requests round-robin over N backends (N MX hosts, each
+with its own in-process cache and REST connection pool) and counts the calls of all of
+them; ``--redis`` gives every backend the shared tier (``[cache] redis_url``) on a private
+redis-server started here (tests/redis_harness.py, Debian's redis-server), flushed
+between passes.
+
+Run: .venv/bin/python benchmarks/rest_calls.py [--hosts 3] [--redis]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import random
+import tempfile
 import sys
 import time
 from collections import Counter
@@ -34,6 +43,7 @@ from listgate.decision.gate import Gate  # noqa: E402
 from listgate.decision.model import PostingRequest  # noqa: E402
 from listgate.mailman.backend import MailmanBackend  # noqa: E402
 from listgate.mailman.client import MailmanClient  # noqa: E402
+from redis_harness import RedisServer  # noqa: E402
 
 SEED = 20240601
 LISTS = 20
@@ -102,35 +112,48 @@ class CountingSource(MailmanClient):
 
 
 async def one_pass(
-    core: MailmanCore, requests: list[PostingRequest], label: str, frozen: bool
+    core: MailmanCore, requests: list[PostingRequest], label: str, frozen: bool,
+    hosts: int = 1, redis_url: str = "",
 ) -> bool:
-    """Decide every request with a fresh cached backend; print figures; calls <= pairs?"""
-    source = CountingSource(core.url, core.user, core.password)
+    """Decide every request with fresh cached backends (one per host, requests spread
+    round-robin); print figures; calls <= pairs?"""
+    from listgate.facts.redis import RedisTier
+
+    sources = [CountingSource(core.url, core.user, core.password) for _ in range(hosts)]
     clock = (lambda: 0.0) if frozen else time.monotonic
-    backend = MailmanBackend(source, CacheConfig(), clock=clock)
-    gate = Gate(backend, ReplyTexts())
+    backends = [
+        MailmanBackend(source, CacheConfig(), clock=clock,
+                       shared=RedisTier(redis_url) if redis_url else None)
+        for source in sources
+    ]
+    gates = [Gate(backend, ReplyTexts()) for backend in backends]
     limit = asyncio.Semaphore(IN_FLIGHT)
 
-    async def one(request: PostingRequest) -> str:
+    async def one(i: int, request: PostingRequest) -> str:
         async with limit:
-            return (await gate.decide(request)).verdict.value
+            return (await gates[i % hosts].decide(request)).verdict.value
 
     try:
         began = time.monotonic()
-        verdicts = Counter(await asyncio.gather(*(one(r) for r in requests)))
+        verdicts = Counter(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
         elapsed = time.monotonic() - began
     finally:
-        await backend.aclose()
-    calls = source.calls
+        for backend in backends:
+            await backend.aclose()
+    calls = sum(source.calls for source in sources)
+    fetches: Counter[str] = Counter()
+    for source in sources:
+        fetches.update(source.fetches)
     pairs = len({(r.recipient, r.sender) for r in requests})
     ok = calls <= pairs
-    print(f"--- {label}")
+    print(f"--- {label}; {hosts} host{'s' if hosts > 1 else ''}, shared tier "
+          f"{'on' if redis_url else 'off'}")
     print(f"requests (RCPTs)           {len(requests)}")
     print(f"distinct senders           {len({r.sender for r in requests})}")
     print(f"distinct (list, sender)    {pairs}")
     print(f"REST calls                 {calls}")
     print(f"REST calls per RCPT        {calls / len(requests):.4f}")
-    print(f"fetches by fact            {dict(source.fetches)}")
+    print(f"fetches by fact            {dict(fetches)}")
     print(f"verdicts                   {dict(sorted(verdicts.items()))}")
     print(f"elapsed                    {elapsed:.1f} s "
           f"({len(requests) / elapsed:.0f} RCPT/s, {IN_FLIGHT} in flight)")
@@ -139,7 +162,31 @@ async def one_pass(
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", type=int, default=1, help="MX hosts (backends), >= 1")
+    parser.add_argument("--redis", action="store_true", help="share a Redis tier")
+    args = parser.parse_args()
+    if args.hosts < 1:
+        parser.error("--hosts must be >= 1")
     rng = random.Random(SEED)
+    with contextlib.ExitStack() as stack:
+        server: RedisServer | None = None
+        if args.redis:
+            server = RedisServer(Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                                 / "redis")
+            server.start()
+            stack.callback(server.stop)
+        run(rng, args.hosts, server)
+
+
+def run(rng: random.Random, hosts: int, server: RedisServer | None) -> None:
+    """Both passes against a new Mailman core (the shared tier flushed between them)."""
+    redis_url = server.url if server is not None else ""
+
+    def flush() -> None:
+        if server is not None:
+            server.cli("FLUSHALL")
+
     with MailmanCore() as core:
         began = time.monotonic()
         senders, members = build(core, rng)
@@ -149,13 +196,15 @@ def main() -> None:
         requests = workload(rng, senders, members)
         s = CacheConfig()
         frozen_ok = asyncio.run(one_pass(
-            core, requests, "default CacheConfig, clock frozen (no TTL can expire)", True))
+            core, requests, "default CacheConfig, clock frozen (no TTL can expire)", True,
+            hosts, redis_url))
+        flush()
         real_ok = asyncio.run(one_pass(
             core, requests,
             f"default CacheConfig, real clock (ttl {s.ttl:g} s, negative_ttl "
-            f"{s.negative_ttl:g} s)", False))
+            f"{s.negative_ttl:g} s)", False, hosts, redis_url))
     print(f"--- calls <= distinct pairs: frozen clock {frozen_ok}, real clock {real_ok}")
-    if not frozen_ok:
+    if not frozen_ok and (hosts == 1 or redis_url):  # separate caches: each host asks
         raise SystemExit(1)
 
 
