@@ -26,8 +26,8 @@ import argparse
 import asyncio
 import contextlib
 import random
-import tempfile
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from mailman_harness import MailmanCore  # noqa: E402
+from redis_harness import RedisServer  # noqa: E402
 
 from listgate.config import CacheConfig  # noqa: E402
 from listgate.decision.engine import ReplyTexts  # noqa: E402
@@ -43,7 +44,6 @@ from listgate.decision.gate import Gate  # noqa: E402
 from listgate.decision.model import PostingRequest  # noqa: E402
 from listgate.mailman.backend import MailmanBackend  # noqa: E402
 from listgate.mailman.client import MailmanClient  # noqa: E402
-from redis_harness import RedisServer  # noqa: E402
 
 SEED = 20240601
 LISTS = 20

@@ -64,7 +64,8 @@ Invariants:
 - Module level imports only the standard library, ``listgate.events`` and
   ``listgate.facts.sharedkeys`` (both stdlib-only): this module is imported inside
   Mailman's venv, where listgate's own dependencies may be missing (``redis`` is imported
-  by the sender thread of a redis:// URL, when it first sends). Mailman and SQLAlchemy are imported inside functions.
+  by the sender thread of a redis:// URL, when it first sends). Mailman and SQLAlchemy
+  are imported inside functions.
 """
 
 from __future__ import annotations
