@@ -17,7 +17,9 @@ the names and the invalidation message are ``listgate.facts.sharedkeys``.
   fetch themselves: a holder that dies stalls nobody past *wait*, and its lock expires.
   The holder's ``put`` (or ``release``, when its fetch failed) deletes the lock if it is
   still its own (a compare-and-delete script).
-- **Invalidate everywhere.** ``invalidate``/``clear`` queue the change; a background task
+- **Invalidate everywhere.** A write that replaces a different value (``SET ... GET``:
+  a refetch found a change) is announced on the channel, so the other hosts drop their
+  local copies. ``invalidate``/``clear`` queue the change; a background task
   deletes the shared keys and publishes one message in one ``MULTI``; until it has, this
   process does not read those keys (they hold what is being invalidated). A subscriber task
   hears every message (its own skipped by origin) and drops the named facts from the
@@ -260,6 +262,22 @@ class RedisTier:
                 return True
         return False
 
+    def announce(self, change: Invalidation) -> None:
+        """Tell every host to drop *change* locally, without deleting anything shared
+        (the shared value is already the new one): a refetch found a change."""
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            self.spawn(self._announce(change))
+
+    async def _announce(self, change: Invalidation) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.client.publish(CHANNEL, encode_invalidation(change))
+        except _FAILURES as exc:
+            self.failed("PUBLISH", exc)
+        else:
+            self.stats.invalidations_sent += 1
+
     async def _flush(self) -> None:
         for delay in (0.0, 0.2, 0.5, 1.0, 2.0):
             await asyncio.sleep(delay)
@@ -375,6 +393,15 @@ class RedisTier:
                 backoff = min(backoff * 2, 1.0)
 
 
+def _value_of(raw: bytes) -> object:
+    """The ``v`` part of a stored value (None if it is garbage)."""
+    try:
+        data = json.loads(raw)
+        return data.get("v") if isinstance(data, dict) else None
+    except ValueError:
+        return None
+
+
 class RedisStore(Generic[V]):
     """The ``FactStore`` of one kind of fact in a ``RedisTier``."""
 
@@ -473,20 +500,25 @@ class RedisStore(Generic[V]):
         if keep - age <= 0 or not self.tier.available():
             self._unlock_later(key, token)
             return
-        body = json.dumps({"k": round(keep, 3), "v": self.codec.encode(value)},
+        encoded = self.codec.encode(value)
+        body = json.dumps({"k": round(keep, 3), "v": encoded},
                           separators=(",", ":"), sort_keys=True)
         try:
             async with asyncio.timeout(self.tier.timeout):
                 async with self.tier.client.pipeline(transaction=True) as pipe:
                     pipe.set(fact_name(self.kind, key), body,
-                             px=max(1, int((keep - age) * 1000)))
+                             px=max(1, int((keep - age) * 1000)), get=True)
                     if token is not None:
                         pipe.eval(_RELEASE, 1, lock_name(self.kind, key), token)
-                    await pipe.execute()
+                    old = (await pipe.execute())[0]
         except _FAILURES as exc:
             self._unlock_later(key, token)
             raise self.tier.failed("SET", exc) from None
         self.tier.succeeded()
+        if old is not None and _value_of(old) != json.loads(json.dumps(encoded)):
+            # A refetch found a change: other hosts may hold the old value locally.
+            self.tier.announce(Invalidation(self.tier.origin,
+                                            frozenset({(self.kind, key)})))
 
     def release(self, key: str) -> None:
         """Let go of the fetch lock of *key*, if this process holds it (background)."""

@@ -301,3 +301,43 @@ def test_negative_answers_expire_in_redis_too(redis_server: RedisServer) -> None
     assert 60_000 < member_ttl <= 65_000
     assert 10_000 < nonmember_ttl <= 15_000
     assert Action.ACCEPT  # the codec round-trips actions (tests/unit covers each kind)
+
+
+def test_a_refetch_that_finds_a_change_is_announced(redis_server: RedisServer) -> None:
+    """Host A refetches an expired fact and finds it changed: host B, which would trust
+    its own copy for a minute, drops it within a second and reads the new one."""
+    async def body() -> None:
+        source = FakeMailmanRecords()
+        a = MailmanBackend(source, CacheConfig(negative_ttl=0.3), deadline=DEADLINE,
+                           shared=RedisTier(redis_server.url))
+        b = MailmanBackend(source, CacheConfig(negative_ttl=60), deadline=DEADLINE,
+                           shared=RedisTier(redis_server.url))
+        assert not await member(a, "c@example.net")
+        assert not await member(b, "c@example.net")
+        await asyncio.sleep(0.4)
+        source.members.add("c@example.net")
+        assert await member(a, "c@example.net")  # refetched: the write replaced a value
+        started = time.monotonic()
+        while not await member(b, "c@example.net"):
+            assert time.monotonic() - started < 1.0
+            await asyncio.sleep(0.02)
+        await close(a, b)
+
+    run(body)
+
+
+def test_redis_full_is_no_outage(redis_server: RedisServer) -> None:
+    """A Redis out of memory (maxmemory, noeviction) refuses every write: lookups are
+    answered right, the errors counted."""
+    redis_server.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    redis_server.cli("CONFIG", "SET", "maxmemory", "1")
+
+    async def body() -> None:
+        source = FakeMailmanRecords(("f0@example.net",))
+        b = host(redis_server.url, source)
+        await _answers_within_deadline([b], source, "f")
+        assert b.shared is not None
+        assert b.shared.stats.errors >= 1
+        await close(b)
+
+    run(body)
