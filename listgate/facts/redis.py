@@ -52,6 +52,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -161,7 +162,7 @@ class RedisTier:
         self._chores: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def spawn(self, work: Any) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run the coroutine *work* in the background (kept referenced until done)."""
         task = asyncio.get_running_loop().create_task(work)
         self._chores.add(task)
@@ -193,7 +194,7 @@ class RedisTier:
         if self._flusher is not None and not self._flusher.done():
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._flusher), 1.0)
-        for task in (self._listener, self._flusher):
+        for task in (self._listener, self._flusher, *self._chores):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
