@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import redis.asyncio as aioredis
+from cachetools import LRUCache
 from redis.exceptions import RedisError
 
 from listgate.events import RateLimit
@@ -411,6 +412,9 @@ class RedisStore(Generic[V]):
         self.kind = kind
         self.codec = codec
         self._locks: dict[str, str] = {}
+        self._seen: LRUCache[str, bytes | None] = LRUCache(4096)
+        """What ``get`` read for a key, until the ``claim`` that follows it (a ``get``
+        that found a fresh value has no ``claim``: bounded, least recently used out)."""
 
     def _decode(self, raw: bytes | None, pttl: int) -> Stored[V] | None:
         if raw is None or pttl < 0:
@@ -424,12 +428,12 @@ class RedisStore(Generic[V]):
             return None
         return Stored(value, max(0.0, keep - pttl / 1000.0))
 
-    async def _read(self, name: str) -> Stored[V] | None:
+    async def _read(self, name: str) -> tuple[bytes | None, Stored[V] | None]:
         async with self.tier.client.pipeline(transaction=True) as pipe:
             pipe.get(name)
             pipe.pttl(name)
             raw, pttl = await pipe.execute()
-        return self._decode(raw, int(pttl))
+        return raw, self._decode(raw, int(pttl))
 
     async def get(self, key: str) -> Stored[V] | None:
         """The stored value and its age, or None (absent, being invalidated, or Redis
@@ -438,14 +442,18 @@ class RedisStore(Generic[V]):
             return None
         try:
             async with asyncio.timeout(self.tier.timeout):
-                stored = await self._read(fact_name(self.kind, key))
+                raw, stored = await self._read(fact_name(self.kind, key))
         except _FAILURES as exc:
             raise self.tier.failed("GET", exc) from None
         self.tier.succeeded()
+        self._seen[key] = raw
         return stored
 
     async def claim(self, key: str) -> Stored[V] | None:
-        """Take the fetch lock (None: fetch), or wait for the host that holds it."""
+        """Take the fetch lock (None: fetch), or wait for the host that holds it. Only a
+        value written since this process's ``get`` (a new fetch, not the stale value
+        that ``get`` saw) ends the wait."""
+        seen = self._seen.pop(key, None)
         if self.tier.unsent(self.kind, key) or not self.tier.available():
             return None
         tier = self.tier
@@ -461,7 +469,7 @@ class RedisStore(Generic[V]):
                     taken, raw, pttl = await pipe.execute()
         except _FAILURES as exc:
             raise tier.failed("SET NX", exc) from None
-        stored = self._decode(raw, int(pttl))
+        stored = self._decode(raw, int(pttl)) if raw != seen else None
         if taken:
             if stored is not None:  # filled since our GET: no need to fetch
                 self._unlock_later(key, token)
@@ -487,7 +495,7 @@ class RedisStore(Generic[V]):
                         raw, pttl, locked = await pipe.execute()
             except _FAILURES as exc:
                 raise tier.failed("GET", exc) from None
-            stored = self._decode(raw, int(pttl))
+            stored = self._decode(raw, int(pttl)) if raw != seen else None
             if stored is not None:
                 tier.stats.lock_waits_served += 1
                 return stored
@@ -502,7 +510,7 @@ class RedisStore(Generic[V]):
             self._unlock_later(key, token)
             return
         encoded = self.codec.encode(value)
-        body = json.dumps({"k": round(keep, 3), "v": encoded},
+        body = json.dumps({"k": round(keep, 3), "v": encoded, "w": secrets.token_hex(4)},
                           separators=(",", ":"), sort_keys=True)
         try:
             async with asyncio.timeout(self.tier.timeout):

@@ -5,9 +5,11 @@ Redis layout, format version 1 (``VERSION``):
 
 - a fact: ``listgate:v1:<kind>:<subject>`` (e.g. ``listgate:v1:policy:ann.example.org``,
   ``listgate:v1:memberships:alice@example.org``, ``listgate:v1:directory:``), a JSON
-  string ``{"k": KEEP, "v": VALUE}``: *KEEP* is how many seconds after its fetch the value
-  is of no more use, and the key's Redis expiry (``PX``) is set to run out exactly then,
-  so the remaining ``PTTL`` tells the value's age without any host's clock;
+  string ``{"k": KEEP, "v": VALUE, "w": WRITE}``: *KEEP* is how many seconds after its
+  fetch the value is of no more use, and the key's Redis expiry (``PX``) is set to run
+  out exactly then, so the remaining ``PTTL`` tells the value's age without any host's
+  clock; *WRITE* is a random tag that tells one write from the next (a host waiting for
+  another's refetch knows it has landed even when the value did not change);
 - a fetch lock: ``listgate:v1:lock:<kind>:<subject>`` (``SET NX PX``; its value is the
   holder's random token), so no kind may be named ``lock``;
 - invalidations: published on ``listgate:v1:invalidate`` as the JSON object

@@ -341,3 +341,25 @@ def test_redis_full_is_no_outage(redis_server: RedisServer) -> None:
         await close(b)
 
     run(body)
+
+
+def test_an_expired_shared_value_is_refetched_once(redis_server: RedisServer) -> None:
+    """A value still in Redis but too old to use (kept for stale-if-error) is refetched
+    by one host while the others wait for the new one, not by every host."""
+    async def body() -> int:
+        source = SlowRecords(("s@example.net",))
+        settings = CacheConfig(ttl=0.3, negative_ttl=0.3)
+        first = MailmanBackend(source, settings, deadline=DEADLINE,
+                               shared=RedisTier(redis_server.url, wait=DEADLINE / 2))
+        assert await member(first, "s@example.net")
+        await close(first)
+        await asyncio.sleep(0.4)
+        hosts = [MailmanBackend(source, settings, deadline=DEADLINE,
+                                shared=RedisTier(redis_server.url, wait=DEADLINE / 2))
+                 for _ in range(3)]
+        before = source.fetches["memberships"]
+        assert all(await asyncio.gather(*(member(h, "s@example.net") for h in hosts)))
+        await close(*hosts)
+        return source.fetches["memberships"] - before
+
+    assert run(body) == 1
