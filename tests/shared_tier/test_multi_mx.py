@@ -273,6 +273,8 @@ def test_worker_processes_share_through_redis(world: World, tmp_path: Path) -> N
         "[milter]\n", "[milter]\nworkers = 3\n")
     with ListgateServe(tmp_path, config, wait_for=[f"inet:127.0.0.1:{port}"]).start():
         everyone_answers(world, "warm@example.net", REJECT)
+        reply, _ = ask(port, "warm@example.net", world.list_address)  # into Redis, if
+        assert verdict(reply) == REJECT  # a restarted Redis lost the site's facts
 
         async def burst(target: int, sender: str) -> int:
             before = world.proxy.requests
