@@ -2,6 +2,7 @@
 # Install everything listgate's test suite needs on a fresh Debian machine (as root):
 # Postfix (private instances are started by the tests), OpenDKIM's miltertest, swaks,
 # systemd-analyze and m4 (to check the deploy/ files), mandoc (to lint the man pages),
+# redis-server (the suite starts its own instances; the package's service is not used),
 # and listgate itself with its test extras (into ./.venv). Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ need_apt=()
 [ -x /usr/sbin/nsd ] || need_apt+=(nsd)
 [ -x /usr/sbin/opendkim ] || need_apt+=(opendkim)
 [ -x /usr/bin/openssl ] || need_apt+=(openssl)
+[ -x /usr/bin/redis-server ] || need_apt+=(redis-server)  # tests/redis_harness.py
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -19,16 +19,25 @@ the time between repeats is realistic. The real-clock passes then show what
 (the default 2 s), and ``feed`` (every TTL one hour, a healthy change feed vouching for
 every fact: what the Mailman plugin allows while nothing changes).
 
+``--hosts N`` spreads the same requests round-robin over N backends (N MX hosts, each
+with its own in-process cache and REST connection pool) and counts the calls of all of
+them; ``--redis`` gives every backend the shared tier (``[cache] redis_url``) on a private
+redis-server started here (tests/redis_harness.py, Debian's redis-server), flushed
+between passes; ``--frozen-only`` runs only the frozen-clock pass.
+
 Run: .venv/bin/python benchmarks/rest_calls.py [--mix members|spam] [--rate N]
+     [--hosts 3] [--redis] [--frozen-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from mailman_harness import MailmanCore  # noqa: E402
+from redis_harness import RedisServer  # noqa: E402
 
 from listgate.config import CacheConfig  # noqa: E402
 from listgate.decision.engine import ReplyTexts  # noqa: E402
@@ -149,16 +159,25 @@ class CountingSource(MailmanClient):
 async def one_pass(
     core: MailmanCore, requests: list[PostingRequest], label: str, frozen: bool,
     settings: CacheConfig | None = None, *, rate: float = 0.0, feed: bool = False,
+    hosts: int = 1, redis_url: str = "",
 ) -> bool:
-    """Decide every request with a fresh cached backend (*settings*, default CacheConfig),
-    at most *rate* RCPT/s (0: as fast as IN_FLIGHT allows); with *feed*, a healthy change
+    """Decide every request with fresh cached backends (*settings*, default CacheConfig;
+    one per host, requests spread round-robin, sharing a Redis tier at *redis_url*), at
+    most *rate* RCPT/s (0: as fast as IN_FLIGHT allows); with *feed*, a healthy change
     feed covers every fact. Print figures; calls <= pairs?"""
-    source = CountingSource(core.url, core.user, core.password)
+    from listgate.facts.redis import RedisTier
+
+    sources = [CountingSource(core.url, core.user, core.password) for _ in range(hosts)]
     clock = (lambda: 0.0) if frozen else time.monotonic
-    backend = MailmanBackend(source, settings or CacheConfig(), clock=clock)
-    if feed:
-        backend.follow_feed(Covering())
-    gate = Gate(backend, ReplyTexts())
+    backends = [
+        MailmanBackend(source, settings or CacheConfig(), clock=clock,
+                       shared=RedisTier(redis_url) if redis_url else None)
+        for source in sources
+    ]
+    for backend in backends:
+        if feed:
+            backend.follow_feed(Covering())
+    gates = [Gate(backend, ReplyTexts()) for backend in backends]
     limit = asyncio.Semaphore(IN_FLIGHT)
     began = time.monotonic()
 
@@ -166,27 +185,34 @@ async def one_pass(
         if rate:
             await asyncio.sleep(max(0.0, began + n / rate - time.monotonic()))
         async with limit:
-            return (await gate.decide(request)).verdict.value
+            return (await gates[n % hosts].decide(request)).verdict.value
 
     try:
         verdicts = Counter(await asyncio.gather(*(one(n, r) for n, r in enumerate(requests))))
         elapsed = time.monotonic() - began
     finally:
-        await backend.aclose()
-    calls = source.calls
+        for backend in backends:
+            await backend.aclose()
+    calls = sum(source.calls for source in sources)
+    fetches: Counter[str] = Counter()
+    refetches: Counter[str] = Counter()
+    for source, backend in zip(sources, backends, strict=True):
+        fetches.update(source.fetches)
+        refetches.update(backend.reject_refetches())
     pairs = len({(r.recipient, r.sender) for r in requests})
     ok = calls <= pairs
-    print(f"--- {label}")
+    print(f"--- {label}; {hosts} host{'s' if hosts > 1 else ''}, shared tier "
+          f"{'on' if redis_url else 'off'}")
     print(f"requests (RCPTs)           {len(requests)}")
     print(f"distinct senders           {len({r.sender for r in requests})}")
     print(f"distinct (list, sender)    {pairs}")
     print(f"REST calls                 {calls}")
     print(f"REST calls per RCPT        {calls / len(requests):.4f}")
-    print(f"fetches by fact            {dict(source.fetches)}")
+    print(f"fetches by fact            {dict(fetches)}")
     print(f"verdicts                   {dict(sorted(verdicts.items()))}")
     print(f"elapsed                    {elapsed:.1f} s "
           f"({len(requests) / elapsed:.0f} RCPT/s, {IN_FLIGHT} in flight)")
-    print(f"refetches before a reject  {dict(backend.reject_refetches())}")
+    print(f"refetches before a reject  {dict(refetches)}")
     print(f"calls <= distinct pairs    {ok}")
     return ok
 
@@ -197,9 +223,35 @@ def main() -> None:
                         help="members: the pool mix (default); spam: mostly new nonmembers")
     parser.add_argument("--rate", type=float, default=None,
                         help="RCPT/s (default: unpaced; spam mix: 500)")
+    parser.add_argument("--hosts", type=int, default=1, help="MX hosts (backends), >= 1")
+    parser.add_argument("--redis", action="store_true", help="share a Redis tier")
+    parser.add_argument("--frozen-only", action="store_true",
+                        help="only the frozen-clock pass (the cache's own bound)")
     args = parser.parse_args()
+    if args.hosts < 1:
+        parser.error("--hosts must be >= 1")
     rate = args.rate if args.rate is not None else (500.0 if args.mix == "spam" else 0.0)
     rng = random.Random(SEED)
+    with contextlib.ExitStack() as stack:
+        server: RedisServer | None = None
+        if args.redis:
+            server = RedisServer(Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                                 / "redis")
+            server.start()
+            stack.callback(server.stop)
+        run(rng, args, rate, server)
+
+
+def run(rng: random.Random, args: argparse.Namespace, rate: float,
+        server: RedisServer | None) -> None:
+    """Every pass against a new Mailman core (the shared tier flushed between them)."""
+    hosts: int = args.hosts
+    redis_url = server.url if server is not None else ""
+
+    def flush() -> None:
+        if server is not None:
+            server.cli("FLUSHALL")
+
     with MailmanCore() as core:
         began = time.monotonic()
         senders, members = build(core, rng)
@@ -210,23 +262,33 @@ def main() -> None:
                     else spam_workload(rng, members, REQUESTS))
         s = CacheConfig()
         frozen_ok = asyncio.run(one_pass(
-            core, requests, "default CacheConfig, clock frozen (no TTL can expire)", True))
+            core, requests, "default CacheConfig, clock frozen (no TTL can expire)", True,
+            hosts=hosts, redis_url=redis_url))
+        if args.frozen_only:
+            print(f"--- calls <= distinct pairs: frozen clock {frozen_ok}")
+            if not frozen_ok and args.mix == "members" and (hosts == 1 or redis_url):
+                raise SystemExit(1)
+            return
+        flush()
         before = CacheConfig(reject_max_age=math.inf)
         asyncio.run(one_pass(
             core, requests,
             f"before #13: no reject_max_age, real clock (ttl {s.ttl:g} s, negative_ttl "
-            f"{s.negative_ttl:g} s)", False, before, rate=rate))
+            f"{s.negative_ttl:g} s)", False, before, rate=rate, hosts=hosts, redis_url=redis_url))
+        flush()
         real_ok = asyncio.run(one_pass(
             core, requests,
             f"default CacheConfig, real clock (ttl {s.ttl:g} s, negative_ttl "
             f"{s.negative_ttl:g} s, reject_max_age {s.reject_max_age:g} s)", False,
-            rate=rate))
+            rate=rate, hosts=hosts, redis_url=redis_url))
+        flush()
         hour = CacheConfig(ttl=3600, negative_ttl=3600, policy_ttl=3600, directory_ttl=3600)
         asyncio.run(one_pass(
             core, requests, "change feed healthy, every TTL 1 h, real clock", False, hour,
-            rate=rate, feed=True))
+            rate=rate, feed=True, hosts=hosts, redis_url=redis_url))
     print(f"--- calls <= distinct pairs: frozen clock {frozen_ok}, real clock {real_ok}")
-    if not frozen_ok and args.mix == "members":  # a new nonmember costs 2 calls (spam mix)
+    # A new nonmember costs 2 calls (spam mix); separate caches: each host asks again.
+    if not frozen_ok and args.mix == "members" and (hosts == 1 or redis_url):
         raise SystemExit(1)
 
 

@@ -145,6 +145,9 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("milter", "uvloop"),
     ("events", "listen"),
     ("events", "secret_file"),
+    ("cache", "redis_url"),
+    ("cache", "redis_password_file"),
+    ("cache", "redis_timeout"),
 )
 """(section, key) of the settings bound at start (sockets, the negotiated packet size,
 processes, the event loop): a reload warns when one changed and keeps the running value."""
@@ -192,6 +195,7 @@ class Daemon:
         self.metrics.services = self._services
         self.metrics.caches = lambda: self.backend.caches()
         self.metrics.refetches = lambda: self.backend.reject_refetches()
+        self.metrics.tier_stats = lambda: self.backend.tier_stats()
         self.backend.observe_fetches(self.metrics.backend.observe)
         self.events: EventsListener | None = None
         """The change feed's listener (``[events] listen`` with the Mailman backend)."""

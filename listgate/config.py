@@ -60,7 +60,7 @@ from listgate.decision.engine import (
 )
 from listgate.decision.gate import Bypass, FailurePolicy
 from listgate.decision.model import normalize_address
-from listgate.errors import ConfigError
+from listgate.errors import ConfigError, ListgateError
 from listgate.events import EventError, read_secret
 from listgate.listen import ListenSpec, parse_listen_spec, parse_metrics_listen
 from listgate.log import LOG_TARGETS
@@ -85,6 +85,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "password_file_warnings",
+    "read_redis_password",
 ]
 
 EXAMPLE_CONFIG_PATH = Path(__file__).resolve().parent / "data" / "example.toml"
@@ -248,6 +249,17 @@ class CacheConfig:
     """Seconds: an answer that would reject must rest on facts no older than this (older
     ones are fetched again before the 5xx is sent), unless a healthy change feed
     (``[events]``) covers them. Answers that accept use the lifetimes above. Default: 2."""
+    redis_url: str = ""
+    """The shared cache tier that several MX hosts (and workers) use: "redis://HOST:PORT/DB",
+    "rediss://..." (TLS) or "unix:///PATH?db=N"; "" = none. A user name may be given
+    ("redis://listgate@host/0"), a password never (use ``redis_password_file``).
+    Default: ""."""
+    redis_password_file: str = ""
+    """File holding the Redis password (ACL user's or requirepass), read at start; "" =
+    no password. Default: ""."""
+    redis_timeout: float = 0.2
+    """Seconds per Redis call; past it, listgate goes on as if Redis were absent (> 0 and
+    <= 5). Default: 0.2."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -569,6 +581,62 @@ def _finish_mailman(kwargs: dict[str, object], name: str) -> None:
     path = kwargs.get("password_file")
     if isinstance(path, str) and path and kwargs.get("password") is None:
         kwargs["password"] = _read_password_file(path, f"{name}.password_file")
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+"""URL schemes of ``cache.redis_url``: plain TCP, TLS, a Unix socket."""
+MAX_REDIS_TIMEOUT = 5.0
+
+
+def _redis_url(value: object, key: str) -> object:
+    text = _string(value, key)
+    if not text:
+        return text
+    expected = ('must be "" or a URL such as "redis://127.0.0.1:6379/0", "rediss://host/0" '
+                'or "unix:///run/redis/redis.sock?db=0"')
+    if _SPACE_OR_CONTROL.search(text):
+        raise _bad(key, expected, value)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError as exc:
+        raise _Invalid(f"{key}: {exc}") from None
+    if parts.password is not None:  # never echo the value: it holds a password
+        raise _Invalid(f"{key}: must not contain a password; put it in "
+                       "cache.redis_password_file")
+    if parts.scheme not in REDIS_SCHEMES:
+        raise _bad(key, expected, value)
+    if parts.scheme == "unix" and not parts.path.startswith("/"):
+        raise _bad(key, expected + " (unix: an absolute socket path)", value)
+    if parts.scheme != "unix" and not parts.hostname:
+        raise _bad(key, expected + " (with a host)", value)
+    return text
+
+
+def _redis_timeout(value: object, key: str) -> object:
+    expected = f"must be a number of seconds > 0 and <= {MAX_REDIS_TIMEOUT:g}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(key, expected, value)
+    if not 0 < value <= MAX_REDIS_TIMEOUT or math.isnan(value):
+        raise _bad(key, expected, value)
+    return float(value)
+
+
+def _finish_cache(kwargs: dict[str, object], name: str) -> None:
+    path = kwargs.get("redis_password_file")
+    if isinstance(path, str) and path:
+        _read_password_file(path, f"{name}.redis_password_file")  # checked, not kept
+
+
+def read_redis_password(cache: CacheConfig) -> Secret | None:
+    """The Redis password from ``cache.redis_password_file`` (None when unset); read where
+    it is used, never kept in the ``Config``. ``ListgateError`` if unreadable."""
+    if not cache.redis_password_file:
+        return None
+    try:
+        return _read_password_file(cache.redis_password_file, "cache.redis_password_file")
+    except _Invalid as exc:
+        raise ListgateError("; ".join(exc.problems)) from None
 
 
 def _allow(value: object, key: str) -> object:
@@ -950,6 +1018,9 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, _Key]]] = {
         "max_entries": _Key(_integer(1)),
         "stale_if_error": _Key(_seconds(allow_zero=True)),
         "reject_max_age": _Key(_seconds(allow_zero=True)),
+        "redis_url": _Key(_redis_url),
+        "redis_password_file": _Key(_path),
+        "redis_timeout": _Key(_redis_timeout),
     }),
     "gate": (ListOverrides, {
         "mode": _Key(_enum(GateMode), _render_enum),
@@ -1015,6 +1086,7 @@ _FINISH: Mapping[str, Callable[[dict[str, object], str], None]] = {
     "mailman": _finish_mailman,
     "events": _finish_events,
     "auth": _finish_auth,
+    "cache": _finish_cache,
 }
 """Section -> a step run on its parsed keys before the dataclass is built (may raise
 ``_Invalid``)."""
@@ -1186,6 +1258,10 @@ def _no_events_listener(cfg: Config, data: Mapping[str, object]) -> str | None:
     return None if cfg.events.listen else 'events.listen is "" (no change feed)'
 
 
+def _no_redis(cfg: Config, data: Mapping[str, object]) -> str | None:
+    return None if cfg.cache.redis_url else 'cache.redis_url is "" (no shared tier)'
+
+
 def _not_syslog(cfg: Config, data: Mapping[str, object]) -> str | None:
     if cfg.log.target == "syslog":
         return None
@@ -1259,6 +1335,9 @@ _NO_EFFECT: tuple[_NoEffect, ...] = (
     _NoEffect("events", ("secret_file", "max_silence"), _no_events_listener,
               'set events.listen (e.g. "inet:127.0.0.1:8891") to receive the feed, or '
               "remove it", ()),
+    _NoEffect("cache", ("redis_password_file", "redis_timeout"), _no_redis,
+              'set cache.redis_url (e.g. "redis://127.0.0.1:6379/0") to share the cache, '
+              "or remove it", ()),
     _NoEffect("log", ("syslog_address",), _not_syslog,
               'set log.target = "syslog" to log there, or remove it', ()),
     _NoEffect("auth", None, _no_authenticated_list,

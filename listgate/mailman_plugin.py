@@ -14,7 +14,15 @@ and in that file::
     notify: http://127.0.0.1:8891/      # one or more listgate listeners, space-separated
     secret_file: /etc/listgate/events-secret
     # heartbeat: 30   # seconds without a message before a heartbeat is sent; 0 = none
-    # timeout: 2      # seconds per HTTP request
+    # timeout: 2      # seconds per HTTP request (or Redis call)
+    # redis_password_file: /etc/listgate/redis-password   # for redis:// notify URLs
+
+``notify`` may also name the Redis of listgate's shared cache tier (``redis://HOST:PORT/DB``,
+``rediss://...``, ``unix:///PATH?db=N``): the plugin then deletes the changed facts there
+and publishes the invalidation on ``listgate:v1:invalidate``, which every listgate host
+using that Redis follows; no listener and no ``secret_file`` is needed for such a URL.
+The ``redis`` package must then be installed in Mailman's venv (it is imported only when
+used; a missing one is logged).
     # queue_size: 1000
 
 How it sees changes: SQLAlchemy session events on Mailman's session factory
@@ -53,9 +61,11 @@ Invariants:
   ``DRAIN_SECONDS`` in all.
 - Errors go to Mailman's ``mailman.plugins`` log, at most one line per kind per
   ``LOG_INTERVAL`` seconds (with a count of the lines held back).
-- Module level imports only the standard library and ``listgate.events`` (itself
-  stdlib-only): this module is imported inside Mailman's venv, where listgate's own
-  dependencies may be missing. Mailman and SQLAlchemy are imported inside functions.
+- Module level imports only the standard library, ``listgate.events`` and
+  ``listgate.facts.sharedkeys`` (both stdlib-only): this module is imported inside
+  Mailman's venv, where listgate's own dependencies may be missing (``redis`` is imported
+  by the sender thread of a redis:// URL, when it first sends). Mailman and SQLAlchemy
+  are imported inside functions.
 """
 
 from __future__ import annotations
@@ -91,10 +101,20 @@ from listgate.events import (
     read_secret,
     sign,
 )
+from listgate.facts.sharedkeys import CHANNEL, Invalidation, encode_invalidation, kind_pattern
 
 __all__ = ["ListgatePlugin", "PluginSettings", "collect_flush", "parse_settings"]
 
 log = logging.getLogger("mailman.plugins")
+
+_HTTP = ("http", "https")
+_REDIS = ("redis", "rediss", "unix")
+"""notify URL schemes: a listgate events listener (HTTP), or Redis (the shared tier's
+invalidation channel, ``listgate.facts.sharedkeys``)."""
+_REDIS_KINDS = {"lists": ("policy",), "addresses": ("memberships", "linked"),
+                "directory": ("directory",), "global_bans": ("global_bans",)}
+"""Each part of a ``ChangeSet`` → the kinds of fact listgate's Mailman backend keeps for
+it (its cache names; a unit test holds them equal)."""
 
 SECTION = "listgate"
 """The section of the plugin's configuration file."""
@@ -130,6 +150,8 @@ class PluginSettings:
     heartbeat: float = 30.0
     timeout: float = 2.0
     queue_size: int = 1000
+    redis_password: str = ""
+    """For redis:// notify URLs: the password read from ``redis_password_file``."""
 
     def __repr__(self) -> str:  # never the secret
         return (f"PluginSettings(notify={self.notify!r}, heartbeat={self.heartbeat:g}, "
@@ -161,25 +183,35 @@ def parse_settings(parser: configparser.ConfigParser) -> PluginSettings:
         raise EventError(f"[{SECTION}] notify: name at least one listgate listener URL")
     for url in urls:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise EventError(f"[{SECTION}] notify: {url!r} is not an http:// or https:// URL")
+        if parts.scheme == "unix" and parts.path.startswith("/"):
+            continue
+        if parts.scheme not in (*_HTTP, *_REDIS) or not parts.hostname:
+            raise EventError(f"[{SECTION}] notify: {url.split('@')[-1]!r} is not an http://, "
+                             "https://, redis://, rediss:// or unix:// URL")
+        if parts.password is not None:
+            raise EventError(f"[{SECTION}] notify: a Redis password goes in "
+                             "redis_password_file, never in the URL")
         try:
             parts.port  # noqa: B018  (raises ValueError for a bad port)
         except ValueError:
             raise EventError(f"[{SECTION}] notify: {url!r} has a bad port") from None
+    http = any(urlsplit(url).scheme in _HTTP for url in urls)
     secret_file = section.get("secret_file", "").strip()
-    if not secret_file:
+    if http and not secret_file:
         raise EventError(f"[{SECTION}] secret_file: required (the file listgate's [events] "
                          "secret_file names)")
+    password_file = section.get("redis_password_file", "").strip()
+    password = read_secret(password_file).decode() if password_file else ""
     queue_text = section.get("queue_size", "").strip() or "1000"
     if not queue_text.isdigit() or not 1 <= int(queue_text) <= 1_000_000:
         raise EventError(f"[{SECTION}] queue_size: must be an integer from 1 to 1000000")
     return PluginSettings(
         notify=urls,
-        secret=read_secret(secret_file),
+        secret=read_secret(secret_file) if secret_file else b"",
         heartbeat=_float(section, "heartbeat", 30.0, 0.0, 86400.0),
         timeout=_float(section, "timeout", 2.0, 0.05, 30.0),
         queue_size=int(queue_text),
+        redis_password=password,
     )
 
 
@@ -214,6 +246,8 @@ class _Target:
     def __init__(self, url: str, settings: PluginSettings, stream: str, since: float) -> None:
         parts = urlsplit(url)
         self.url = url
+        self._redis = parts.scheme in _REDIS
+        self._redis_client: Any = None
         self._host = parts.hostname or ""
         self._port = parts.port
         self._https = parts.scheme == "https"
@@ -347,8 +381,8 @@ class _Target:
         seq = self._seq + 1
         body = encode(Message(self._stream, self._since, seq, time.time(), changes))
         try:
-            status = self._post(body)
-        except (OSError, http.client.HTTPException) as exc:
+            status = self._publish(changes) if self._redis else self._post(body)
+        except (OSError, http.client.HTTPException, _RedisFailure) as exc:
             self._failed(f"cannot deliver to {self.url}: {exc or type(exc).__name__}")
             return
         if 200 <= status < 300:
@@ -382,6 +416,39 @@ class _Target:
             self._last_sent = time.monotonic()
         _limited.log(logging.WARNING, f"failed {self.url}", f"{why}; retrying")
 
+    def _publish(self, changes: ChangeSet) -> int:
+        """Delete the changed facts from listgate's shared tier and publish the
+        invalidation on its channel (one MULTI); 200 when done. A heartbeat is a PING."""
+        client = self._redis_client
+        if client is None:
+            try:
+                import redis  # only here: Mailman's venv may lack it
+            except ImportError:
+                raise _RedisFailure("the Python package 'redis' is not installed in "
+                                    "Mailman's venv (pip install redis)") from None
+            client = self._redis_client = redis.Redis.from_url(
+                self.url, password=self._settings.redis_password or None,
+                socket_timeout=self._settings.timeout,
+                socket_connect_timeout=self._settings.timeout)
+        try:
+            if changes.empty:
+                client.ping()
+                return 200
+            change = _invalidation(changes, self._stream)
+            if change.everything:
+                for kind in {k for kinds in _REDIS_KINDS.values() for k in kinds}:
+                    names = list(client.scan_iter(match=kind_pattern(kind), count=1000))
+                    for i in range(0, len(names), 1000):
+                        client.unlink(*names[i:i + 1000])
+            with client.pipeline(transaction=True) as pipe:
+                if change.names():
+                    pipe.unlink(*change.names())
+                pipe.publish(CHANNEL, encode_invalidation(change))
+                pipe.execute()
+        except Exception as exc:  # redis.RedisError and its kin: never past this thread
+            raise _RedisFailure(str(exc) or type(exc).__name__) from None
+        return 200
+
     def _post(self, body: bytes) -> int:
         conn: http.client.HTTPConnection
         timeout = self._settings.timeout
@@ -402,6 +469,23 @@ class _Target:
             return int(response.status)
         finally:
             conn.close()
+
+
+class _RedisFailure(Exception):
+    """Publishing to Redis failed (the message is safe to log: never the password)."""
+
+
+def _invalidation(changes: ChangeSet, origin: str) -> Invalidation:
+    """*changes* as the shared tier's invalidation (``listgate.facts.sharedkeys``)."""
+    if changes.everything:
+        return Invalidation(origin, everything=True)
+    keys = {(kind, list_id) for list_id in changes.lists for kind in _REDIS_KINDS["lists"]}
+    keys |= {(kind, address) for address in changes.addresses
+             for kind in _REDIS_KINDS["addresses"]}
+    for part in ("directory", "global_bans"):
+        if getattr(changes, part):
+            keys |= {(kind, "") for kind in _REDIS_KINDS[part]}
+    return Invalidation(origin, frozenset(keys))
 
 
 class Feed:

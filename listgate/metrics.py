@@ -92,6 +92,7 @@ class _LiveCollector(Collector):
         yield requests
         yield errors
         yield entries
+        yield from _tier_metrics(m)
         conns = GaugeMetricFamily(
             "listgate_open_connections", "Open connections, by service.", labels=["service"]
         )
@@ -153,6 +154,50 @@ def _feed_metrics(health: Any, healthy: bool) -> Iterator[Any]:
     yield up
 
 
+_TIER_GAUGES = ("up", "subscribed")
+"""``TierStats`` fields exported as gauges (0/1); every other field is a counter."""
+
+
+def _tier_metrics(m: Metrics) -> Iterator[Any]:
+    """Cache requests by tier (local: the in-process cache; shared: Redis), and the shared
+    tier's own counters, when there is one."""
+    stats = m.tier_stats()
+    if not stats:
+        return
+    by_tier = CounterMetricFamily(
+        "listgate_cache_tier_requests",
+        "Cache lookups by cache, tier (local = in-process, shared = Redis) and result "
+        "(local: hit or miss; shared: hit = a local miss answered without Mailman, "
+        "error = the shared tier failed and was skipped).",
+        labels=["cache", "tier", "result"],
+    )
+    for cache in m.caches():
+        by_tier.add_metric([cache.name, "local", "hit"], cache.hits)
+        by_tier.add_metric([cache.name, "local", "miss"], cache.misses)
+        by_tier.add_metric([cache.name, "shared", "hit"], cache.tier_hits)
+        by_tier.add_metric([cache.name, "shared", "error"], cache.tier_errors)
+    yield by_tier
+    events = CounterMetricFamily(
+        "listgate_shared_tier_events",
+        "Shared tier (Redis) events: errors, skipped (breaker open), garbage, locks_taken, "
+        "lock_waits, lock_waits_served, invalidations_sent, invalidations_received, "
+        "resyncs (local tier dropped after the subscription came back).",
+        labels=["event"],
+    )
+    for name, value in sorted(stats.items()):
+        if name not in _TIER_GAUGES:
+            events.add_metric([name], float(value))
+    yield events
+    for name in _TIER_GAUGES:
+        gauge = GaugeMetricFamily(
+            f"listgate_shared_tier_{name}",
+            "1 when the shared tier (Redis) is " + (
+                "answering" if name == "up" else "subscribed to invalidations") + ", else 0.",
+        )
+        gauge.add_metric([], float(stats.get(name, 0)))
+        yield gauge
+
+
 class Metrics:
     """Everything listgate exports; wire the live objects in with the setters."""
 
@@ -170,6 +215,8 @@ class Metrics:
         """Returns the change feed's ``FeedHealth``, or None when there is no feed."""
         self.feed_healthy: Callable[[], bool] = lambda: False
         """Whether the change feed is healthy now."""
+        self.tier_stats: Callable[[], Mapping[str, float]] = dict
+        """Returns the shared cache tier's counters (empty: no shared tier)."""
         self.registry.register(_LiveCollector(self))
         self._server: Any = None
 

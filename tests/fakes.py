@@ -83,6 +83,8 @@ class DictStore(Generic[K, V]):
         self.down = False
         self.gets = 0
         self.puts = 0
+        self.released: list[K] = []
+        """Keys whose fetch ended without a ``put`` (``FactStore.release``)."""
 
     def _check(self) -> None:
         if self.down:
@@ -107,6 +109,12 @@ class DictStore(Generic[K, V]):
 
     def clear(self) -> None:
         self.items.clear()
+
+    async def claim(self, key: K) -> Stored[V] | None:
+        return None  # one process: nobody else fetches for it
+
+    def release(self, key: K) -> None:
+        self.released.append(key)
 
 
 class FakeMailmanRecords:

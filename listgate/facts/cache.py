@@ -30,7 +30,11 @@ Invariants:
 - Only ``BackendUnavailable`` is papered over with a stale value; any other error (such as
   ``ListNotFound``, which is an answer) reaches every caller of that fetch.
 - A second tier never fails a lookup: its ``FactStoreError`` is counted in
-  ``tier_errors`` and the fetch goes on as if the tier had nothing. Times cross the tier
+  ``tier_errors`` and the fetch goes on as if the tier had nothing. Before a fetch from the
+  source the tier is asked to ``claim`` the key (a shared lock: another host may fetch
+  it for us), and every claim ends in the tier's ``put`` or ``release``.
+- ``forget``/``forget_all`` drop entries in this tier only: for a second tier that
+  hears of an invalidation made elsewhere (``listgate.facts.redis``). Times cross the tier
   boundary as ages (seconds), never as clock readings: the clock here is per process.
 - Counters: ``hits`` (a fresh value from memory), ``misses`` (a fetch started), ``stale``
   (a value served past its age limit), ``errors`` (a fetch failed and nothing stale could
@@ -97,6 +101,18 @@ class FactStore(Protocol[K_contra, V]):
 
     def clear(self) -> None:
         """Forget every key of this kind (a remote store may do it in the background)."""
+        ...
+
+    async def claim(self, key: K_contra) -> Stored[V] | None:
+        """Called before fetching *key* from the source (nothing fresh was stored): a store
+        shared by several processes may let one fetch while the others wait for its
+        result, which it then returns (None: go and fetch; the fetch then ends in a
+        ``put`` or a ``release`` of the key)."""
+        ...
+
+    def release(self, key: K_contra) -> None:
+        """The fetch claimed for *key* ended without a ``put`` (it failed, or was
+        invalidated): a store that made others wait (a lock) lets them go. Never raises."""
         ...
 
 
@@ -190,8 +206,7 @@ class FactCache(Generic[K, V]):
     def invalidate(self, key: K) -> bool:
         """Forget *key* here and in the second tier, and detach its fetch in flight (which
         still answers its callers but stores nothing). Whether an entry was dropped."""
-        dropped = self._entries.pop(key, None) is not None
-        self._inflight.pop(key, None)
+        dropped = self.forget(key)
         if self._tier is not None:
             self._tier.invalidate(key)
         return dropped
@@ -199,11 +214,23 @@ class FactCache(Generic[K, V]):
     def clear(self) -> int:
         """Forget every entry, here and in the second tier, and detach every fetch in
         flight. How many entries were dropped."""
+        dropped = self.forget_all()
+        if self._tier is not None:
+            self._tier.clear()
+        return dropped
+
+    def forget(self, key: K) -> bool:
+        """``invalidate`` in this tier only (the second tier told us it already dropped
+        *key*). Whether an entry was dropped."""
+        dropped = self._entries.pop(key, None) is not None
+        self._inflight.pop(key, None)
+        return dropped
+
+    def forget_all(self) -> int:
+        """``clear`` in this tier only. How many entries were dropped."""
         dropped = len(self._entries)
         self._entries.clear()
         self._inflight.clear()
-        if self._tier is not None:
-            self._tier.clear()
         return dropped
 
     # ------------------------------------------------------------------ fetching
@@ -234,24 +261,37 @@ class FactCache(Generic[K, V]):
                     if self._current(key):
                         self._entries[key] = from_tier
                     return from_tier
+            claimed = await self._tier_claim(key)
+            if claimed is not None and claimed.age <= max_age(claimed.value):
+                self.tier_hits += 1
+                entry = Fetched(claimed.value, self._clock() - claimed.age)
+                if self._current(key):
+                    self._entries[key] = entry
+                return entry
         started = time.perf_counter()
+        kept = False
         try:
-            value = await fetch()
-        except BackendUnavailable:  # an answer such as ListNotFound is never papered over
+            try:
+                value = await fetch()
+            except BackendUnavailable:  # an answer such as ListNotFound is never papered over
+                self._observe(started)
+                stale = self._stale_fallback(key, max_age, from_tier)
+                if stale is not None:
+                    self.stale += 1
+                    return stale
+                self.errors += 1
+                raise
             self._observe(started)
-            stale = self._stale_fallback(key, max_age, from_tier)
-            if stale is not None:
-                self.stale += 1
-                return stale
-            self.errors += 1
-            raise
-        self._observe(started)
-        entry = Fetched(value, self._clock())
-        if self._current(key):
-            self._entries[key] = entry
-            if self._tier is not None:
-                await self._tier_put(key, value, max_age(value) + self.stale_if_error)
-        return entry
+            entry = Fetched(value, self._clock())
+            if self._current(key):
+                self._entries[key] = entry
+                if self._tier is not None:
+                    kept = True
+                    await self._tier_put(key, value, max_age(value) + self.stale_if_error)
+            return entry
+        finally:
+            if self._tier is not None and not kept:
+                self._tier.release(key)
 
     def _stale_fallback(
         self, key: K, max_age: Callable[[V], float], from_tier: Fetched[V] | None
@@ -279,6 +319,14 @@ class FactCache(Generic[K, V]):
         assert self._tier is not None
         try:
             return await self._tier.get(key)
+        except FactStoreError:
+            self.tier_errors += 1
+            return None
+
+    async def _tier_claim(self, key: K) -> Stored[V] | None:
+        assert self._tier is not None
+        try:
+            return await self._tier.claim(key)
         except FactStoreError:
             self.tier_errors += 1
             return None

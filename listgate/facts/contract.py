@@ -115,3 +115,8 @@ class Backend(FactSource, Protocol):
     def reject_refetches(self) -> Mapping[str, int]:
         """Refetches before a reject, by result (fresh, stale, failed), for the metrics."""
         return {}
+
+    def tier_stats(self) -> Mapping[str, float]:
+        """The shared cache tier's counters by name (``listgate.facts.redis.TierStats``);
+        empty without a shared tier."""
+        return {}

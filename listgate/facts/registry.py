@@ -6,6 +6,8 @@ Invariants:
   here plus its name there.
 - A factory imports its backend's modules when called, so a static setup never imports
   the Mailman REST client (mailmanclient, httpx).
+- ``[cache] redis_url`` gives the Mailman backend a shared tier (``listgate.facts.redis``,
+  imported only then); its password file is read here, at start.
 - Every factory returns a ``listgate.facts.contract.Backend``; a configuration it cannot
   use is a ``ListgateError`` naming the key.
 """
@@ -15,10 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from listgate.config import Config
 from listgate.errors import ListgateError
 from listgate.facts.contract import Backend
+
+if TYPE_CHECKING:
+    from listgate.facts.redis import RedisTier
 
 __all__ = ["BACKENDS", "BackendFactory", "create_backend"]
 
@@ -50,6 +56,27 @@ def _mailman(config: Config) -> Backend:
         config.cache,
         directory_file=Path(mm.directory_file) if mm.directory_file else None,
         deadline=mm.timeout,
+        shared=_shared_tier(config),
+    )
+
+
+def _shared_tier(config: Config) -> RedisTier | None:
+    """The Redis tier ``[cache] redis_url`` names, or None. Fetch locks last one REST
+    timeout; a host waits for another's fetch for at most half the decision deadline,
+    so that it can still fetch itself within it."""
+    cache = config.cache
+    if not cache.redis_url:
+        return None
+    from listgate.config import read_redis_password
+    from listgate.facts.redis import RedisTier
+
+    password = read_redis_password(cache)
+    return RedisTier(
+        cache.redis_url,
+        password=None if password is None else password.reveal(),
+        timeout=cache.redis_timeout,
+        lock_ttl=config.mailman.timeout,
+        wait=config.mailman.timeout / 2,
     )
 
 

@@ -38,6 +38,10 @@ Invariants:
   several timeouts, past Postfix's 30 s. At the deadline the fetches go on in the
   background and the lookup is answered from the cache, stale entries included (within
   ``stale_if_error``), or fails with ``BackendUnavailable``.
+- With a shared tier (``shared``, ``listgate.facts.redis``) every cache has it as its
+  second tier, stored as JSON records (``listgate.mailman.records_json``; the directory
+  raw), and invalidations heard from other hosts drop entries here. The in-process tier
+  still answers every hit, so the hot path never waits for Redis.
 - A list Mailman no longer has (``ListNotFound`` for its policy) makes the recipient not
   a list, and the directory entry is dropped so that the next lookups refetch it.
 - Freshness of rejects (``[cache] reject_max_age``): every answer for a list carries how
@@ -54,13 +58,14 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from listgate.config import CacheConfig
 from listgate.decision.engine import sanitize_reply_value
@@ -77,6 +82,10 @@ from listgate.facts.keyspace import SITE_SUBJECT, KeySpace, Scope
 from listgate.facts.lookup import NotCached, Reader, answer, answer_now
 from listgate.mailman.client import Directory, MembershipRecord, PolicyRecord
 from listgate.mailman.directory import DirectoryView, load_directory, save_directory, view
+from listgate.mailman.records_json import CODECS
+
+if TYPE_CHECKING:
+    from listgate.facts.redis import RedisTier
 
 __all__ = ["MailmanBackend", "RecordSource"]
 
@@ -117,33 +126,36 @@ class MailmanBackend(Backend):
         clock: Callable[[], float] = time.monotonic,
         directory_file: Path | None = None,
         deadline: float | None = None,
+        shared: RedisTier | None = None,
     ) -> None:
         self.source = source
         self.deadline = deadline
         """Seconds within which ``lookup`` answers (None: no limit; see the module doc)."""
         self.settings = s = settings or CacheConfig()
+        self._shared_started = False
         self.keys = KeySpace()
         """Every cache by kind, and invalidation across them."""
-        stale = s.stale_if_error
-        self._directory: FactCache[str, DirectoryView] = self.keys.add(
-            FactCache("directory", 1, clock=clock, stale_if_error=stale), Scope.SITE
-        )
-        self._policies: FactCache[str, PolicyRecord] = self.keys.add(
-            FactCache("policy", max(16, s.max_entries // 100), clock=clock,
-                      stale_if_error=stale),
-            Scope.LIST,
-        )
-        self._global_bans: FactCache[str, tuple[str, ...]] = self.keys.add(
-            FactCache("global_bans", 1, clock=clock, stale_if_error=stale), Scope.SITE
-        )
-        self._members: FactCache[str, tuple[MembershipRecord, ...]] = self.keys.add(
-            FactCache("memberships", s.max_entries, clock=clock, stale_if_error=stale),
-            Scope.ADDRESS,
-        )
-        self._linked: FactCache[str, tuple[str, ...] | None] = self.keys.add(
-            FactCache("linked", s.max_entries, clock=clock, stale_if_error=stale),
-            Scope.ADDRESS,
-        )
+        self.shared = shared
+        """The shared tier (Redis) behind every cache, or None."""
+
+        def kind(name: str, maxsize: int, scope: Scope) -> FactCache[str, Any]:
+            tier = None if shared is None else shared.store(name, CODECS[name])
+            cache: FactCache[str, Any] = FactCache(
+                name, maxsize, clock=clock, stale_if_error=s.stale_if_error, tier=tier)
+            if shared is not None:
+                shared.attach(cache)
+            return self.keys.add(cache, scope)
+
+        self._directory: FactCache[str, DirectoryView] = kind("directory", 1, Scope.SITE)
+        self._policies: FactCache[str, PolicyRecord] = kind(
+            "policy", max(16, s.max_entries // 100), Scope.LIST)
+        self._global_bans: FactCache[str, tuple[str, ...]] = kind(
+            "global_bans", 1, Scope.SITE)
+        self._members: FactCache[str, tuple[MembershipRecord, ...]] = kind(
+            "memberships", s.max_entries, Scope.ADDRESS)
+        self._linked: FactCache[str, tuple[str, ...] | None] = kind(
+            "linked", s.max_entries, Scope.ADDRESS)
+        self._start_shared()
         self._clock = clock
         self.feed: FeedCoverage | None = None
         """The change feed that may vouch for old facts behind a reject (``follow_feed``)."""
@@ -221,16 +233,39 @@ class MailmanBackend(Backend):
         return tuple(sorted(newest.directory.lists)) if newest else ()
 
     async def aclose(self) -> None:
-        """Close the source."""
-        await self.source.aclose()
+        """Close the source (and the shared tier)."""
+        try:
+            await self.source.aclose()
+        finally:
+            if self.shared is not None:
+                await self.shared.aclose()
+
+    def tier_stats(self) -> Mapping[str, float]:
+        """The shared tier's counters (none without one)."""
+        if self.shared is None:
+            return {}
+        return dataclasses.asdict(self.shared.stats)
+
+    def _start_shared(self) -> None:
+        """Start the shared tier's subscriber once a loop runs (idempotent, cheap)."""
+        if self.shared is not None and not self._shared_started:
+            try:
+                self.shared.start()
+            except RuntimeError:  # built outside a loop: the first lookup starts it
+                return
+            self._shared_started = True
 
     def lookup_now(self, request: PostingRequest) -> LookupNow:
         """Answer from the caches alone, or ``PENDING`` (having started the fetches)."""
+        if not self._shared_started:
+            self._start_shared()
         return answer_now(partial(self._assemble, request))
 
     async def lookup(self, request: PostingRequest) -> ListFacts:
         """Answer, fetching what is missing; ``BackendUnavailable`` if Mailman cannot.
         With a ``deadline``: at the deadline, answer from the cache (stale entries too)."""
+        if not self._shared_started:
+            self._start_shared()
         started = asyncio.get_running_loop().time()
         try:
             return await answer(partial(self._assemble, request, started=started),

@@ -57,7 +57,8 @@ def test_settings(secret_file: Path) -> None:
     [
         ("[other]\n", r"no \[listgate\] section"),
         ("[listgate]\nsecret_file: {secret}\n", "notify: name at least one"),
-        ("[listgate]\nnotify: redis://127.0.0.1/\nsecret_file: {secret}\n", "not an http"),
+        ("[listgate]\nnotify: ftp://127.0.0.1/\nsecret_file: {secret}\n", "not an http"),
+        ("[listgate]\nnotify: redis://:pw@127.0.0.1/\n", "redis_password_file"),
         ("[listgate]\nnotify: http:///x\nsecret_file: {secret}\n", "not an http"),
         ("[listgate]\nnotify: http://h:99999/\nsecret_file: {secret}\n", "bad port"),
         ("[listgate]\nnotify: http://h/\n", "secret_file: required"),
@@ -83,7 +84,8 @@ def test_module_imports_only_the_standard_library() -> None:
     tops = {name.split(".")[0] for name in out}
     assert "listgate.mailman_plugin" in out
     assert {n for n in out if n.startswith("listgate")} == {
-        "listgate", "listgate.errors", "listgate.events", "listgate.mailman_plugin"}
+        "listgate", "listgate.errors", "listgate.events", "listgate.mailman_plugin",
+        "listgate.facts", "listgate.facts.sharedkeys"}
     assert tops - {"listgate"} <= set(sys.stdlib_module_names)
 
 
@@ -114,3 +116,27 @@ def test_plugin_outside_mailman_stays_inert(caplog: pytest.LogCaptureFixture) ->
         plugin.post_hook()
     assert plugin.feed is None
     assert "listgate plugin: disabled, no change feed" in caplog.text
+
+
+def test_redis_kinds_are_the_mailman_backends_cache_names() -> None:
+    """The kinds the plugin deletes and names on the Redis channel are exactly the Mailman
+    backend's kinds of fact, so a change published to Redis drops the right entries."""
+    from listgate.mailman.backend import MailmanBackend
+    from listgate.mailman_plugin import _REDIS_KINDS
+    from tests.fakes import FakeMailmanRecords
+
+    kinds = {k for ks in _REDIS_KINDS.values() for k in ks}
+    assert kinds == {c.name for c in MailmanBackend(FakeMailmanRecords()).keys.caches}
+
+
+def test_changes_become_shared_tier_invalidations() -> None:
+    """Lists, addresses, directory and site bans map to their facts; ``all`` to
+    everything."""
+    from listgate.events import EVERYTHING, ChangeSet
+    from listgate.mailman_plugin import _invalidation
+
+    change = _invalidation(ChangeSet(frozenset({"l.example.org"}), frozenset({"a@x"}),
+                                     directory=True), "mm")
+    assert change.keys == {("policy", "l.example.org"), ("memberships", "a@x"),
+                           ("linked", "a@x"), ("directory", "")}
+    assert _invalidation(EVERYTHING, "mm").everything

@@ -27,6 +27,8 @@ NEW = replace(
     backend=replace(OLD.backend, type="mailman"),
     mailman=replace(OLD.mailman, url="http://127.0.0.1:4/3.1"),
     events=replace(OLD.events, listen="inet:127.0.0.1:5", secret_file="/nonexistent/secret"),
+    cache=replace(OLD.cache, redis_url="redis://127.0.0.1:5/0",
+                  redis_password_file="/etc/listgate/redis-password", redis_timeout=0.5),
 )
 
 
