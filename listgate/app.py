@@ -19,10 +19,11 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from listgate.config import Config, config_warnings, load_config
+from listgate.config import Config, config_warnings, load_config, worker_count
 from listgate.decision.engine import DecideAt
 from listgate.decision.facts import FactSource
 from listgate.decision.gate import Gate
@@ -122,9 +123,12 @@ class Daemon:
         path: Path | None = None,
         *,
         inherited: Inherited | None = None,
+        metrics_link: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.path = path
+        self.metrics_link = metrics_link
+        """A worker's link to the supervisor, which serves [metrics] listen for all."""
         self.backend: Backend = create_backend(config)
         self.gate = build_gate(config, self.backend)
         self.milter = build_milter_service(config, self.gate)
@@ -153,7 +157,9 @@ class Daemon:
         await self.milter.start()
         if self.policy is not None:
             await self.policy.start()
-        if self.config.metrics.listen:
+        if self.metrics_link is not None:
+            self.metrics.answer(self.metrics_link)
+        elif self.config.metrics.listen:
             host, port = parse_metrics_listen(self.config.metrics.listen)
             try:
                 bound = self.metrics.serve(host, port)
@@ -237,6 +243,7 @@ async def serve(
     inherited: Inherited | None = None,
     on_ready: Callable[[Daemon], None] | None = None,
     handle_signals: bool = False,
+    metrics_link: socket.socket | None = None,
 ) -> None:
     """Run the daemon until *stop* is set (or, with *handle_signals*, until SIGTERM or
     SIGINT), then drain and return. The one lifecycle: tests call it with a *stop* event,
@@ -247,7 +254,7 @@ async def serve(
     listener and the metrics endpoint are up."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    daemon = Daemon(config, path, inherited=inherited)
+    daemon = Daemon(config, path, inherited=inherited, metrics_link=metrics_link)
     handled: tuple[signal.Signals, ...] = ()
     if handle_signals:
         handled = _handle_signals(loop, stop, daemon, path)
@@ -298,15 +305,16 @@ def _handle_signals(
 
 
 def _loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when ``[milter] uvloop = true``, else None (asyncio's default)."""
+    """uvloop's loop when ``[milter] uvloop = true`` (the default) and uvloop imports,
+    else None (asyncio's own loop; a missing uvloop is logged once, at WARNING)."""
     if not config.milter.uvloop:
         return None
     try:
         import uvloop
-    except ImportError:
-        raise ListgateError(
-            "milter.uvloop = true, but uvloop is not installed: pip install 'listgate[uvloop]'"
-        ) from None
+    except ImportError as exc:
+        log.warning("uvloop is not available (%s): running on asyncio's own event loop; "
+                    "set [milter] uvloop = false to say so", exc)
+        return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
 
@@ -316,6 +324,7 @@ def _run_loop(
     path: Path | None,
     inherited: Inherited | None = None,
     on_ready: Callable[[], None] | None = None,
+    metrics_link: socket.socket | None = None,
 ) -> int:
     """``serve`` with signal handling on a new event loop; the exit status."""
     def ready(_daemon: Daemon) -> None:
@@ -325,7 +334,7 @@ def _run_loop(
     try:
         with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
             runner.run(serve(config, path=path, inherited=inherited, on_ready=ready,
-                             handle_signals=True))
+                             handle_signals=True, metrics_link=metrics_link))
     except ListgateError as exc:
         log.error("%s", exc)
         return 1
@@ -338,9 +347,10 @@ def run(config: Config, path: Path | None = None) -> int:
     """Run the daemon in the foreground with signal handling; the process exit status.
 
     SIGTERM/SIGINT drain (a second one exits at once); SIGHUP re-reads *path*. With
-    ``[milter] workers`` > 1 this process supervises that many worker processes
-    (``listgate.server.supervisor``), each running ``serve``."""
-    if config.milter.workers > 1:
+    ``[milter] workers`` > 1 (the default "auto" on a machine with several cores) this
+    process supervises that many worker processes (``listgate.server.supervisor``), each
+    running ``serve``, and serves ``[metrics] listen`` summed over them."""
+    if worker_count(config.milter.workers) > 1:
         try:
             return Supervisor(config, path, _run_loop).run()
         except ListgateError as exc:

@@ -3,6 +3,9 @@
 Invariants:
 - Only the supervising process talks to systemd (READY once every worker listens,
   STOPPING on the first SIGTERM/SIGINT); workers have ``NOTIFY_SOCKET`` removed.
+- Only the supervising process serves ``[metrics] listen``: each scrape sums what every
+  worker reports over its private link (``listgate.metrics.WorkerScrapes``); a worker
+  answers on its link and binds no metrics port.
 - SIGTERM/SIGINT are passed on to every worker (a second one makes them exit at once);
   SIGHUP is passed on (each worker reloads the file itself).
 - A worker that dies later than ``RESTART_AFTER`` after its start is replaced; one that
@@ -24,10 +27,14 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from listgate.config import WORKERS_WITH_METRICS, Config
+from prometheus_client import CollectorRegistry, start_http_server
+
+from listgate.config import Config, worker_count
 from listgate.errors import ListgateError
-from listgate.listen import ListenSpec
+from listgate.listen import ListenSpec, parse_metrics_listen
+from listgate.metrics import WorkerScrapes
 from listgate.server.base import bind_unix_listener
 from listgate.server.notify import notify
 
@@ -38,9 +45,12 @@ log = logging.getLogger("listgate")
 Inherited = Mapping[tuple[str, ListenSpec], socket.socket]
 """Listening sockets a worker inherits, by (service name, listen spec)."""
 
-RunWorker = Callable[[Config, Path | None, Inherited, Callable[[], None]], int]
+RunWorker = Callable[
+    [Config, Path | None, Inherited, Callable[[], None], socket.socket | None], int
+]
 """Runs one worker until it stops: (config, config path, inherited sockets, ready
-callback) -> exit status."""
+callback, the link to answer the supervisor's metrics scrapes on, or None without
+``[metrics] listen``) -> exit status."""
 
 
 class Supervisor:
@@ -56,11 +66,9 @@ class Supervisor:
     """A worker that dies sooner than this after its start is not replaced."""
 
     def __init__(self, config: Config, path: Path | None, run_worker: RunWorker) -> None:
-        if config.metrics.listen:  # parse_config refuses it too; a built Config may not
-            raise ListgateError(WORKERS_WITH_METRICS)
         self.path = path
         self.run_worker = run_worker
-        self.count = config.milter.workers
+        self.count = worker_count(config.milter.workers)
         self.inherited: dict[tuple[str, ListenSpec], socket.socket] = {}
         self.reserved: list[socket.socket] = []
         self.unix_paths: list[str] = []
@@ -70,6 +78,27 @@ class Supervisor:
         self.stopping = 0
         self.failed = False
         self.ready_r, self.ready_w = os.pipe()
+        self.scrapes: WorkerScrapes | None = None
+        self._metrics_server: Any = None
+        if config.metrics.listen:
+            self._serve_metrics(config.metrics.listen)
+
+    def _serve_metrics(self, listen: str) -> None:
+        """Serve /metrics here, summed over the workers (bound before any fork)."""
+        scrapes = WorkerScrapes()
+        registry = CollectorRegistry()
+        registry.register(scrapes)
+        host, port = parse_metrics_listen(listen)
+        try:
+            server, _thread = start_http_server(port, host, registry=registry)
+        except OSError as exc:
+            self._close()
+            raise ListgateError(f"metrics: cannot listen on {listen}: {exc}") from None
+        self.scrapes = scrapes
+        self._metrics_server = server
+        bound = server.server_address
+        log.info("metrics on http://%s:%d/metrics (summed over the workers)",
+                 bound[0], bound[1])
 
     def _bind(self, config: Config) -> Config:
         def resolve(name: str, specs: tuple[ListenSpec, ...], mode: int) -> tuple[ListenSpec, ...]:
@@ -127,6 +156,7 @@ class Supervisor:
         return 1 if self.failed else 0
 
     def _spawn(self, index: int) -> None:
+        link = self.scrapes.link(index) if self.scrapes is not None else None
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
@@ -137,15 +167,20 @@ class Supervisor:
                 os.close(self.ready_r)
                 for sock in self.reserved:
                     sock.close()
+                if self.scrapes is not None:  # the supervisor's ends and its HTTP socket
+                    self.scrapes.close()
+                    self._metrics_server.socket.close()
 
                 def ready() -> None:
                     os.write(self.ready_w, bytes((index,)))
 
-                code = self.run_worker(self.config, self.path, self.inherited, ready)
+                code = self.run_worker(self.config, self.path, self.inherited, ready, link)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        if link is not None:
+            link.close()
         self.children[pid] = (index, time.monotonic())
 
     def _wait_ready(self) -> bool:
@@ -211,6 +246,13 @@ class Supervisor:
         self._signal_all(signal.SIGHUP)
 
     def _close(self) -> None:
+        server = getattr(self, "_metrics_server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            self._metrics_server = None
+        if getattr(self, "scrapes", None) is not None:
+            self.scrapes.close()  # type: ignore[union-attr]
         for sock in (*self.inherited.values(), *self.reserved):
             sock.close()
         for path in self.unix_paths:
