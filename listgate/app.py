@@ -129,6 +129,8 @@ class Daemon:
         self.path = path
         self.metrics_link = metrics_link
         """A worker's link to the supervisor, which serves [metrics] listen for all."""
+        self.after_reload: Callable[[], None] | None = None
+        """Called after each reload attempt (a worker tells its supervisor)."""
         self.backend: Backend = create_backend(config)
         self.gate = build_gate(config, self.backend)
         self.milter = build_milter_service(config, self.gate)
@@ -196,6 +198,8 @@ class Daemon:
             return True
         finally:
             notify("READY=1")
+            if self.after_reload is not None:
+                self.after_reload()
 
     def _apply(self, new: Config) -> None:
         old = self.config
@@ -327,9 +331,10 @@ def _run_loop(
     metrics_link: socket.socket | None = None,
 ) -> int:
     """``serve`` with signal handling on a new event loop; the exit status."""
-    def ready(_daemon: Daemon) -> None:
+    def ready(daemon: Daemon) -> None:
         if on_ready is not None:
             on_ready()
+            daemon.after_reload = on_ready  # a worker: the supervisor counts reloads too
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:

@@ -7,7 +7,9 @@ Invariants:
   worker reports over its private link (``listgate.metrics.WorkerScrapes``); a worker
   answers on its link and binds no metrics port.
 - SIGTERM/SIGINT are passed on to every worker (a second one makes them exit at once);
-  SIGHUP is passed on (each worker reloads the file itself).
+  the exit status is 1 if a worker stopped with a failure. SIGHUP is passed on (each
+  worker reloads the file itself): RELOADING=1 at once, READY=1 once every worker has
+  reported its reload over the ready pipe (or after ``RELOAD_WAIT``).
 - A worker that dies later than ``RESTART_AFTER`` after its start is replaced; one that
   dies sooner stops them all, and the supervisor exits 1.
 - The supervisor imports no application module: what a worker runs is handed in
@@ -64,6 +66,8 @@ class Supervisor:
 
     RESTART_AFTER = 5.0
     """A worker that dies sooner than this after its start is not replaced."""
+    RELOAD_WAIT = 60.0
+    """Seconds to wait for every worker's reload before telling systemd READY anyway."""
 
     def __init__(self, config: Config, path: Path | None, run_worker: RunWorker) -> None:
         self.path = path
@@ -77,6 +81,11 @@ class Supervisor:
         """pid -> (worker index, start time)."""
         self.stopping = 0
         self.failed = False
+        self.stop_failed = False
+        """A worker exited with a failure while stopping (a second signal)."""
+        self.reloading: set[int] = set()
+        """Workers whose reload has not been reported yet."""
+        self.reload_deadline = 0.0
         self.ready_r, self.ready_w = os.pipe()
         self.scrapes: WorkerScrapes | None = None
         self._metrics_server: Any = None
@@ -153,7 +162,7 @@ class Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self._close()
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.stop_failed else 0
 
     def _spawn(self, index: int) -> None:
         link = self.scrapes.link(index) if self.scrapes is not None else None
@@ -202,8 +211,25 @@ class Supervisor:
         return True
 
     def _reap(self) -> None:
+        """Until every worker has exited: collect exits and replace workers, and count
+        the reloads the workers report."""
         while self.children:
-            self._collect(block=True)
+            try:
+                readable, _, _ = select.select([self.ready_r], [], [], 0.2)
+            except OSError:
+                readable = []
+            if readable:
+                self.reloading.difference_update(os.read(self.ready_r, 64))
+            if self.reload_deadline and (
+                    not self.reloading or time.monotonic() > self.reload_deadline):
+                self.reload_deadline = 0.0
+                self.reloading.clear()
+                notify("READY=1")
+            while self.children:
+                before = len(self.children)
+                self._collect(block=False)
+                if len(self.children) >= before:
+                    break
 
     def _collect(self, block: bool) -> None:
         try:
@@ -214,9 +240,12 @@ class Supervisor:
         if pid == 0 or pid not in self.children:
             return
         index, started = self.children.pop(pid)
-        if self.stopping:
-            return
         code = os.waitstatus_to_exitcode(status)
+        self.reloading.discard(index)
+        if self.stopping:
+            if code != 0:
+                self.stop_failed = True
+            return
         if time.monotonic() - started < self.RESTART_AFTER or self.failed:
             log.error("worker %d exited (status %d) right after it started; stopping", index, code)
             self._fail()
@@ -243,6 +272,10 @@ class Supervisor:
 
     def _on_hangup(self, signum: int, frame: object) -> None:
         log.info("SIGHUP received: the workers reload %s", self.path or "(no config file)")
+        if self.path is not None:
+            notify("RELOADING=1")
+            self.reloading = {index for index, _ in self.children.values()}
+            self.reload_deadline = time.monotonic() + self.RELOAD_WAIT
         self._signal_all(signal.SIGHUP)
 
     def _close(self) -> None:
