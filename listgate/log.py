@@ -7,6 +7,10 @@ Invariants:
 - Other libraries' loggers (``THIRD_PARTY_LOGGERS``) log WARNING and above only, unless
   listgate's own level is DEBUG: then they log everything too (REST traffic included).
   So at the default level every line is listgate's own.
+- ``fast_line`` writes a line exactly as listgate's own stderr (or journal) handler would
+  format it, without building a ``LogRecord``, and only while that handler is the one
+  place the logger's lines go (no other handler or filter on the way, e.g. a test's
+  capture); otherwise the caller logs through ``logging`` as usual.
 - Importing this module imports only ``logging`` (the syslog handler is imported when it
   is used), so ``listgate.config`` can read ``LOG_TARGETS`` and stay light.
 """
@@ -17,8 +21,16 @@ import itertools
 import logging
 import re
 import sys
+import time
 
-__all__ = ["LOG_TARGETS", "THIRD_PARTY_LOGGERS", "next_conn_id", "printable", "setup_logging"]
+__all__ = [
+    "LOG_TARGETS",
+    "THIRD_PARTY_LOGGERS",
+    "fast_line",
+    "next_conn_id",
+    "printable",
+    "setup_logging",
+]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ids = itertools.count(1)
@@ -30,6 +42,8 @@ def printable(value: str | None, limit: int = 320) -> str:
         return "-"
     if len(value) > limit:
         value = value[:limit] + "..."
+    if value.isprintable():  # no control character in it (the common case)
+        return value
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
 
 
@@ -64,6 +78,60 @@ class _JournalFormatter(logging.Formatter):
         return f"<{priority}>{record.name}: {super().format(record)}"
 
 
+_STDERR_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_fast_handler: logging.StreamHandler | None = None  # type: ignore[type-arg]
+"""listgate's own stderr/journal handler, while it is installed (``fast_line``)."""
+_fast_journal = False
+_second = -1
+_second_text = ""
+
+
+def _routes_only_to(logger: logging.Logger, handler: logging.Handler) -> bool:
+    """Whether every line of *logger* goes to *handler* alone, unfiltered."""
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters or node.disabled:
+            return False
+        if node.parent is None:  # the root
+            return len(node.handlers) == 1 and node.handlers[0] is handler
+        if node.handlers or not node.propagate:
+            return False
+        node = node.parent
+    return False
+
+
+def fast_line(logger: logging.Logger, level: int, message: str) -> bool:
+    """Write *message* as *logger*'s line at *level* (already known to be enabled) the
+    way listgate's stderr or journal handler formats it, without a ``LogRecord``; False
+    (nothing written: log it through ``logging``) unless that handler is the only place
+    the line goes."""
+    global _second, _second_text
+    handler = _fast_handler
+    if handler is None or handler.filters or level < handler.level or not _routes_only_to(
+            logger, handler):
+        return False
+    name = logging.getLevelName(level)
+    if _fast_journal:
+        line = f"<{_JOURNAL_PRIORITY.get(level, 6)}>{logger.name}: {message}\n"
+    else:
+        now = time.time()
+        second = int(now)
+        if second != _second:
+            _second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            _second = second
+        line = f"{_second_text},{int((now - second) * 1000):03d} {name} {logger.name}: {message}\n"
+    handler.acquire()
+    try:
+        stream = handler.stream
+        stream.write(line)
+        stream.flush()
+    except Exception:
+        return True
+    finally:
+        handler.release()
+    return True
+
+
 def setup_logging(level: int, target: str = "stderr", syslog_address: str = "/dev/log") -> None:
     """Send log lines to *target* (one of ``LOG_TARGETS``) from *level* up, other libraries'
     from WARNING up unless *level* is DEBUG; idempotent (a reload calls it again)."""
@@ -72,6 +140,8 @@ def setup_logging(level: int, target: str = "stderr", syslog_address: str = "/de
         if getattr(old, "_listgate", False):
             root.removeHandler(old)
             old.close()
+    global _fast_handler, _fast_journal
+    _fast_handler = None
     handler: logging.Handler
     if target == "syslog":
         from logging.handlers import SysLogHandler  # imports socket: only when used
@@ -79,13 +149,13 @@ def setup_logging(level: int, target: str = "stderr", syslog_address: str = "/de
         handler = SysLogHandler(address=syslog_address, facility=SysLogHandler.LOG_MAIL)
         handler.setFormatter(logging.Formatter("listgate[%(process)d]: %(name)s: %(message)s"))
     elif target == "journal":
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _fast_handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_JournalFormatter("%(message)s"))
+        _fast_journal = True
     else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        handler = _fast_handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_STDERR_FORMAT))
+        _fast_journal = False
     setattr(handler, "_listgate", True)  # noqa: B010 - marks our own handlers
     root.addHandler(handler)
     root.setLevel(level)

@@ -36,7 +36,7 @@ from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.errors import ProtocolError
 from listgate.frontends.session import CLOSE, NEED_DATA, Notice, Session
 from listgate.listen import ListenSpec
-from listgate.log import next_conn_id, printable
+from listgate.log import fast_line, next_conn_id, printable
 from listgate.metrics import DecisionStats
 from listgate.server.base import StreamService
 
@@ -376,9 +376,7 @@ class StreamConnection(asyncio.Protocol):
         self, request: PostingRequest, decision: Decision, started: float, level: int
     ) -> None:
         senders = ",".join(request.header_senders) if request.header_senders else None
-        decisions_log.log(
-            level,
-            _DECISION_LINE,
+        args = (
             self.conn_id,
             printable(request.queue_id),
             printable(request.client_address),
@@ -391,6 +389,8 @@ class StreamConnection(asyncio.Protocol):
             printable("; ".join(decision.reasons)),
             (self._loop.time() - started) * 1000.0,
         )
+        if not fast_line(decisions_log, level, _DECISION_LINE % args):
+            decisions_log.log(level, _DECISION_LINE, *args)
 
     def _notice(self, notice: Notice) -> None:
         service = self._service
