@@ -36,7 +36,7 @@ from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.errors import ProtocolError
 from listgate.frontends.session import CLOSE, NEED_DATA, Notice, Session
 from listgate.listen import ListenSpec
-from listgate.log import fast_line, next_conn_id, printable
+from listgate.log import fast_line, flush_lines, next_conn_id, printable
 from listgate.metrics import DecisionStats
 from listgate.server.base import StreamService
 
@@ -389,7 +389,10 @@ class StreamConnection(asyncio.Protocol):
             printable("; ".join(decision.reasons)),
             (self._loop.time() - started) * 1000.0,
         )
-        if not fast_line(decisions_log, level, _DECISION_LINE % args):
+        buffered = fast_line(decisions_log, level, _DECISION_LINE % args)
+        if buffered:  # the first line waiting: written at the loop's next turn
+            self._loop.call_soon(flush_lines)
+        elif buffered is False:
             decisions_log.log(level, _DECISION_LINE, *args)
 
     def _notice(self, notice: Notice) -> None:

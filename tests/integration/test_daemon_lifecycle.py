@@ -357,7 +357,8 @@ def test_default_workers_sum_metrics_reload_and_drain(tmp_path: Path) -> None:
         proc.notifications(timeout=0.5)  # READY=1 of the start, read
         proc.popen.send_signal(signal.SIGHUP)
         notes = "\n".join(proc.notifications(until="READY=1", timeout=15))
-        assert "RELOADING=1" in notes and "READY=1" in notes, (notes, proc.log())
+        assert "RELOADING=1" in notes, (notes, proc.log())
+        assert "READY=1" in notes, (notes, proc.log())
         assert notes.index("RELOADING=1") < notes.index("READY=1")
         assert proc.log().count("reloaded ") == len(workers), proc.log()
         assert asyncio.run(one("outsider@example.net")) == REJECT

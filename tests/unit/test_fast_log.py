@@ -9,7 +9,7 @@ import logging
 import re
 from collections.abc import Iterator
 
-from listgate.log import fast_line, setup_logging
+from listgate.log import fast_line, flush_lines, setup_logging
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 
@@ -49,7 +49,9 @@ def test_fast_line_writes_what_logging_writes(restore_logging: None) -> None:
     with only_listgate() as handler:
         log.info("%s", message)
         slow = _text(handler)
-        assert fast_line(log, logging.INFO, message)
+        assert fast_line(log, logging.INFO, message) is True  # the first waiting
+        assert _text(handler) == ""  # until flushed
+        flush_lines()
         fast = _text(handler)
     assert STAMP.match(slow), slow
     assert STAMP.match(fast), fast
@@ -58,13 +60,17 @@ def test_fast_line_writes_what_logging_writes(restore_logging: None) -> None:
 
 
 def test_fast_line_journal_format(restore_logging: None) -> None:
-    """With the journal target the line has the priority prefix, as logging writes it."""
+    """With the journal target the line has the priority prefix, as logging writes it;
+    waiting lines go out before any line logged after them."""
     log = logging.getLogger("listgate.decision")
     with only_listgate("journal") as handler:
         log.warning("%s", "x=1")
         slow = _text(handler)
-        assert fast_line(log, logging.WARNING, "x=1")
-        assert _text(handler) == slow == "<4>listgate.decision: x=1\n"
+        assert fast_line(log, logging.WARNING, "x=1") is True
+        assert fast_line(log, logging.WARNING, "x=2") is None  # behind the first
+        log.warning("%s", "x=3")  # a line through logging writes the waiting ones first
+        assert slow == "<4>listgate.decision: x=1\n"
+        assert _text(handler) == slow + "<4>listgate.decision: x=2\n<4>listgate.decision: x=3\n"
 
 
 def test_fast_line_steps_aside_for_any_other_handler(restore_logging: None) -> None:
@@ -77,14 +83,14 @@ def test_fast_line_steps_aside_for_any_other_handler(restore_logging: None) -> N
             extra = logging.NullHandler()
             where.addHandler(extra)
             try:
-                assert not fast_line(log, logging.INFO, "m")
+                assert fast_line(log, logging.INFO, "m") is False
             finally:
                 where.removeHandler(extra)
         log.addFilter(lambda record: True)
         try:
-            assert not fast_line(log, logging.INFO, "m")
+            assert fast_line(log, logging.INFO, "m") is False
         finally:
             log.filters.clear()
         assert _text(handler) == ""
     setup_logging(logging.INFO, "syslog", "/nonexistent")
-    assert not fast_line(log, logging.INFO, "m")
+    assert fast_line(log, logging.INFO, "m") is False
