@@ -6,7 +6,8 @@ Invariants:
 - Only the supervising process serves ``[metrics] listen``: each scrape sums what every
   worker reports over its private link (``listgate.metrics.WorkerScrapes``); a worker
   answers on its link and binds no metrics port.
-- SIGTERM/SIGINT are passed on to every worker (a second one makes them exit at once);
+- SIGTERM/SIGINT are passed on to every worker (a second one, passed on as SIGINT so
+  that it cannot merge with the first, makes them exit at once);
   the exit status is 1 if a worker stopped with a failure. SIGHUP is passed on (each
   worker reloads the file itself): RELOADING=1 at once, READY=1 once every worker has
   reported its reload over the ready pipe (or after ``RELOAD_WAIT``).
@@ -268,7 +269,11 @@ class Supervisor:
         if self.stopping == 1:
             log.info("%s received: draining the workers", signal.Signals(signum).name)
             notify("STOPPING=1")
-        self._signal_all(signal.SIGTERM)  # a second one makes the workers exit at once
+        else:
+            log.warning("%s received again: exiting at once", signal.Signals(signum).name)
+        # The second one makes the workers exit at once. It goes as SIGINT (handled like
+        # SIGTERM): two SIGTERMs sent close together can reach a worker as one.
+        self._signal_all(signal.SIGTERM if self.stopping == 1 else signal.SIGINT)
 
     def _on_hangup(self, signum: int, frame: object) -> None:
         log.info("SIGHUP received: the workers reload %s", self.path or "(no config file)")
