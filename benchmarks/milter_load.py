@@ -70,7 +70,11 @@ from servers import (  # noqa: E402
     workdir,
 )
 
-from listgate.config import worker_count  # noqa: E402
+try:
+    from listgate.config import worker_count  # noqa: E402
+except ImportError:  # a listgate from before workers = "auto" (1 process by default)
+    def worker_count(workers: object) -> int:  # type: ignore[misc]
+        return workers if isinstance(workers, int) else 1
 
 MB = 1024 * 1024
 LG_MILTER = "listgate-milter"
