@@ -71,7 +71,7 @@ from servers import (  # noqa: E402
 )
 
 try:
-    from listgate.config import worker_count  # noqa: E402
+    from listgate.config import worker_count
 except ImportError:  # a listgate from before workers = "auto" (1 process by default)
     def worker_count(workers: object) -> int:  # type: ignore[misc]
         return workers if isinstance(workers, int) else 1
