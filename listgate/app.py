@@ -32,7 +32,7 @@ from listgate.facts.contract import Backend
 from listgate.facts.registry import create_backend
 from listgate.frontends.milter import milter_options
 from listgate.listen import parse_metrics_listen
-from listgate.log import setup_logging
+from listgate.log import flush_lines, setup_logging
 from listgate.metrics import Metrics
 from listgate.server.base import StreamService
 from listgate.server.milter import MilterService
@@ -345,6 +345,8 @@ def _run_loop(
         return 1
     except asyncio.CancelledError:
         return 1
+    finally:
+        flush_lines()  # decision log lines still waiting (a worker ends with os._exit)
     return 0
 
 
