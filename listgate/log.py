@@ -12,7 +12,7 @@ Invariants:
   the logger's lines go (no other handler or filter on the way, e.g. a test's capture);
   otherwise the caller logs through ``logging`` as usual. Its lines wait in a buffer
   until ``flush_lines`` (the caller schedules it when ``fast_line`` says it buffered the
-  first one; the event loop runs it a moment later), and are always written before any
+  first one; the event loop runs it at its next turn), and are always written before any
   other line that handler writes, so the order on the stream is the order of the calls.
 - Importing this module imports only ``logging`` (the syslog handler is imported when it
   is used), so ``listgate.config`` can read ``LOG_TARGETS`` and stay light.

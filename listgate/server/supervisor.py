@@ -45,6 +45,9 @@ __all__ = ["Inherited", "RunWorker", "Supervisor"]
 
 log = logging.getLogger("listgate")
 
+_PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""The signals the supervisor passes on to the workers."""
+
 Inherited = Mapping[tuple[str, ListenSpec], socket.socket]
 """Listening sockets a worker inherits, by (service name, listen spec)."""
 
@@ -171,7 +174,10 @@ class Supervisor:
         if pid == 0:  # the worker
             code = 1
             try:
-                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                # Held until the worker's loop handles them (listgate.app unblocks them):
+                # a SIGTERM during its start-up drains it instead of killing it.
+                signal.pthread_sigmask(signal.SIG_BLOCK, _PASSED_ON)
+                for signum in _PASSED_ON:
                     signal.signal(signum, signal.SIG_DFL)
                 os.environ.pop("NOTIFY_SOCKET", None)
                 os.close(self.ready_r)

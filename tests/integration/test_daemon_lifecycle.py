@@ -351,8 +351,13 @@ def test_default_workers_sum_metrics_reload_and_drain(tmp_path: Path) -> None:
         page = scrape(metrics_port)
         assert metric(page, "listgate_decisions_total", verdict="reject", **labels) == sessions // 2
         assert metric(page, "listgate_decisions_total", verdict="accept", **labels) == sessions // 2
-        first_ids = [line for line in proc.log().splitlines()
-                     if "listgate.decision: [c1] " in line]
+        deadline = time.monotonic() + 5  # decision lines are written in batches
+        while time.monotonic() < deadline:
+            first_ids = [line for line in proc.log().splitlines()
+                         if "listgate.decision: [c1] " in line]
+            if len(first_ids) >= 2:
+                break
+            time.sleep(0.05)
         assert len(first_ids) >= 2, "every connection went to one worker: nothing was summed"
         proc.notifications(timeout=0.5)  # READY=1 of the start, read
         proc.popen.send_signal(signal.SIGHUP)
