@@ -3,6 +3,8 @@
 Invariants:
 - Only the supervising process talks to systemd (READY once every worker listens,
   STOPPING on the first SIGTERM/SIGINT); workers have ``NOTIFY_SOCKET`` removed.
+- ``max_connections`` counts the connections of every worker (``SharedCount``); a
+  replaced worker's slot starts at 0.
 - Only the supervising process serves ``[metrics] listen``: each scrape sums what every
   worker reports over its private link (``listgate.metrics.WorkerScrapes``); a worker
   answers on its link and binds no metrics port.
@@ -38,7 +40,7 @@ from listgate.config import Config, worker_count
 from listgate.errors import ListgateError
 from listgate.listen import ListenSpec, parse_metrics_listen
 from listgate.metrics import WorkerScrapes
-from listgate.server.base import bind_unix_listener
+from listgate.server.base import SHARED_COUNTS, SharedCount, bind_unix_listener
 from listgate.server.notify import notify
 
 __all__ = ["Inherited", "RunWorker", "Supervisor"]
@@ -91,6 +93,8 @@ class Supervisor:
         """Workers whose reload has not been reported yet."""
         self.reload_deadline = 0.0
         self.ready_r, self.ready_w = os.pipe()
+        self.counts = {name: SharedCount(self.count) for name in ("milter", "policy")}
+        """Each service's connections in every worker (max_connections is for all)."""
         self.scrapes: WorkerScrapes | None = None
         self._metrics_server: Any = None
         if config.metrics.listen:
@@ -170,6 +174,8 @@ class Supervisor:
 
     def _spawn(self, index: int) -> None:
         link = self.scrapes.link(index) if self.scrapes is not None else None
+        for count in self.counts.values():
+            count.slots[index] = 0  # what a worker that died held is gone with it
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
@@ -183,6 +189,9 @@ class Supervisor:
                 os.close(self.ready_r)
                 for sock in self.reserved:
                     sock.close()
+                for name, count in self.counts.items():
+                    count.index = index
+                    SHARED_COUNTS[name] = count
                 if self.scrapes is not None:  # the supervisor's ends and its HTTP socket
                     self.scrapes.close()
                     self._metrics_server.socket.close()
