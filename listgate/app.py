@@ -310,16 +310,22 @@ def _handle_signals(
     return handled
 
 
+_uvloop_missing_logged = False
+
+
 def _loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop when ``[milter] uvloop = true`` (the default) and uvloop imports,
     else None (asyncio's own loop; a missing uvloop is logged once, at WARNING)."""
+    global _uvloop_missing_logged
     if not config.milter.uvloop:
         return None
     try:
         import uvloop
     except ImportError as exc:
-        log.warning("uvloop is not available (%s): running on asyncio's own event loop; "
-                    "set [milter] uvloop = false to say so", exc)
+        if not _uvloop_missing_logged:  # once: the supervisor's line covers its workers
+            _uvloop_missing_logged = True
+            log.warning("uvloop is not available (%s): running on asyncio's own event loop; "
+                        "set [milter] uvloop = false to say so", exc)
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
@@ -360,6 +366,7 @@ def run(config: Config, path: Path | None = None) -> int:
     process supervises that many worker processes (``listgate.server.supervisor``), each
     running ``serve``, and serves ``[metrics] listen`` summed over them."""
     if worker_count(config.milter.workers) > 1:
+        _loop_factory(config)  # a missing uvloop is logged here, once, not by each worker
         try:
             return Supervisor(config, path, _run_loop).run()
         except ListgateError as exc:
