@@ -131,6 +131,8 @@ class Daemon:
         """A worker's link to the supervisor, which serves [metrics] listen for all."""
         self.after_reload: Callable[[], None] | None = None
         """Called after each reload attempt (a worker tells its supervisor)."""
+        self.worker = inherited is not None
+        """One of several worker processes (the supervisor logs the config warnings)."""
         self.backend: Backend = create_backend(config)
         self.gate = build_gate(config, self.backend)
         self.milter = build_milter_service(config, self.gate)
@@ -154,8 +156,9 @@ class Daemon:
 
     async def start(self) -> None:
         """Bind every listener and the metrics endpoint, then tell systemd we are ready."""
-        for warning in config_warnings(self.config):
-            log.warning("%s", warning)
+        if not self.worker:
+            for warning in config_warnings(self.config):
+                log.warning("%s", warning)
         await self.milter.start()
         if self.policy is not None:
             await self.policy.start()
@@ -367,6 +370,8 @@ def run(config: Config, path: Path | None = None) -> int:
     running ``serve``, and serves ``[metrics] listen`` summed over them."""
     if worker_count(config.milter.workers) > 1:
         _loop_factory(config)  # a missing uvloop is logged here, once, not by each worker
+        for warning in config_warnings(config):
+            log.warning("%s", warning)
         try:
             return Supervisor(config, path, _run_loop).run()
         except ListgateError as exc:
