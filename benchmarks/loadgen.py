@@ -650,3 +650,49 @@ def hold_idle(host: str, port: int, count: int, procs: int, measure, hold: float
             first = first or f
         p.join(10)
     return held, errors, lost, first, result
+
+
+# ------------------------------------------------------------------------ the native one
+
+
+def run_native(binary: Path, spec: LoadSpec, sampler=None, *, gate: bool = True,
+               policy: bool = False) -> LoadResult:
+    """The same load from ``miltergen.c`` (one process, C, epoll; every reply checked):
+    the generator for every measured figure, so the servers get the CPU they can use.
+    *gate*: check verdicts (member CONTINUE/DUNNO, nonmember rejected) rather than
+    CONTINUE/DUNNO everywhere; *policy*: Postfix policy requests on persistent
+    connections. The figures of the window, as ``run_load`` gives them."""
+    import subprocess
+    import tempfile
+
+    pop = spec.population
+    with tempfile.NamedTemporaryFile(prefix="lg-lat-") as lat:
+        cmd = [str(binary), "--conc", str(spec.concurrency), "--rcpts", str(spec.rcpts),
+               "--seconds", str(spec.seconds), "--warmup", str(spec.warmup),
+               "--members", str(len(pop.members)), "--member-share", str(spec.member_share),
+               "--list", pop.list_address, "--seed", str(spec.seed), "--lat", lat.name,
+               *(["--gate"] if gate else []), *(["--policy"] if policy else []),
+               str(spec.port)]
+        began = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        result = LoadResult(spec, window=spec.seconds, started_at=began + spec.warmup)
+        if sampler is not None:
+            delay = result.started_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            sampler.begin()
+            sampler.wait_until(result.started_at + spec.seconds)
+            sampler.end()
+        out, err = proc.communicate(timeout=spec.warmup + spec.seconds + 60)
+        fields = dict(kv.split("=", 1) for kv in out.split(" first_error=")[0].split())
+        if not fields:
+            raise RuntimeError(f"miltergen: {err.strip() or out.strip()}")
+        result.sessions = int(fields["sessions"])
+        result.rcpts = int(fields["rcpts"])
+        result.errors = int(fields["errors"])
+        result.wrong = int(fields["wrong"])
+        result.gen_cpu = float(fields["user"]) + float(fields["sys"])
+        first = out.split(" first_error=", 1)[1].strip() if " first_error=" in out else ""
+        result.first_error = "" if first == "-" else first
+        result.latencies_us.frombytes(Path(lat.name).read_bytes())
+    return result

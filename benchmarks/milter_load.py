@@ -55,19 +55,26 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH), str(ROOT / "tests")]
 
-from loadgen import LoadSpec, Population, hold_idle, run_load  # noqa: E402
+from loadgen import LoadSpec, Population, hold_idle, run_load, run_native  # noqa: E402
 from servers import (  # noqa: E402
     Listgate,
     NullMilter,
     Pymilter,
     Sampler,
     Server,
+    build_c,
     free_port,
     process_tree,
     raise_nofile,
     rss_bytes,
     workdir,
 )
+
+try:
+    from listgate.config import worker_count
+except ImportError:  # a listgate from before workers = "auto" (1 process by default)
+    def worker_count(workers: object) -> int:  # type: ignore[misc]
+        return workers if isinstance(workers, int) else 1
 
 MB = 1024 * 1024
 LG_MILTER = "listgate-milter"
@@ -107,6 +114,10 @@ class Cell:
     cpu: list[float] = field(default_factory=list)
     gen_cpu: list[float] = field(default_factory=list)
     other: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+    """Server CPU (whole process tree, from /proc) per session, µs."""
+    gen_us: list[float] = field(default_factory=list)
+    """The generator's own CPU per session, µs."""
     rss: int = 0
     errors: int = 0
     wrong: int = 0
@@ -141,9 +152,14 @@ class WindowSampler(Sampler):
         self.machine_pct = 100.0 * (b1 - b0) / max(1, t1 - t0) * (os.cpu_count() or 1)
 
 
-def measure(server: Server, spec: LoadSpec, cell: Cell) -> None:
+def measure(server: Server, spec: LoadSpec, cell: Cell, gen=None) -> None:
+    """One load against *server* into *cell*; *gen(spec, sampler)* runs it (default: the
+    Python generator)."""
     sampler = WindowSampler(server.pid)
-    result = run_load(spec, sampler)
+    result = (gen or run_load)(spec, sampler)
+    if result.sessions:
+        cell.cpu_us.append(sampler.cpu_pct / 100 * spec.seconds / result.sessions * 1e6)
+        cell.gen_us.append(result.gen_cpu / result.sessions * 1e6)
     cell.sessions.append(result.sessions_per_s)
     cell.rcpts.append(result.rcpts_per_s)
     cell.latencies.extend(result.latencies_us)
@@ -187,7 +203,7 @@ def print_table(title: str, rows: list[tuple[int, int, Cell, Cell]], names: tupl
     sys.stdout.flush()
 
 
-def run_matrix(title: str, lg: Server, pm: Server, pop: Population, args) -> list:
+def run_matrix(title: str, lg: Server, pm: Server, pop: Population, args, gen=None) -> list:
     rows = []
     for conc in args.concurrency:
         for rcpts in args.rcpts:
@@ -199,12 +215,130 @@ def run_matrix(title: str, lg: Server, pm: Server, pop: Population, args) -> lis
                                     member_share=args.member_share, seconds=args.seconds,
                                     warmup=args.warmup, procs=args.procs, population=pop,
                                     seed=rnd + 1)
-                    measure(server, spec, cell)
+                    measure(server, spec, cell, gen)
             rows.append((conc, rcpts, x, y))
             print(f"  [{title}] c={conc} r={rcpts}: listgate {x.rcpt:,.0f} RCPT/s, "
                   f"pymilter {y.rcpt:,.0f} RCPT/s ({_ratio(x.rcpt, y.rcpt)})", flush=True)
     print_table(title, rows, ("listgate", "pymilter"))
     return rows
+
+
+# ----------------------------------------------------------------------------- headline
+
+
+def _native(binary: Path, *, gate: bool = True, policy: bool = False):
+    def gen(spec: LoadSpec, sampler) -> object:
+        return run_native(binary, spec, sampler, gate=gate, policy=policy)
+    return gen
+
+
+def _med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def headline(title: str, servers: list[tuple[str, Server, bool]], binary: Path, pop: Population,
+             args, *, policy: bool = False, base: str = "pymilter") -> dict:
+    """Every server of *servers* ((name, server, verdicts checked)) under the native
+    generator, 1 RCPT per session, at each concurrency, rounds alternating (the order
+    rotates each round); one table with sessions/s, latency and CPU per session."""
+    cells: dict[tuple[str, int], Cell] = {}
+    for conc in args.concurrency:
+        for rnd in range(args.rounds):
+            order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
+            for name, server, gate in order:
+                cell = cells.setdefault((name, conc), Cell())
+                spec = LoadSpec("127.0.0.1", server.port, conc, 1,
+                                member_share=args.member_share, seconds=args.seconds,
+                                warmup=args.warmup, population=pop, seed=rnd + 1)
+                measure(server, spec, cell, _native(binary, gate=gate, policy=policy))
+        print(f"  [{title}] c={conc}: " + ", ".join(
+            f"{name} {cells[(name, conc)].sess:,.0f}/s" for name, _, _ in servers), flush=True)
+    unit = "requests" if policy else "sessions"
+    print(f"\n## {title}\n")
+    print(f"| conc | server | {unit}/s | vs {base} | p50 ms | p99 ms | server CPU % "
+          f"| server CPU µs per {unit[:-1]} | gen CPU % | gen CPU µs per {unit[:-1]} "
+          f"| other CPU % | errors |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out: dict[str, object] = {}
+    for conc in args.concurrency:
+        ref = cells.get((base, conc))
+        for name, _, _ in servers:
+            c = cells[(name, conc)]
+            ratio = _ratio(c.sess, ref.sess) if ref is not None else "-"
+            print(f"| {conc} | {name} | {c.sess:,.0f} | {ratio} | {c.pct(50):.2f} "
+                  f"| {c.pct(99):.2f} | {statistics.mean(c.cpu):.0f} | {_med(c.cpu_us):,.0f} "
+                  f"| {statistics.mean(c.gen_cpu):.0f} | {_med(c.gen_us):,.0f} "
+                  f"| {statistics.mean(c.other):.0f} | {c.errors + c.wrong} |")
+            out[f"{name} c={conc}"] = {
+                "per_s": c.sess, "p50_ms": c.pct(50), "p99_ms": c.pct(99),
+                "cpu_pct": statistics.mean(c.cpu), "cpu_us": _med(c.cpu_us),
+                "gen_cpu_pct": statistics.mean(c.gen_cpu), "gen_us": _med(c.gen_us),
+                "errors": c.errors, "wrong": c.wrong, "first_error": c.first_error}
+            if c.errors or c.wrong:
+                print(f"  ! {name} c={conc}: {c.errors} errors, {c.wrong} wrong verdicts "
+                      f"{c.first_error}")
+    sys.stdout.flush()
+    return out
+
+
+def log_cost(binary: Path, pop: Population, wd: Path, args) -> dict:
+    """The shipped defaults with the decision log on (info, the default) and off
+    (warning), alternating, at c=100: what the one line per decision costs."""
+    conc = 100 if 100 in args.concurrency else args.concurrency[-1]
+    info = Listgate(free_port(), wd, list_address=pop.list_address, allowed=pop.members,
+                    log_level=None, workers=None, uvloop=None, max_connections=None)
+    warn = Listgate(free_port(), wd, list_address=pop.list_address, allowed=pop.members,
+                    log_level="warning", workers=None, uvloop=None, max_connections=None)
+    info.start()
+    warn.start()
+    try:
+        x, y = Cell(), Cell()
+        for rnd in range(args.rounds):
+            order = ((info, x), (warn, y)) if rnd % 2 == 0 else ((warn, y), (info, x))
+            for server, cell in order:
+                spec = LoadSpec("127.0.0.1", server.port, conc, 1,
+                                member_share=args.member_share, seconds=args.seconds,
+                                warmup=args.warmup, population=pop, seed=rnd + 1)
+                measure(server, spec, cell, _native(binary))
+    finally:
+        info.stop()
+        warn.stop()
+    cost = 1 - x.sess / y.sess if y.sess else float("nan")
+    print(f"\n## the decision log (shipped defaults, c={conc})\n")
+    print("| [log] level | sessions/s | server CPU µs per session |\n|---|---:|---:|")
+    print(f'| "info" (default: one line per list decision) | {x.sess:,.0f} | '
+          f"{_med(x.cpu_us):,.0f} |")
+    print(f'| "warning" | {y.sess:,.0f} | {_med(y.cpu_us):,.0f} |')
+    print(f"\nthe info line costs {cost:.1%} of throughput (target <= 10 %): "
+          f"{'OK' if cost <= 0.10 else 'MISSED'}", flush=True)
+    return {"info_per_s": x.sess, "warning_per_s": y.sess, "cost": cost,
+            "info_cpu_us": _med(x.cpu_us), "warning_cpu_us": _med(y.cpu_us)}
+
+
+def cross_check(binary: Path, lg: Server, pm: Server, pop: Population, args) -> dict:
+    """One cell (c=100, 1 RCPT) measured with both generators: the servers' CPU per
+    session must agree within noise, whatever the generator's own cost."""
+    conc = 100 if 100 in args.concurrency else args.concurrency[-1]
+    cells = {(n, g): Cell() for n in ("listgate", "pymilter") for g in ("python", "native")}
+    for rnd in range(args.rounds):
+        for name, server in (("listgate", lg), ("pymilter", pm)):
+            for g, gen in (("python", None), ("native", _native(binary))):
+                spec = LoadSpec("127.0.0.1", server.port, conc, 1,
+                                member_share=args.member_share, seconds=args.seconds,
+                                warmup=args.warmup, procs=args.procs, population=pop,
+                                seed=rnd + 1)
+                measure(server, spec, cells[(name, g)], gen)
+    print(f"\n## cross-check of the generators (c={conc}, 1 RCPT)\n")
+    print("| server | generator | sessions/s | server CPU µs per session | gen CPU % "
+          "| gen CPU µs per session |\n|---|---|---:|---:|---:|---:|")
+    out = {}
+    for (name, g), c in cells.items():
+        print(f"| {name} | {g} | {c.sess:,.0f} | {_med(c.cpu_us):,.0f} "
+              f"| {statistics.mean(c.gen_cpu):.0f} | {_med(c.gen_us):,.0f} |")
+        out[f"{name} {g}"] = {"per_s": c.sess, "cpu_us": _med(c.cpu_us),
+                              "gen_cpu_pct": statistics.mean(c.gen_cpu)}
+    sys.stdout.flush()
+    return out
 
 
 # ----------------------------------------------------------------------------- mailman
@@ -571,20 +705,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--procs", type=int, default=2, help="load generator processes")
     ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")],
                     default=[10, 100, 1000])
-    ap.add_argument("--rcpts", type=lambda s: [int(x) for x in s.split(",")], default=[1, 5])
+    ap.add_argument("--rcpts", type=lambda s: [int(x) for x in s.split(",")], default=[5],
+                    help="recipients per session in the static and Mailman tables (the "
+                    "headline tables have 1)")
     ap.add_argument("--member-share", type=float, default=0.5)
     ap.add_argument("--senders", type=int, default=1000, help="allowed senders (and as many "
                     "outsiders)")
     ap.add_argument("--mailman-senders", type=int, default=150,
                     help="list members in Mailman (and as many outsiders): every worker "
                     "warms its own cache through Mailman's slow REST API")
-    ap.add_argument("--workers", type=int, default=2, help="listgate [milter] workers")
+    ap.add_argument("--workers", type=int, default=None,
+                    help='listgate [milter] workers (default: the shipped default, "auto")')
     ap.add_argument("--no-uvloop", action="store_true", help="listgate on asyncio's own loop")
+    ap.add_argument("--python-generator", action="store_true",
+                    help="measure with the Python generator (loadgen.py) instead of the "
+                    "native one (miltergen.c); --smoke uses it for the static table")
     ap.add_argument("--idle", type=int, default=10000, help="idle connections to hold")
     ap.add_argument("--cold-seconds", type=float, default=4.0)
     ap.add_argument("--postfix-messages", type=int, default=2000)
     ap.add_argument("--postfix-rounds", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma list of: static,mailman,idle,cold,postfix")
+    ap.add_argument("--skip", default="", help="comma list of: headline,policy,log,crosscheck,"
+                    "static,mailman,idle,cold,postfix")
     ap.add_argument("--json", type=Path, help="also write every figure to this file")
     ap.add_argument("--nice", type=int, default=-10,
                     help="scheduling priority for the run (servers, load, Postfix inherit "
@@ -595,7 +736,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seconds, args.warmup, args.rounds = 0.6, 0.2, 1
         args.concurrency, args.rcpts = [10], [1, 2]
         args.idle = 200
-        args.skip |= {"mailman", "cold", "postfix"}
+        args.skip |= {"mailman", "cold", "postfix", "log", "crosscheck"}
+        args.python_generator = True
         args.nice = 0
     return args
 
@@ -613,32 +755,50 @@ def main(argv: list[str] | None = None) -> int:
         k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
         for k, v in vars(args).items()}}
     print(f"# listgate vs pymilter: milter load benchmark\n\nmachine: {report['machine']}")
-    print(f"load: {args.procs} generator processes, {args.seconds:g} s windows after "
-          f"{args.warmup:g} s warm-up, {args.rounds} rounds alternating per cell, "
-          f"{args.member_share:.0%} member senders, {args.senders} allowed senders; "
-          f"listgate: workers = {args.workers}, uvloop = {not args.no_uvloop}, "
-          f'log level "warning" (both gates log nothing per decision); '
-          f"nice {os.getpriority(os.PRIO_PROCESS, 0)} (autogroup "
-          f"{_autogroup()})", flush=True)
-    uv = not args.no_uvloop
+    native = build_c("miltergen", wd)
+    null_bin = NullMilter.build(wd)
+    workers = "auto (default)" if args.workers is None else args.workers
+    python_static = (f" but the static one (Python generator, {args.procs} processes)"
+                     if args.python_generator else "")
+    print(f"load: native generator (benchmarks/miltergen.c, one process) for every table"
+          f"{python_static}; "
+          f"{args.seconds:g} s windows after {args.warmup:g} s warm-up, {args.rounds} rounds "
+          f"alternating per cell, {args.member_share:.0%} member senders, {args.senders} "
+          f"allowed senders; listgate: workers = {workers}, uvloop = {not args.no_uvloop}, "
+          f'log level "info" (the default) in the headline tables, "warning" in the others '
+          f"(neither gate logs per decision there); nice {os.getpriority(os.PRIO_PROCESS, 0)} "
+          f"(autogroup {_autogroup()})", flush=True)
+    uv = None if not args.no_uvloop else False
+    n_workers = worker_count(args.workers or "auto")
     pm = Pymilter(free_port(), wd, list_address=pop.list_address, allowed=pop.members)
     lg = Listgate(free_port(), wd, list_address=pop.list_address, allowed=pop.members,
                   workers=args.workers, uvloop=uv, policy_port=free_port())
     failures: list[str] = []
     pm.start()
     try:
+        if native is not None and null_bin is not None and not (
+                {"headline", "policy"} <= args.skip):
+            failures += run_headlines(native, null_bin, pm, pop, wd, args, report)
+        if native is not None and "log" not in args.skip:
+            report["log"] = log_cost(native, pop, wd, args)
+            if report["log"]["cost"] > 0.10:
+                failures.append("the info decision log costs more than 10 % at c=100")
         lg.start()
         try:
+            if native is not None and "crosscheck" not in args.skip:
+                report["crosscheck"] = cross_check(native, lg, pm, pop, args)
             if "static" not in args.skip:
-                rows = run_matrix("static backend (1,000 allowed senders)", lg, pm, pop, args)
+                gen = None if args.python_generator else _native(native)
+                rows = run_matrix("static backend (1,000 allowed senders)", lg, pm, pop, args,
+                                  gen)
                 report["static"] = _rows_json(rows)
                 failures += _check(rows, "static")
             if "idle" not in args.skip:
                 lg.stop()
-                for label, workers in (("workers = 1", 1), (f"workers = {args.workers}",
-                                                             args.workers)):
-                    if (label == "workers = 1" and args.workers == 1) or (
-                            args.smoke and workers > 1):
+                default = f"workers = {args.workers or 'auto'}: {n_workers} processes"
+                for label, workers in (("workers = 1", 1), (default, args.workers)):
+                    if (label == "workers = 1" and n_workers == 1) or (
+                            args.smoke and workers != 1):
                         continue
                     idle = Listgate(free_port(), wd, list_address=pop.list_address,
                                     allowed=pop.members, workers=workers, uvloop=uv)
@@ -654,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{'OK' if ok else 'MISSED'} ({note})", flush=True)
                     report[f"idle {label}"] = {"held": held, "rss_mb": rss / MB,
                                                "base_mb": base / MB}
-                    if not ok and workers == 1:
+                    if not ok and workers == args.workers:
                         failures.append(f"idle: {held} held, {rss / MB:.0f} MB")
                 lg.start()
             if "postfix" not in args.skip:
@@ -676,12 +836,13 @@ def main(argv: list[str] | None = None) -> int:
                     mlg.start()
                     mpm.start()
                     try:
-                        sweeps = 1 if args.workers == 1 else 4 * args.workers + 2
+                        sweeps = 1 if n_workers == 1 else 4 * n_workers + 2
                         took = warm(mlg, mpop, args.procs, sweeps)
                         print(f"  cache warmed: {sweeps} x one session per sender "
                               f"({2 * args.mailman_senders} senders) in {took:.1f} s",
                               flush=True)
-                        rows = run_matrix("Mailman backend, warm cache", mlg, mpm, mpop, args)
+                        rows = run_matrix("Mailman backend, warm cache", mlg, mpm, mpop, args,
+                                          None if native is None else _native(native))
                         report["mailman"] = _rows_json(rows)
                         failures += _check(rows, "mailman")
                     finally:
@@ -729,6 +890,59 @@ def main(argv: list[str] | None = None) -> int:
         report["missed"] = failures
         args.json.write_text(json.dumps(report, indent=1, default=str))
     return 0
+
+
+class _PortOf(Server):
+    """Another listener of a running server (its process tree, another port)."""
+
+    def __init__(self, server: Server, port: int) -> None:
+        super().__init__(port, server.workdir)
+        self.proc = server.proc
+
+
+def run_headlines(native: Path, null_bin: Path, pm: Server, pop: Population, wd: Path,
+                  args, report: dict) -> list[str]:
+    """The headline tables: listgate with the shipped defaults (a config with only the
+    listeners and the posters map) against pymilter and the C null milter, then its
+    policy front end against the C null policy server; the misses."""
+    lgd = Listgate(free_port(), wd, list_address=pop.list_address, allowed=pop.members,
+                   log_level=None, workers=None, uvloop=None, max_connections=None,
+                   policy_port=free_port())
+    null = NullMilter(free_port(), wd, null_bin, _listgate_optneg_reply())
+    npol = NullMilter(free_port(), wd, null_bin, b"")
+    failures: list[str] = []
+    for server in (lgd, null, npol):
+        server.start()
+    try:
+        if "headline" not in args.skip:
+            rows = headline("milter: shipped defaults vs pymilter vs the C null milter "
+                            "(1 RCPT per session)", [("listgate", lgd, True),
+                            ("pymilter", pm, True), (NULL_MILTER, null, False)],
+                            native, pop, args)
+            report["headline"] = rows
+            for conc in args.concurrency:
+                x, y, z = (rows[f"{n} c={conc}"] for n in ("listgate", "pymilter", NULL_MILTER))
+                if x["per_s"] < y["per_s"]:
+                    failures.append(f"headline c={conc}: {x['per_s'] / y['per_s']:.2f}x pymilter")
+                if conc == 10 and x["p99_ms"] > y["p99_ms"]:
+                    failures.append(f"headline c=10: p99 {x['p99_ms']:.2f} > "
+                                    f"{y['p99_ms']:.2f} ms")
+                if x["errors"] or x["wrong"]:
+                    failures.append(f"headline c={conc}: listgate errors or wrong verdicts")
+                print(f"c={conc}: listgate {x['per_s'] / y['per_s']:.2f}x pymilter (goal 1.5x); "
+                      f"CPU per session {x['cpu_us'] / z['cpu_us']:.1f}x the C null milter's "
+                      "(goal <= 4x)")
+        if "policy" not in args.skip and lgd.policy_port is not None:
+            report["policy"] = headline(
+                "policy: shipped defaults vs the C null policy server (persistent "
+                "connections, one RCPT request at a time each)",
+                [("listgate-policy", _PortOf(lgd, lgd.policy_port), True),
+                 ("null-policy-C", npol, False)],
+                native, pop, args, policy=True, base="null-policy-C")
+    finally:
+        for server in (lgd, null, npol):
+            server.stop()
+    return failures
 
 
 def _print_postfix(rows: list[tuple[str, float, float]], args) -> list[str]:

@@ -12,6 +12,10 @@
  * Like listgate, it sets TCP_NODELAY and ACKs at once (TCP_QUICKACK) a read that got no
  * reply. Packets above 64 KiB close the connection. Stops on SIGTERM.
  *
+ * With "policy" as the second argument it is the cheapest Postfix policy server instead:
+ * "action=DUNNO" to every request (a blank line ends one), the floor for the policy
+ * front end's figures.
+ *
  * With "accept-rcpt" it answers RCPT with ACCEPT instead: the MTA then skips this milter
  * for the rest of the transaction (later RCPTs unjudged, no end-of-message), which shows
  * what the stages after the first RCPT cost the MTA. Not something a list gate may do.
@@ -44,6 +48,28 @@ static size_t optneg_len;
 static const unsigned char cont[5] = {0, 0, 0, 1, 'c'};
 static const unsigned char accept_[5] = {0, 0, 0, 1, 'a'};
 static const unsigned char *rcpt_reply = cont;
+static int policy;
+
+/* Policy mode: answer every whole request (ends with a blank line) with DUNNO. */
+static int handle_policy(struct conn *c) {
+    static const char dunno[] = "action=DUNNO\n\n";
+    unsigned char out[2048];
+    size_t olen = 0, off = 0;
+    unsigned char *end;
+    while ((end = memmem(c->buf + off, c->len - off, "\n\n", 2)) != NULL) {
+        off = (size_t)(end - c->buf) + 2;
+        if (olen + sizeof dunno - 1 > sizeof out) return -1;
+        memcpy(out + olen, dunno, sizeof dunno - 1);
+        olen += sizeof dunno - 1;
+    }
+    if (off) {
+        memmove(c->buf, c->buf + off, c->len - off);
+        c->len -= off;
+    }
+    if (c->len == BUF) return -1;
+    if (olen && write(c->fd, out, olen) != (ssize_t)olen) return -1;
+    return 0;
+}
 
 static void on_term(int sig) { (void)sig; stop = 1; }
 
@@ -100,11 +126,13 @@ static int handle(struct conn *c) {
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[3], "accept-rcpt") == 0) {
         rcpt_reply = accept_;
+    } else if (argc == 3 && strcmp(argv[2], "policy") == 0) {
+        policy = 1;
     } else if (argc != 3) {
-        fprintf(stderr, "usage: %s PORT OPTNEG_REPLY_HEX [accept-rcpt]\n", argv[0]);
+        fprintf(stderr, "usage: %s PORT OPTNEG_REPLY_HEX [accept-rcpt] | PORT policy\n", argv[0]);
         return 2;
     }
-    size_t hl = strlen(argv[2]);
+    size_t hl = policy ? 0 : strlen(argv[2]);
     if (hl % 2 || hl / 2 > sizeof optneg) { fprintf(stderr, "bad hex\n"); return 2; }
     for (size_t i = 0; i < hl / 2; i++) {
         int hi = hexval(argv[2][2 * i]), lo = hexval(argv[2][2 * i + 1]);
@@ -160,7 +188,7 @@ int main(int argc, char **argv) {
                 continue;
             }
             c->len += (size_t)r;
-            if (handle(c) < 0) drop(ep, c);
+            if ((policy ? handle_policy(c) : handle(c)) < 0) drop(ep, c);
         }
     }
     return 0;

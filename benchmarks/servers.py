@@ -181,9 +181,9 @@ class Listgate(Server):
 
     def __init__(
         self, port: int, workdir: Path, *, list_address: str, allowed: Sequence[str],
-        extra: str = "", log_level: str = "warning", workers: int | None = None,
+        extra: str = "", log_level: str | None = "warning", workers: int | None = None,
         uvloop: bool | None = None, mailman: str | None = None,
-        policy_port: int | None = None,
+        policy_port: int | None = None, max_connections: int | None = 15000,
     ) -> None:
         super().__init__(port, workdir)
         self.policy_port = policy_port
@@ -192,15 +192,17 @@ class Listgate(Server):
         lines = [
             "[milter]",
             f'listen = "inet:127.0.0.1:{port}"',
-            "max_connections = 15000",
         ]
+        if max_connections is not None:
+            lines.append(f"max_connections = {max_connections}")
         if workers is not None:
             lines.append(f"workers = {workers}")
         if uvloop is not None:
             lines.append(f"uvloop = {'true' if uvloop else 'false'}")
         if policy_port is not None:
             lines += ["", "[policy]", f'listen = "inet:127.0.0.1:{policy_port}"']
-        lines += ["", "[log]", f'level = "{log_level}"', ""]
+        if log_level is not None:  # None: the shipped default (info)
+            lines += ["", "[log]", f'level = "{log_level}"', ""]
         if mailman is None:
             lines += ["[static.posters]",
                       f"{toml_str(list_address)} = [" + ", ".join(map(toml_str, allowed)) + "]"]
@@ -246,16 +248,24 @@ class NullMilter(Server):
     @classmethod
     def build(cls, workdir: Path) -> Path | None:
         """Compile nullmilter.c into *workdir*; None without a C compiler."""
-        cc = shutil.which("cc") or shutil.which("gcc")
-        if cc is None:
-            return None
-        out = workdir / "nullmilter"
-        subprocess.run([cc, "-O2", "-o", str(out), str(BENCH / "nullmilter.c")], check=True)
-        return out
+        return build_c("nullmilter", workdir)
 
     def command(self) -> Sequence[str]:
+        if not self.optneg_reply:
+            return [str(self.binary), str(self.port), "policy"]
         return [str(self.binary), str(self.port), self.optneg_reply.hex(),
                 *(["accept-rcpt"] if self.accept_rcpt else [])]
+
+
+def build_c(name: str, workdir: Path) -> Path | None:
+    """Compile benchmarks/NAME.c with ``cc -O2`` into *workdir*; None without a C
+    compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    out = workdir / name
+    subprocess.run([cc, "-O2", "-o", str(out), str(BENCH / f"{name}.c")], check=True)
+    return out
 
 
 def workdir() -> Path:

@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from listgate.config import (
     config_warnings,
     load_config,
     requires_authentication,
+    worker_count,
 )
 from listgate.decision.auth import Authenticates
 from listgate.decision.engine import DecideAt
@@ -45,7 +47,7 @@ from listgate.facts.feed import FeedCoverage, FeedInvalidator
 from listgate.facts.registry import create_backend
 from listgate.frontends.milter import AuthStage, milter_options
 from listgate.listen import parse_listen_spec, parse_metrics_listen
-from listgate.log import setup_logging
+from listgate.log import flush_lines, setup_logging
 from listgate.metrics import Metrics
 from listgate.server.base import StreamService
 from listgate.server.events import EventsListener, FeedMonitor
@@ -175,9 +177,16 @@ class Daemon:
         path: Path | None = None,
         *,
         inherited: Inherited | None = None,
+        metrics_link: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.path = path
+        self.metrics_link = metrics_link
+        """A worker's link to the supervisor, which serves [metrics] listen for all."""
+        self.after_reload: Callable[[], None] | None = None
+        """Called after each reload attempt (a worker tells its supervisor)."""
+        self.worker = inherited is not None
+        """One of several worker processes (the supervisor logs the config warnings)."""
         self.backend: Backend = create_backend(config)
         self.gate = build_gate(config, self.backend)
         self.milter = build_milter_service(config, self.gate)
@@ -214,8 +223,9 @@ class Daemon:
 
     async def start(self) -> None:
         """Bind every listener and the metrics endpoint, then tell systemd we are ready."""
-        for warning in config_warnings(self.config):
-            log.warning("%s", warning)
+        if not self.worker:
+            for warning in config_warnings(self.config):
+                log.warning("%s", warning)
         await self.milter.start()
         if self.policy is not None:
             await self.policy.start()
@@ -228,7 +238,9 @@ class Daemon:
                     f"events: cannot listen on {self.config.events.listen}: {exc}"
                 ) from None
             self._feed_monitor.start()
-        if self.config.metrics.listen:
+        if self.metrics_link is not None:
+            self.metrics.answer(self.metrics_link)
+        elif self.config.metrics.listen:
             host, port = parse_metrics_listen(self.config.metrics.listen)
             try:
                 bound = self.metrics.serve(host, port)
@@ -265,6 +277,8 @@ class Daemon:
             return True
         finally:
             notify("READY=1")
+            if self.after_reload is not None:
+                self.after_reload()
 
     def _apply(self, new: Config) -> None:
         old = self.config
@@ -323,6 +337,7 @@ async def serve(
     inherited: Inherited | None = None,
     on_ready: Callable[[Daemon], None] | None = None,
     handle_signals: bool = False,
+    metrics_link: socket.socket | None = None,
 ) -> None:
     """Run the daemon until *stop* is set (or, with *handle_signals*, until SIGTERM or
     SIGINT), then drain and return. The one lifecycle: tests call it with a *stop* event,
@@ -333,7 +348,7 @@ async def serve(
     listener and the metrics endpoint are up."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    daemon = Daemon(config, path, inherited=inherited)
+    daemon = Daemon(config, path, inherited=inherited, metrics_link=metrics_link)
     handled: tuple[signal.Signals, ...] = ()
     if handle_signals:
         handled = _handle_signals(loop, stop, daemon, path)
@@ -380,19 +395,28 @@ def _handle_signals(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
-    return (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)  # a new worker holds them until now
+    return handled
+
+
+_uvloop_missing_logged = False
 
 
 def _loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when ``[milter] uvloop = true``, else None (asyncio's default)."""
+    """uvloop's loop when ``[milter] uvloop = true`` (the default) and uvloop imports,
+    else None (asyncio's own loop; a missing uvloop is logged once, at WARNING)."""
+    global _uvloop_missing_logged
     if not config.milter.uvloop:
         return None
     try:
         import uvloop
-    except ImportError:
-        raise ListgateError(
-            "milter.uvloop = true, but uvloop is not installed: pip install 'listgate[uvloop]'"
-        ) from None
+    except ImportError as exc:
+        if not _uvloop_missing_logged:  # once: the supervisor's line covers its workers
+            _uvloop_missing_logged = True
+            log.warning("uvloop is not available (%s): running on asyncio's own event loop; "
+                        "set [milter] uvloop = false to say so", exc)
+        return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
 
@@ -402,21 +426,25 @@ def _run_loop(
     path: Path | None,
     inherited: Inherited | None = None,
     on_ready: Callable[[], None] | None = None,
+    metrics_link: socket.socket | None = None,
 ) -> int:
     """``serve`` with signal handling on a new event loop; the exit status."""
-    def ready(_daemon: Daemon) -> None:
+    def ready(daemon: Daemon) -> None:
         if on_ready is not None:
             on_ready()
+            daemon.after_reload = on_ready  # a worker: the supervisor counts reloads too
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
             runner.run(serve(config, path=path, inherited=inherited, on_ready=ready,
-                             handle_signals=True))
+                             handle_signals=True, metrics_link=metrics_link))
     except ListgateError as exc:
         log.error("%s", exc)
         return 1
     except asyncio.CancelledError:
         return 1
+    finally:
+        flush_lines()  # decision log lines still waiting (a worker ends with os._exit)
     return 0
 
 
@@ -424,9 +452,13 @@ def run(config: Config, path: Path | None = None) -> int:
     """Run the daemon in the foreground with signal handling; the process exit status.
 
     SIGTERM/SIGINT drain (a second one exits at once); SIGHUP re-reads *path*. With
-    ``[milter] workers`` > 1 this process supervises that many worker processes
-    (``listgate.server.supervisor``), each running ``serve``."""
-    if config.milter.workers > 1:
+    ``[milter] workers`` > 1 (the default "auto" on a machine with several cores) this
+    process supervises that many worker processes (``listgate.server.supervisor``), each
+    running ``serve``, and serves ``[metrics] listen`` summed over them."""
+    if worker_count(config.milter.workers, events=bool(config.events.listen)) > 1:
+        _loop_factory(config)  # a missing uvloop is logged here, once, not by each worker
+        for warning in config_warnings(config):
+            log.warning("%s", warning)
         try:
             return Supervisor(config, path, _run_loop).run()
         except ListgateError as exc:

@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Literal
 from urllib.parse import urlsplit
 
 from listgate.decision.engine import (
@@ -86,6 +87,7 @@ __all__ = [
     "parse_config",
     "password_file_warnings",
     "read_redis_password",
+    "worker_count",
 ]
 
 EXAMPLE_CONFIG_PATH = Path(__file__).resolve().parent / "data" / "example.toml"
@@ -129,12 +131,14 @@ class MilterConfig:
     """Seconds to receive the rest of a packet once it has started. Default: 30."""
     shutdown_timeout: float = 10.0
     """Seconds SIGTERM waits for in-flight commands before closing. Default: 10."""
-    workers: int = 1
-    """Processes serving the listeners (1 to 64): inet listeners are shared with
-    SO_REUSEPORT, unix ones through one inherited socket; the first process supervises.
-    More than 1 cannot serve [metrics] listen. Default: 1."""
-    uvloop: bool = False
-    """Run the event loop on uvloop (``pip install 'listgate[uvloop]'``). Default: false."""
+    workers: int | Literal["auto"] = "auto"
+    """Processes serving the listeners (1 to 64, or "auto": one per CPU core this process
+    may run on, at most 4): inet listeners are shared with SO_REUSEPORT, unix ones through
+    one inherited socket; with more than 1 the first process supervises and serves the
+    [metrics] endpoint, summed over the workers. Default: "auto"."""
+    uvloop: bool = True
+    """Run the event loop on uvloop (installed with listgate where the platform has it);
+    false, or uvloop missing (logged once), runs asyncio's own loop. Default: true."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,6 +490,33 @@ def _boolean(value: object, key: str) -> object:
     if not isinstance(value, bool):
         raise _bad(key, "must be true or false", value)
     return value
+
+
+AUTO_WORKERS_MAX = 4
+"""``workers = "auto"``: one process per usable CPU core, at most this many."""
+
+
+def _workers(value: object, key: str) -> object:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        raise _bad(key, 'must be "auto" or an integer from 1 to 64', value)
+    return _integer(1, 64)(value, key)
+
+
+def worker_count(workers: int | Literal["auto"], *, events: bool = False) -> int:
+    """How many processes ``[milter] workers`` means on this machine ("auto": one per CPU
+    core this process may run on, at most ``AUTO_WORKERS_MAX``; but one with *events*, a
+    change feed listener, whose messages must reach the one process that caches)."""
+    if workers != "auto":
+        return workers
+    if events:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, AUTO_WORKERS_MAX))
 
 
 def _rest_timeout(value: object, key: str) -> object:
@@ -984,7 +1015,7 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, _Key]]] = {
         "idle_timeout": _Key(_seconds(allow_zero=False)),
         "command_timeout": _Key(_seconds(allow_zero=False)),
         "shutdown_timeout": _Key(_seconds(allow_zero=True)),
-        "workers": _Key(_integer(1, 64)),
+        "workers": _Key(_workers),
         "uvloop": _Key(_boolean),
     }),
     "policy": (PolicyConfig, {
@@ -1412,15 +1443,11 @@ def _no_effect_problems(data: Mapping[str, object], cfg: Config,
     return problems
 
 
-WORKERS_WITH_METRICS = (
-    "milter.workers: more than 1 worker cannot serve [metrics] listen (each worker counts "
-    'only its own decisions): set workers = 1 or listen = ""'
-)
 
 WORKERS_WITH_EVENTS = (
     "milter.workers: more than 1 worker cannot serve [events] listen (each worker has its "
     "own cache, and each feed message would reach only one of them): set workers = 1 or "
-    'listen = ""'
+    '"auto" (one process while [events] listen is set), or listen = ""'
 )
 
 
@@ -1476,8 +1503,6 @@ def parse_config(data: Mapping[str, object], source: str = "<config>") -> Config
     problems.extend(_cross_section_problems(data))
     cfg = Config(**sections, source=source)  # type: ignore[arg-type]
     problems.extend(_no_effect_problems(data, cfg, invalid))
-    if cfg.milter.workers > 1 and cfg.metrics.listen:
-        problems.append(WORKERS_WITH_METRICS)
     if (requires_authentication(cfg) and cfg.backend.type == "mailman"
             and cfg.auth.source is AuthSource.VERIFY
             and cfg.mailman.timeout + cfg.auth.dns_timeout >= MAX_REST_TIMEOUT):
@@ -1486,7 +1511,7 @@ def parse_config(data: Mapping[str, object], source: str = "<config>") -> Config
             f"{MAX_REST_TIMEOUT:g} s (one decision may wait for both; Postfix's "
             f"milter_command_timeout is 30 s), got {cfg.mailman.timeout:g} + "
             f"{cfg.auth.dns_timeout:g}")
-    if cfg.milter.workers > 1 and cfg.events.listen:
+    if cfg.milter.workers != "auto" and cfg.milter.workers > 1 and cfg.events.listen:
         problems.append(WORKERS_WITH_EVENTS)
     if problems:
         raise ConfigError(problems, source)

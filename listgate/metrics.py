@@ -5,6 +5,11 @@ Invariants:
   increment) and ``BackendTimer.observe`` (one histogram observation per REST fetch,
   which is off the hot path by definition). Every other figure is read from the live
   objects (caches, services) when Prometheus scrapes, so an idle daemon costs nothing.
+- With several worker processes the supervisor serves /metrics: at each scrape it asks
+  every worker for its exposition over a private socket pair (``answer_scrapes`` in the
+  worker, ``WorkerScrapes`` in the supervisor) and sums the samples of the same name and
+  labels; a worker that does not answer within ``SCRAPE_TIMEOUT`` is left out of that
+  scrape (logged at DEBUG). Nothing crosses processes on the per-RCPT path.
 - Label values come from configuration or from a fixed set (verdicts, cache names,
   services), never from the network: a sender cannot create label cardinality. The
   ``list`` label is a list posting address the backend knows (or "-").
@@ -13,16 +18,25 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import socket
+import struct
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-__all__ = ["BackendTimer", "DecisionStats", "Metrics"]
+__all__ = ["BackendTimer", "DecisionStats", "Metrics", "WorkerScrapes", "answer_scrapes"]
+
+SCRAPE_TIMEOUT = 5.0
+"""Seconds the supervisor waits for one worker's exposition at a scrape."""
+_LEN = struct.Struct(">I")
 
 log = logging.getLogger("listgate.metrics")
 
@@ -227,6 +241,11 @@ class Metrics:
         bound = server.server_address
         return str(bound[0]), int(bound[1])
 
+    def answer(self, link: socket.socket) -> None:
+        """Answer the supervisor's scrapes on *link* (a daemon thread), in a worker."""
+        threading.Thread(target=answer_scrapes, args=(self.registry, link),
+                         name="listgate-metrics", daemon=True).start()
+
     def close(self) -> None:
         """Stop the HTTP endpoint."""
         if self._server is not None:
@@ -234,3 +253,92 @@ class Metrics:
             self._server.server_close()
             self._server = None
 
+
+
+def answer_scrapes(registry: CollectorRegistry, link: socket.socket) -> None:
+    """In a worker: for each byte the supervisor sends on *link*, send back the length
+    (4 bytes, big-endian) and the text exposition of *registry*; return at EOF."""
+    with link:
+        while True:
+            try:
+                if not link.recv(1):
+                    return
+                text = generate_latest(registry)
+                link.sendall(_LEN.pack(len(text)) + text)
+            except OSError:
+                return
+
+
+def _recv_exactly(link: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = link.recv(size - len(chunks))
+        if not chunk:
+            raise OSError("the worker closed its metrics link")
+        chunks += chunk
+    return bytes(chunks)
+
+
+class WorkerScrapes(Collector):
+    """In the supervisor: the workers' metrics, summed. ``link(index)`` makes the socket
+    pair for a (new) worker and returns the worker's end; each scrape asks every linked
+    worker in turn."""
+
+    def __init__(self) -> None:
+        self._links: dict[int, socket.socket] = {}
+        self._lock = threading.Lock()
+
+    def link(self, index: int) -> socket.socket:
+        """A new link for worker *index* (replacing its old one); the worker's end."""
+        ours, theirs = socket.socketpair()
+        ours.settimeout(SCRAPE_TIMEOUT)
+        with self._lock:
+            old = self._links.pop(index, None)
+            if old is not None:
+                old.close()
+            self._links[index] = ours
+        return theirs
+
+    def close(self) -> None:
+        """Close every link (in the supervisor at exit, or in a new worker: not its own)."""
+        with self._lock:
+            for sock in self._links.values():
+                sock.close()
+            self._links.clear()
+
+    def _scrape(self) -> list[str]:
+        texts = []
+        with self._lock:
+            for index, sock in sorted(self._links.items()):
+                try:
+                    sock.sendall(b"?")
+                    (size,) = _LEN.unpack(_recv_exactly(sock, _LEN.size))
+                    texts.append(_recv_exactly(sock, size).decode("utf-8"))
+                except OSError as exc:
+                    log.debug("metrics: worker %d did not answer the scrape: %s", index, exc)
+                    sock.close()
+                    del self._links[index]
+        return texts
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for text in self._scrape():
+            for family in text_string_to_metric_families(text):
+                if family.name not in families:
+                    families[family.name] = Metric(family.name, family.documentation,
+                                                   family.type, family.unit)
+                    values[family.name] = {}
+                merged = values[family.name]
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    if key not in merged:
+                        merged[key] = sample.value
+                    elif sample.name.endswith("_created"):  # a time: the earliest
+                        merged[key] = min(merged[key], sample.value)
+                    else:
+                        merged[key] += sample.value
+        for name, family in families.items():
+            for (sample_name, labels), value in values[name].items():
+                family.add_sample(sample_name, dict(labels), value)
+            yield family

@@ -1,6 +1,7 @@
 """The milter benchmark still runs: ``benchmarks/milter_load.py --smoke`` starts listgate
-(two workers, uvloop) and the pymilter comparator, drives both with the Postfix-like
-load generator, and prints the side-by-side table with ratios.
+(the shipped defaults: workers "auto", uvloop), the pymilter comparator and the C null
+milter, drives them with the native generator (``miltergen.c``) for the headline tables
+and with the Python generator for the static table, and prints the tables with ratios.
 
 No timing is asserted here (CI machines are shared and small); the figures are in
 docs/performance.md. What is asserted: the run exits 0, the table is there with a row per
@@ -25,6 +26,10 @@ def test_milter_benchmark_smoke_prints_the_table() -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "## static backend" in out, out[-4000:]
+    assert "## milter: shipped defaults vs pymilter vs the C null milter" in out, out[-4000:]
+    assert re.search(r"^\| 10 \| listgate \| [\d,]+ \| \d+\.\d\dx \|", out, re.MULTILINE), (
+        out[-4000:])
+    assert "## policy: shipped defaults" in out, out[-4000:]
     header = next((line for line in out.splitlines() if line.startswith("| conc | rcpt |")), "")
     assert "listgate RCPT/s" in header, out[-4000:]
     assert "pymilter RCPT/s" in header, out[-4000:]

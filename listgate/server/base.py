@@ -5,6 +5,9 @@ Invariants:
   lost; ``active`` is the truth about what is open.
 - Above ``max_connections`` a new connection is refused cleanly: closed at once, before
   a byte is read, with a rate-limited WARNING. The ones already open are unaffected.
+  With several worker processes the cap counts the connections of all of them
+  (``SharedCount``: one slot per worker in shared memory, written by that worker only,
+  a lock around check-and-add).
 - ``stop()`` first stops listening, then asks every connection to drain (finish the
   command in flight, then close), waits up to ``shutdown_timeout``, and aborts the rest.
   Unix socket files it created are removed.
@@ -16,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
+import multiprocessing
 import os
 import socket
 import stat
@@ -25,9 +30,51 @@ from typing import Protocol
 from listgate.errors import ListgateError
 from listgate.listen import ListenSpec
 
-__all__ = ["ManagedConnection", "StreamService", "bind_unix_listener", "remove_stale_socket"]
+__all__ = [
+    "SHARED_COUNTS",
+    "ManagedConnection",
+    "SharedCount",
+    "StreamService",
+    "bind_unix_listener",
+    "remove_stale_socket",
+]
 
 log = logging.getLogger("listgate.server")
+
+
+class SharedCount:
+    """The open connections of one service in every worker process: made by the
+    supervisor before it forks, one slot per worker; ``index`` is this process's slot."""
+
+    LOCK_WAIT = 1.0
+    """Seconds to wait for the lock (a worker killed while holding it): then count
+    without it."""
+
+    def __init__(self, workers: int) -> None:
+        self._memory = mmap.mmap(-1, 8 * workers)  # anonymous and shared: kept by fork
+        self.slots = memoryview(self._memory).cast("q")
+        self._lock = multiprocessing.get_context("fork").Lock()
+        self.index = 0
+
+    def try_add(self, limit: int) -> bool:
+        """One more connection here, unless every worker together holds *limit*."""
+        locked = self._lock.acquire(timeout=self.LOCK_WAIT)
+        try:
+            if sum(self.slots) >= limit:
+                return False
+            self.slots[self.index] += 1
+            return True
+        finally:
+            if locked:
+                self._lock.release()
+
+    def remove(self) -> None:
+        """One connection fewer here."""
+        self.slots[self.index] -= 1
+
+
+SHARED_COUNTS: dict[str, SharedCount] = {}
+"""By service name, in a worker process (set by the supervisor before it forks)."""
 
 
 def remove_stale_socket(name: str, spec: ListenSpec) -> None:
@@ -94,6 +141,8 @@ class StreamService:
         self.socket_mode = socket_mode
         self.shutdown_timeout = shutdown_timeout
         self.active: set[ManagedConnection] = set()
+        self.shared = SHARED_COUNTS.get(name)
+        """With several workers: the cap counts every worker's connections."""
         self.refused = 0
         self.accepted = 0
         self._factory = protocol_factory
@@ -202,7 +251,9 @@ class StreamService:
 
     def admit(self, conn: ManagedConnection) -> bool:
         """Register a new connection; False means refuse it (limit reached)."""
-        if len(self.active) >= self.max_connections:
+        shared = self.shared
+        if (len(self.active) >= self.max_connections if shared is None
+                else not shared.try_add(self.max_connections)):
             self.refused += 1
             self._refused_since_log += 1
             now = asyncio.get_running_loop().time()
@@ -221,6 +272,9 @@ class StreamService:
 
     def release(self, conn: ManagedConnection) -> None:
         """Unregister a connection that was lost."""
-        self.active.discard(conn)
+        if conn in self.active:
+            self.active.discard(conn)
+            if self.shared is not None:
+                self.shared.remove()
         if not self.active:
             self._empty.set()

@@ -3,8 +3,16 @@
 Invariants:
 - Only the supervising process talks to systemd (READY once every worker listens,
   STOPPING on the first SIGTERM/SIGINT); workers have ``NOTIFY_SOCKET`` removed.
-- SIGTERM/SIGINT are passed on to every worker (a second one makes them exit at once);
-  SIGHUP is passed on (each worker reloads the file itself).
+- ``max_connections`` counts the connections of every worker (``SharedCount``); a
+  replaced worker's slot starts at 0.
+- Only the supervising process serves ``[metrics] listen``: each scrape sums what every
+  worker reports over its private link (``listgate.metrics.WorkerScrapes``); a worker
+  answers on its link and binds no metrics port.
+- SIGTERM/SIGINT are passed on to every worker (a second one, passed on as SIGINT so
+  that it cannot merge with the first, makes them exit at once);
+  the exit status is 1 if a worker stopped with a failure. SIGHUP is passed on (each
+  worker reloads the file itself): RELOADING=1 at once, READY=1 once every worker has
+  reported its reload over the ready pipe (or after ``RELOAD_WAIT``).
 - A worker that dies later than ``RESTART_AFTER`` after its start is replaced; one that
   dies sooner stops them all, and the supervisor exits 1.
 - The supervisor imports no application module: what a worker runs is handed in
@@ -24,23 +32,33 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from listgate.config import WORKERS_WITH_METRICS, Config
+from prometheus_client import CollectorRegistry, start_http_server
+
+from listgate.config import Config, worker_count
 from listgate.errors import ListgateError
-from listgate.listen import ListenSpec
-from listgate.server.base import bind_unix_listener
+from listgate.listen import ListenSpec, parse_metrics_listen
+from listgate.metrics import WorkerScrapes
+from listgate.server.base import SHARED_COUNTS, SharedCount, bind_unix_listener
 from listgate.server.notify import notify
 
 __all__ = ["Inherited", "RunWorker", "Supervisor"]
 
 log = logging.getLogger("listgate")
 
+_PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""The signals the supervisor passes on to the workers."""
+
 Inherited = Mapping[tuple[str, ListenSpec], socket.socket]
 """Listening sockets a worker inherits, by (service name, listen spec)."""
 
-RunWorker = Callable[[Config, Path | None, Inherited, Callable[[], None]], int]
+RunWorker = Callable[
+    [Config, Path | None, Inherited, Callable[[], None], socket.socket | None], int
+]
 """Runs one worker until it stops: (config, config path, inherited sockets, ready
-callback) -> exit status."""
+callback, the link to answer the supervisor's metrics scrapes on, or None without
+``[metrics] listen``) -> exit status."""
 
 
 class Supervisor:
@@ -54,13 +72,13 @@ class Supervisor:
 
     RESTART_AFTER = 5.0
     """A worker that dies sooner than this after its start is not replaced."""
+    RELOAD_WAIT = 60.0
+    """Seconds to wait for every worker's reload before telling systemd READY anyway."""
 
     def __init__(self, config: Config, path: Path | None, run_worker: RunWorker) -> None:
-        if config.metrics.listen:  # parse_config refuses it too; a built Config may not
-            raise ListgateError(WORKERS_WITH_METRICS)
         self.path = path
         self.run_worker = run_worker
-        self.count = config.milter.workers
+        self.count = worker_count(config.milter.workers, events=bool(config.events.listen))
         self.inherited: dict[tuple[str, ListenSpec], socket.socket] = {}
         self.reserved: list[socket.socket] = []
         self.unix_paths: list[str] = []
@@ -69,7 +87,35 @@ class Supervisor:
         """pid -> (worker index, start time)."""
         self.stopping = 0
         self.failed = False
+        self.stop_failed = False
+        """A worker exited with a failure while stopping (a second signal)."""
+        self.reloading: set[int] = set()
+        """Workers whose reload has not been reported yet."""
+        self.reload_deadline = 0.0
         self.ready_r, self.ready_w = os.pipe()
+        self.counts = {name: SharedCount(self.count) for name in ("milter", "policy")}
+        """Each service's connections in every worker (max_connections is for all)."""
+        self.scrapes: WorkerScrapes | None = None
+        self._metrics_server: Any = None
+        if config.metrics.listen:
+            self._serve_metrics(config.metrics.listen)
+
+    def _serve_metrics(self, listen: str) -> None:
+        """Serve /metrics here, summed over the workers (bound before any fork)."""
+        scrapes = WorkerScrapes()
+        registry = CollectorRegistry()
+        registry.register(scrapes)
+        host, port = parse_metrics_listen(listen)
+        try:
+            server, _thread = start_http_server(port, host, registry=registry)
+        except OSError as exc:
+            self._close()
+            raise ListgateError(f"metrics: cannot listen on {listen}: {exc}") from None
+        self.scrapes = scrapes
+        self._metrics_server = server
+        bound = server.server_address
+        log.info("metrics on http://%s:%d/metrics (summed over the workers)",
+                 bound[0], bound[1])
 
     def _bind(self, config: Config) -> Config:
         def resolve(name: str, specs: tuple[ListenSpec, ...], mode: int) -> tuple[ListenSpec, ...]:
@@ -124,28 +170,42 @@ class Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self._close()
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.stop_failed else 0
 
     def _spawn(self, index: int) -> None:
+        link = self.scrapes.link(index) if self.scrapes is not None else None
+        for count in self.counts.values():
+            count.slots[index] = 0  # what a worker that died held is gone with it
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
-                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                # Held until the worker's loop handles them (listgate.app unblocks them):
+                # a SIGTERM during its start-up drains it instead of killing it.
+                signal.pthread_sigmask(signal.SIG_BLOCK, _PASSED_ON)
+                for signum in _PASSED_ON:
                     signal.signal(signum, signal.SIG_DFL)
                 os.environ.pop("NOTIFY_SOCKET", None)
                 os.close(self.ready_r)
                 for sock in self.reserved:
                     sock.close()
+                for name, count in self.counts.items():
+                    count.index = index
+                    SHARED_COUNTS[name] = count
+                if self.scrapes is not None:  # the supervisor's ends and its HTTP socket
+                    self.scrapes.close()
+                    self._metrics_server.socket.close()
 
                 def ready() -> None:
                     os.write(self.ready_w, bytes((index,)))
 
-                code = self.run_worker(self.config, self.path, self.inherited, ready)
+                code = self.run_worker(self.config, self.path, self.inherited, ready, link)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        if link is not None:
+            link.close()
         self.children[pid] = (index, time.monotonic())
 
     def _wait_ready(self) -> bool:
@@ -167,8 +227,25 @@ class Supervisor:
         return True
 
     def _reap(self) -> None:
+        """Until every worker has exited: collect exits and replace workers, and count
+        the reloads the workers report."""
         while self.children:
-            self._collect(block=True)
+            try:
+                readable, _, _ = select.select([self.ready_r], [], [], 0.2)
+            except OSError:
+                readable = []
+            if readable:
+                self.reloading.difference_update(os.read(self.ready_r, 64))
+            if self.reload_deadline and (
+                    not self.reloading or time.monotonic() > self.reload_deadline):
+                self.reload_deadline = 0.0
+                self.reloading.clear()
+                notify("READY=1")
+            while self.children:
+                before = len(self.children)
+                self._collect(block=False)
+                if len(self.children) >= before:
+                    break
 
     def _collect(self, block: bool) -> None:
         try:
@@ -179,9 +256,12 @@ class Supervisor:
         if pid == 0 or pid not in self.children:
             return
         index, started = self.children.pop(pid)
-        if self.stopping:
-            return
         code = os.waitstatus_to_exitcode(status)
+        self.reloading.discard(index)
+        if self.stopping:
+            if code != 0:
+                self.stop_failed = True
+            return
         if time.monotonic() - started < self.RESTART_AFTER or self.failed:
             log.error("worker %d exited (status %d) right after it started; stopping", index, code)
             self._fail()
@@ -204,13 +284,28 @@ class Supervisor:
         if self.stopping == 1:
             log.info("%s received: draining the workers", signal.Signals(signum).name)
             notify("STOPPING=1")
-        self._signal_all(signal.SIGTERM)  # a second one makes the workers exit at once
+        else:
+            log.warning("%s received again: exiting at once", signal.Signals(signum).name)
+        # The second one makes the workers exit at once. It goes as SIGINT (handled like
+        # SIGTERM): two SIGTERMs sent close together can reach a worker as one.
+        self._signal_all(signal.SIGTERM if self.stopping == 1 else signal.SIGINT)
 
     def _on_hangup(self, signum: int, frame: object) -> None:
         log.info("SIGHUP received: the workers reload %s", self.path or "(no config file)")
+        if self.path is not None:
+            notify("RELOADING=1")
+            self.reloading = {index for index, _ in self.children.values()}
+            self.reload_deadline = time.monotonic() + self.RELOAD_WAIT
         self._signal_all(signal.SIGHUP)
 
     def _close(self) -> None:
+        server = getattr(self, "_metrics_server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            self._metrics_server = None
+        if getattr(self, "scrapes", None) is not None:
+            self.scrapes.close()  # type: ignore[union-attr]
         for sock in (*self.inherited.values(), *self.reserved):
             sock.close()
         for path in self.unix_paths:

@@ -386,9 +386,12 @@ def test_mailman_down_tempfail_failopen_and_recovery(
     started: list[MailmanListgate] = []
     for listener, policy in (("failopen", "accept"), ("tempfail", "tempfail")):
         (tmp_path / listener).mkdir()
+        # One process: each worker has a cache of its own, and this test warms the cache
+        # through one connection before it takes Mailman down.
         lg = MailmanListgate(
             tmp_path / listener, [mm_postfix.milters[listener]], core,
-            {"cache": SHORT_CACHE, "failure": {"policy": policy}},
+            {"cache": SHORT_CACHE, "failure": {"policy": policy},
+             "milter": {"listen": [mm_postfix.milters[listener]], "workers": 1}},
         )
         started.append(lg)
     try:

@@ -83,6 +83,15 @@ class Proc:
         raise AssertionError(f"{text!r} not logged; log:\n{self.log()}")
 
 
+def wait_every_reload(proc: Proc, timeout: float = 10.0) -> None:
+    """Wait until every process serving connections (each worker, or the one process)
+    has logged its reload: a connection may be in any of them."""
+    serving = len(children(proc.popen.pid)) or 1
+    deadline = time.monotonic() + timeout
+    while proc.log().count("reloaded ") < serving and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def running(tmp_path: Path, text: str, milter_port: int, metrics_port: int = 0) -> Iterator[Proc]:
     """``listgate serve`` on *text* with NOTIFY_SOCKET set, until READY=1; SIGTERM (then
@@ -166,7 +175,7 @@ def test_sighup_reload_applies_override_on_an_open_connection(daemon: Proc) -> N
                             '[lists."list@example.org"]\nallow = ["@example.net"]\n')
             )
             daemon.popen.send_signal(signal.SIGHUP)
-            await asyncio.to_thread(daemon.wait_log, "reloaded")
+            await asyncio.to_thread(wait_every_reload, daemon)
             after = await _one_rcpt(client, "outsider@example.net")
             return [before, after]
 
@@ -308,3 +317,57 @@ def test_second_sigterm_exits_at_once(tmp_path: Path) -> None:
 
             asyncio.run(in_flight())
         assert "SIGTERM received again: exiting at once" in proc.log()
+
+
+def test_default_workers_sum_metrics_reload_and_drain(tmp_path: Path) -> None:
+    """The shipped defaults (no workers key: "auto", here 2 on this machine's cores, at
+    least 2 forced by the test): /metrics is served by the supervisor and counts the
+    decisions of every worker (each connection lands on either), a SIGHUP reaches every
+    worker and ends with READY=1, and SIGTERM drains them all (exit 0)."""
+    from listgate.config import worker_count
+
+    milter_port, metrics_port = free_port(), free_port()
+    text = config_text(milter_port, metrics_port)
+    if worker_count("auto") < 2:  # a one-core machine: the default would be one process
+        text = text.replace("[milter]\n", "[milter]\nworkers = 2\n")
+    with running(tmp_path, text, milter_port, metrics_port) as proc:
+        workers = children(proc.popen.pid)
+        assert len(workers) >= 2
+        sessions = 24
+
+        async def one(sender: str) -> object:
+            async with await MilterClient.connect(proc.spec) as client:
+                await client.negotiate()
+                return await _one_rcpt(client, sender)
+
+        async def many() -> list[object]:
+            return list(await asyncio.gather(*(
+                one("outsider@example.net" if i % 2 else "member@example.com")
+                for i in range(sessions))))
+
+        replies = asyncio.run(many())
+        assert replies.count(REJECT) == sessions // 2
+        labels = {"frontend": "milter", "list": "list@example.org"}
+        page = scrape(metrics_port)
+        assert metric(page, "listgate_decisions_total", verdict="reject", **labels) == sessions // 2
+        assert metric(page, "listgate_decisions_total", verdict="accept", **labels) == sessions // 2
+        deadline = time.monotonic() + 5  # decision lines are written in batches
+        while time.monotonic() < deadline:
+            first_ids = [line for line in proc.log().splitlines()
+                         if "listgate.decision: [c1] " in line]
+            if len(first_ids) >= 2:
+                break
+            time.sleep(0.05)
+        assert len(first_ids) >= 2, "every connection went to one worker: nothing was summed"
+        proc.notifications(timeout=0.5)  # READY=1 of the start, read
+        proc.popen.send_signal(signal.SIGHUP)
+        notes = "\n".join(proc.notifications(until="READY=1", timeout=15))
+        assert "RELOADING=1" in notes, (notes, proc.log())
+        assert "READY=1" in notes, (notes, proc.log())
+        assert notes.index("RELOADING=1") < notes.index("READY=1")
+        assert proc.log().count("reloaded ") == len(workers), proc.log()
+        assert asyncio.run(one("outsider@example.net")) == REJECT
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(15) == 0, proc.log()
+        assert "STOPPING=1" in "\n".join(proc.notifications(timeout=2))
+        assert proc.log().count("stopped") == len(workers)

@@ -57,14 +57,12 @@ NO_EFFECT: list[tuple[str, str, list[str]]] = [
     ("syslog-address-on-stderr", POSTERS + '[log]\nsyslog_address = "/run/log"\n',
      ['log.syslog_address: has no effect: log.target is "stderr"; set log.target = '
       '"syslog" to log there, or remove it']),
-    ("workers-with-metrics",
-     POSTERS + '[milter]\nworkers = 2\n[metrics]\nlisten = "127.0.0.1:9107"\n',
-     ["milter.workers: more than 1 worker cannot serve [metrics] listen (each worker counts "
-      'only its own decisions): set workers = 1 or listen = ""']),
 ]
 """(id, TOML text, the problems it gives, in order)."""
 
 EFFECTIVE: list[tuple[str, str]] = [
+    ("workers-with-metrics",
+     POSTERS + '[milter]\nworkers = 2\n[metrics]\nlisten = "127.0.0.1:9107"\n'),
     ("defaults-written-down", POSTERS + "[policy]\nlisten = []\nmax_connections = 1000\n"
      '[mailman]\nurl = "http://127.0.0.1:8001/3.1"\n[cache]\nttl = 60\n'
      '[milter]\nsocket_mode = "0660"\n[log]\nsyslog_address = "/dev/log"\n'),

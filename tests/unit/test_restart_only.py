@@ -20,7 +20,7 @@ OLD = parse_config({
 NEW = replace(
     OLD,
     milter=replace(OLD.milter, listen=(parse_listen_spec("inet:127.0.0.1:1"),),
-                   socket_mode=0o600, max_packet_size=65_536, workers=4, uvloop=True,
+                   socket_mode=0o600, max_packet_size=65_536, workers=4, uvloop=False,
                    max_connections=7, idle_timeout=9.0),
     policy=replace(OLD.policy, listen=(parse_listen_spec("inet:127.0.0.1:2"),)),
     metrics=replace(OLD.metrics, listen="127.0.0.1:3"),
