@@ -95,11 +95,12 @@ class Reader:
         known = self._known.get(slot)
         if known is None:
             within = self.within if aged else math.inf
-            fresh = cache.peek(
-                key, max_age if within == math.inf else lambda v: min(max_age(v), within)
-            )
+            # The bound holds for the fetch too: a second tier (Redis) must not answer
+            # it with a value older than *within* (a reject would rest on it).
+            bounded = max_age if within == math.inf else lambda v: min(max_age(v), within)
+            fresh = cache.peek(key, bounded)
             if fresh is None:
-                flight = cache.flight(key, max_age, fetch)
+                flight = cache.flight(key, bounded, fetch)
                 fresh = cache.peek_stale(key, max_age) if self.accept_stale else None
                 if fresh is None:
                     raise NotCached(cache, key, flight)

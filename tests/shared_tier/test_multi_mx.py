@@ -52,6 +52,11 @@ def host_config(port: int, world_proxy: FaultProxy, core: MailmanCore, redis_url
         f'[mailman]\nurl = "{world_proxy.url}"\nuser = "{core.user}"\n'
         f'password = "{core.password}"\ntimeout = {TIMEOUT}\n'
         f'[cache]\nredis_url = "{redis_url}"\n'
+        # This module counts the REST calls that sharing saves. A reject's refetch of
+        # facts older than reject_max_age (#13) depends on how long a burst takes, not on
+        # sharing, so it is switched off here; tests/mailman/test_fresh_verdicts.py covers
+        # it, and tests/unit/test_fresh_rejects.py with a second tier.
+        "reject_max_age = 3600\n"
     )
 
 

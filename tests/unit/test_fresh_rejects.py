@@ -24,7 +24,7 @@ from listgate.facts.lookup import Reader, answer
 from listgate.mailman.backend import MailmanBackend
 from listgate.mailman.client import MembershipRecord
 from listgate.metrics import Metrics
-from tests.fakes import FakeClock, FakeMailmanRecords, FakeSource
+from tests.fakes import DictStore, FakeClock, FakeMailmanRecords, FakeSource
 
 LIST = FakeMailmanRecords.LIST
 NONMEMBER = "stranger@example.org"
@@ -88,6 +88,30 @@ def test_reader_within_refetches_older_facts_and_tracks_the_oldest() -> None:
         _, oldest = await answer(both, within=2.0)
         assert source.calls == {"a": 2, "d": 1}  # only the aged fact refetched
         assert oldest == clock.now
+
+    run(go())
+
+
+def test_reader_within_is_not_answered_by_an_older_second_tier_value() -> None:
+    """With ``within``, the refetch goes to the source even when a second tier (Redis)
+    holds the fact within its own lifetime but older than ``within``: a reject never rests
+    on a shared value older than reject_max_age."""
+    clock = FakeClock()
+    store: DictStore[str, object] = DictStore(clock)
+    source = FakeSource({"a": "old"})
+
+    async def go() -> None:
+        def one(reader: Reader) -> object:
+            return reader.read(host, "a", lambda _: 60.0, source.fetcher("a")).value
+
+        host = FactCache[str, object]("facts", 10, clock=clock, tier=store)
+        assert await answer(one) == "old"  # fetched, and put in the shared tier
+        clock.advance(5)
+        source.values["a"] = "new"
+        host = FactCache[str, object]("facts", 10, clock=clock, tier=store)  # another host
+        assert await answer(one) == "old"  # within 60 s: the shared value serves
+        assert await answer(one, within=2.0) == "new"  # 5 s old: not for a reject
+        assert source.calls == {"a": 2}
 
     run(go())
 
