@@ -60,7 +60,6 @@ __all__ = [
     "DEFAULT_MAX_LINE_LENGTH",
     "DEFAULT_MAX_REQUEST_BYTES",
     "NEED_DATA",
-    "NeedData",
     "PolicyConnection",
     "PolicyError",
     "PolicyLimits",
@@ -82,8 +81,6 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 65536
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-NeedData = Signal
-"""The type of ``NEED_DATA`` (``listgate.sansio.Signal``, shared with the milter codec)."""
 
 
 class PolicyError(ProtocolError):
