@@ -165,6 +165,8 @@ class FaultProxy:
         self.port = 0
         self.connections = 0
         self.requests = 0
+        self.request_lines: list[bytes] = []
+        """The request line of every request, in order of arrival."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="fault-proxy")
@@ -238,6 +240,7 @@ class FaultProxy:
                 if request is None:
                     return
                 self.requests += 1
+                self.request_lines.append(request.split(b"\r\n", 1)[0])
                 mode = self.mode
                 if mode == "reset":
                     return

@@ -21,6 +21,8 @@ import redis as redis_package
 from mailman_harness import MailmanCore
 from support import ListgateServe, free_port
 
+from listgate.config import worker_count
+from listgate.facts.sharedkeys import CHANNEL
 from tests.feed_helpers import plugin_site
 from tests.redis_harness import Blackhole, RedisServer
 from tests.reliability.helpers import BlockingMilter, FaultProxy, raise_nofile
@@ -118,7 +120,7 @@ async def rcpt(port: int, sender: str, recipient: str) -> tuple[bytes, float]:
         writer.write(struct.pack(">I", len(to) + 1) + b"R" + to)
         (length,) = struct.unpack(">I", await reader.readexactly(4))
         reply = await reader.readexactly(length)
-        return reply[:1], time.perf_counter() - began
+        return verdict(reply), time.perf_counter() - began
     finally:
         writer.close()
 
@@ -154,17 +156,17 @@ def test_concurrent_lookups_over_three_hosts_cost_one_hosts_calls(world: World) 
     calls as 1,000 of another new sender on one host alone."""
     everyone_answers(world, "warm@example.net", REJECT)  # directory, policy, bans shared
 
-    async def burst(ports: list[int], sender: str) -> int:
-        before = world.proxy.requests
+    async def burst(ports: list[int], sender: str) -> list[bytes]:
+        before = len(world.proxy.request_lines)
         replies = await asyncio.gather(*(rcpt(ports[i % len(ports)], sender,
                                                world.list_address) for i in range(1000)))
-        assert {r for r, _ in replies} == {b"y"}
-        return world.proxy.requests - before
+        assert {r for r, _ in replies} == {REJECT}
+        return world.proxy.request_lines[before:]
 
     alone = asyncio.run(burst(world.ports[:1], f"alone-{secrets.token_hex(3)}@example.net"))
     three = asyncio.run(burst(world.ports, f"three-{secrets.token_hex(3)}@example.net"))
-    assert alone > 0
-    assert three == alone, (alone, three)
+    assert alone
+    assert len(three) == len(alone), (alone, three)
 
 
 def test_a_fact_fetched_by_one_host_is_served_by_another(world: World) -> None:
@@ -228,6 +230,23 @@ def _rcpt_packet(recipient: str) -> bytes:
     return struct.pack(">I", len(to) + 1) + b"R" + to
 
 
+def subscribers_back(world: World, extra: int = 0, within: float = 15.0) -> None:
+    """Wait until every process of every host (and *extra* more) listens on Redis's
+    invalidation channel again.
+
+    A subscriber that comes back drops its whole local tier (it may have missed changes),
+    so a measurement of REST calls must not start before every subscriber is back."""
+    processes = len(world.hosts) * worker_count("auto") + extra  # the hosts' default
+    client = redis_package.Redis.from_url(world.redis.url)
+    deadline = time.monotonic() + within
+    try:
+        while dict(client.pubsub_numsub(CHANNEL)).get(CHANNEL.encode(), 0) < processes:
+            assert time.monotonic() < deadline, "the subscribers did not come back"
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
 def shared_tier_used_again(world: World, within: float = 15.0) -> None:
     """Wait until a sender fetched by host A is served by B and C with no REST call."""
     deadline = time.monotonic() + within
@@ -268,26 +287,33 @@ def test_redis_failing_is_never_an_outage(world: World) -> None:
         hole.close()
         world.redis.start()
     shared_tier_used_again(world)
+    subscribers_back(world)
 
 
 def test_worker_processes_share_through_redis(world: World, tmp_path: Path) -> None:
     """With ``[milter] workers = 3`` and a redis_url, 1,000 concurrent RCPTs of a new
-    sender make as many REST calls as on a single-process host."""
+    sender make as many REST calls as on a host with the default workers."""
     port = free_port()
     config = host_config(port, world.proxy, world.core, world.redis.url).replace(
         "[milter]\n", "[milter]\nworkers = 3\n")
     with ListgateServe(tmp_path, config, wait_for=[f"inet:127.0.0.1:{port}"]).start():
+        subscribers_back(world, extra=3)
         everyone_answers(world, "warm@example.net", REJECT)
         reply, _ = ask(port, "warm@example.net", world.list_address)  # into Redis, if
         assert verdict(reply) == REJECT  # a restarted Redis lost the site's facts
 
-        async def burst(target: int, sender: str) -> int:
-            before = world.proxy.requests
+        async def burst(target: int, sender: str) -> list[bytes]:
+            before = len(world.proxy.request_lines)
             replies = await asyncio.gather(*(rcpt(target, sender, world.list_address)
                                              for _ in range(1000)))
-            assert {r for r, _ in replies} == {b"y"}
-            return world.proxy.requests - before
+            assert {r for r, _ in replies} == {REJECT}
+            return world.proxy.request_lines[before:]
 
         alone = asyncio.run(burst(world.ports[0], f"one-{secrets.token_hex(3)}@example.net"))
         shared = asyncio.run(burst(port, f"workers-{secrets.token_hex(3)}@example.net"))
-        assert shared == alone, (alone, shared)
+        # Each fact once over the three processes (a duplicate would be a second fetch),
+        # and no more calls than the host with the default workers made: its count is
+        # the reference, not the target, as a Redis call timed out on a loaded machine
+        # opens that host's breaker for a second and sends its processes to Mailman.
+        assert alone
+        assert len(shared) == len(set(shared)) <= len(alone), (alone, shared)
