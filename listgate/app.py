@@ -49,7 +49,7 @@ from listgate.frontends.milter import AuthStage, milter_options
 from listgate.listen import parse_listen_spec, parse_metrics_listen
 from listgate.log import flush_lines, setup_logging
 from listgate.metrics import Metrics
-from listgate.server.base import StreamService
+from listgate.server.base import StreamService, ensure_fd_limit
 from listgate.server.events import EventsListener, FeedMonitor
 from listgate.server.milter import MilterService
 from listgate.server.notify import notify
@@ -156,6 +156,19 @@ processes, the event loop): a reload warns when one changed and keeps the runnin
 
 RESTART_ONLY_SECTIONS = ("backend", "mailman")
 """Whole sections a reload keeps (the backend's connection settings)."""
+
+
+def client_connections(config: Config) -> int:
+    """The client connections the config allows at once, all services together."""
+    return config.milter.max_connections + (
+        config.policy.max_connections if config.policy.listen else 0)
+
+
+def check_fd_limit(config: Config) -> None:
+    """Make room for ``client_connections`` open files, or log why there is none."""
+    problem = ensure_fd_limit(client_connections(config))
+    if problem is not None:
+        log.warning("%s", problem)
 
 
 def keep_restart_only(new: Config, old: Config) -> Config:
@@ -306,6 +319,8 @@ class Daemon:
         self.milter.max_message = new.auth.max_message_size
         self.milter.options = milter_options(m.max_packet_size, needs_headers(new),
                                              self.milter.auth)
+        if client_connections(new) > client_connections(old):
+            check_fd_limit(new)
         self.milter.max_connections = m.max_connections
         self.milter.shutdown_timeout = m.shutdown_timeout
         if self.policy is not None:
@@ -455,6 +470,7 @@ def run(config: Config, path: Path | None = None) -> int:
     ``[milter] workers`` > 1 (the default "auto" on a machine with several cores) this
     process supervises that many worker processes (``listgate.server.supervisor``), each
     running ``serve``, and serves ``[metrics] listen`` summed over them."""
+    check_fd_limit(config)  # before the workers: they inherit the limit
     if worker_count(config.milter.workers, events=bool(config.events.listen)) > 1:
         _loop_factory(config)  # a missing uvloop is logged here, once, not by each worker
         for warning in config_warnings(config):

@@ -121,8 +121,10 @@ class MilterConfig:
     """Sockets to listen on (a spec or a list of specs). Default: ["inet:127.0.0.1:8890"]."""
     socket_mode: int = 0o660
     """Permissions of unix: sockets, written as an octal string. Default: "0660"."""
-    max_connections: int = 1000
-    """Concurrent milter connections; more are closed at accept. Default: 1000."""
+    max_connections: int = 4096
+    """Concurrent milter connections, all workers together (Postfix holds one per SMTP
+    session in progress); more are closed at accept. listgate raises its open files limit
+    to match at start. Default: 4096."""
     max_packet_size: int = 1_048_576
     """Bytes; a larger claimed packet length closes the connection. Default: 1048576."""
     idle_timeout: float = 300.0
@@ -151,8 +153,9 @@ class PolicyConfig:
     Default: [] (disabled)."""
     socket_mode: int = 0o660
     """Permissions of unix: sockets, written as an octal string. Default: "0660"."""
-    max_connections: int = 1000
-    """Concurrent policy connections (Postfix opens one per smtpd process). Default: 1000."""
+    max_connections: int = 4096
+    """Concurrent policy connections, all workers together (Postfix opens one per smtpd
+    process); more are closed at accept. Default: 4096."""
     idle_timeout: float = 600.0
     """Seconds a connection may take to complete its next request; keep it above
     Postfix's smtpd_policy_service_max_idle (300 s). Default: 600."""

@@ -12,6 +12,10 @@ Invariants:
   command in flight, then close), waits up to ``shutdown_timeout``, and aborts the rest.
   Unix socket files it created are removed.
 - Socket errors at start-up become ``ListgateError`` naming the listen spec.
+- ``ensure_fd_limit`` raises the soft ``RLIMIT_NOFILE`` so that every connection the
+  ``max_connections`` settings allow can be accepted (a worker may hold all of them); it
+  never lowers it, and says so when the hard limit is too low, rather than letting
+  ``accept`` fail with EMFILE under load.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import mmap
 import multiprocessing
 import os
+import resource
 import socket
 import stat
 from collections.abc import Callable, Sequence
@@ -36,6 +41,7 @@ __all__ = [
     "SharedCount",
     "StreamService",
     "bind_unix_listener",
+    "ensure_fd_limit",
     "remove_stale_socket",
 ]
 
@@ -75,6 +81,30 @@ class SharedCount:
 
 SHARED_COUNTS: dict[str, SharedCount] = {}
 """By service name, in a worker process (set by the supervisor before it forks)."""
+
+
+FD_MARGIN = 256
+"""File descriptors kept for what is not a client connection: listeners, the REST and
+Redis connections, log files, the supervisor's links."""
+
+
+def ensure_fd_limit(connections: int) -> str | None:
+    """Raise this process's soft limit on open files to *connections* + ``FD_MARGIN``
+    (children inherit it), up to the hard limit; the problem, if that is not enough."""
+    need = connections + FD_MARGIN
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < need:
+            soft = need if hard == resource.RLIM_INFINITY else min(need, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    except (OSError, ValueError) as exc:
+        return f"cannot raise the open files limit to {need}: {exc}"
+    if soft != resource.RLIM_INFINITY and soft < need:
+        return (f"the open files limit is {soft} (hard limit), below the {need} that "
+                f"max_connections ({connections} in all) needs: connections past it fail "
+                "at accept; raise LimitNOFILE (systemd) or ulimit -n, or lower "
+                "max_connections")
+    return None
 
 
 def remove_stale_socket(name: str, spec: ListenSpec) -> None:

@@ -46,7 +46,7 @@ def test_defaults() -> None:
     assert cfg == Config(source="empty.toml")
     assert cfg.milter.listen == (ListenSpec("inet", "127.0.0.1", 8890, ""),)
     assert cfg.milter.socket_mode == 0o660
-    assert (cfg.milter.max_connections, cfg.milter.max_packet_size) == (1000, 1_048_576)
+    assert (cfg.milter.max_connections, cfg.milter.max_packet_size) == (4096, 1_048_576)
     assert (cfg.milter.idle_timeout, cfg.milter.command_timeout,
             cfg.milter.shutdown_timeout) == (300.0, 30.0, 10.0)
     assert cfg.backend.type == "static"
