@@ -591,24 +591,52 @@ def _read_password_file(path: str, key: str) -> Secret:
     return Secret(text)
 
 
+@dataclass(frozen=True, slots=True)
+class _SecretFile:
+    """A file that holds a secret, and what reading it would give away."""
+
+    key: str
+    """Its dotted key."""
+    path: Callable[[Config], str]
+    """The path the config sets ("" when the file is not used under this config)."""
+    gives: str
+    """What anyone who can read it gets."""
+
+
+_SECRET_FILES = (
+    _SecretFile("mailman.password_file",
+                lambda c: c.mailman.password_file if c.backend.type == "mailman" else "",
+                "the Mailman REST password"),
+    _SecretFile("cache.redis_password_file",
+                lambda c: c.cache.redis_password_file if c.cache.redis_url else "",
+                "the password of the Redis shared by every MX host (and so a way to "
+                "plant facts every host decides on)"),
+    _SecretFile("events.secret_file",
+                lambda c: c.events.secret_file if c.events.listen else "",
+                "the secret of the change feed (and so a way to forge change messages)"),
+)
+
+
 def password_file_warnings(cfg: Config) -> list[str]:
-    """Warnings about how the REST password is stored: one when ``mailman.password_file``
-    is readable by "other" users (``st_mode & 0o004``). Only the file's metadata is read;
-    its content, the password, never appears in a warning."""
-    path = cfg.mailman.password_file
-    if cfg.backend.type != "mailman" or not path:
-        return []
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return []  # it was readable at load time; a later problem shows up when it is used
-    if mode & 0o004:
-        return [
-            f"mailman.password_file: {_show(path)} is readable by other users (mode "
-            f"{stat.S_IMODE(mode):04o}); anyone on this host can read the Mailman REST "
-            "password: chmod o-r it (0640, group of the listgate user)"
-        ]
-    return []
+    """Warnings about how secrets are stored: one for each file in use that holds one
+    (``mailman.password_file``, ``cache.redis_password_file``, ``events.secret_file``)
+    and is readable by "other" users (``st_mode & 0o004``). Only the file's metadata is
+    read; its content never appears in a warning."""
+    warnings = []
+    for secret in _SECRET_FILES:
+        path = secret.path(cfg)
+        if not path:
+            continue
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue  # it was readable at load time; a later problem shows when it is used
+        if mode & 0o004:
+            warnings.append(
+                f"{secret.key}: {_show(path)} is readable by other users (mode "
+                f"{stat.S_IMODE(mode):04o}); anyone on this host can read {secret.gives}: "
+                "chmod o-r it (0640, group of the listgate user)")
+    return warnings
 
 
 def _finish_mailman(kwargs: dict[str, object], name: str) -> None:

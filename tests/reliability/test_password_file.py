@@ -94,3 +94,26 @@ def test_warning_goes_through_logging(tmp_path: Path, caplog: pytest.LogCaptureF
     assert len(hits) == 1
     assert hits[0].levelno == logging.WARNING
     assert hits[0].name == "listgate"
+
+
+@pytest.mark.parametrize(("section", "settings", "key"), [
+    ("cache", {"redis_url": "redis://127.0.0.1:9/0"}, "redis_password_file"),
+    ("events", {"listen": "inet:127.0.0.1:9"}, "secret_file"),
+])
+@pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o640, False)])
+def test_every_secret_file_is_checked(tmp_path: Path, section: str, settings: dict[str, str],
+                                      key: str, mode: int, warned: bool) -> None:
+    """The Redis password file and the change feed's secret file get the same warning as
+    Mailman's password file, naming their own key, without the secret."""
+    secret = tmp_path / "secret"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(mode)
+    path = tmp_path / "listgate.toml"
+    path.write_text(toml({
+        "backend": {"type": "mailman"},
+        "mailman": {"url": "http://127.0.0.1:9/3.1", "password": "inline"},
+        section: {**settings, key: str(secret)},
+    }))
+    warnings = password_file_warnings(load_config(path))
+    assert [w.split(":", 1)[0] for w in warnings] == ([f"{section}.{key}"] if warned else [])
+    assert all(f"{mode:04o}" in w and PASSWORD not in w for w in warnings)

@@ -63,7 +63,7 @@ NO_EFFECT: list[tuple[str, str, list[str]]] = [
 EFFECTIVE: list[tuple[str, str]] = [
     ("workers-with-metrics",
      POSTERS + '[milter]\nworkers = 2\n[metrics]\nlisten = "127.0.0.1:9107"\n'),
-    ("defaults-written-down", POSTERS + "[policy]\nlisten = []\nmax_connections = 1000\n"
+    ("defaults-written-down", POSTERS + "[policy]\nlisten = []\nmax_connections = 4096\n"
      '[mailman]\nurl = "http://127.0.0.1:8001/3.1"\n[cache]\nttl = 60\n'
      '[milter]\nsocket_mode = "0660"\n[log]\nsyslog_address = "/dev/log"\n'),
     ("mailman-with-everything", MAILMAN + "[cache]\nttl = 5\n"
