@@ -173,6 +173,11 @@ class FactCache(Generic[K, V]):
             return entry
         return None
 
+    def held(self, key: K) -> Fetched[V] | None:
+        """The cached value however old, or None; counts nothing, starts nothing, never
+        waits (``listgate.facts.lookup`` scouts with it)."""
+        return self._entries.get(key)
+
     def flight(
         self, key: K, max_age: Callable[[V], float], fetch: Callable[[], Awaitable[V]]
     ) -> asyncio.Task[Fetched[V]]:

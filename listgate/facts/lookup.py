@@ -11,27 +11,44 @@ it is the answer, written as if every fact were at hand.
 - ``answer_now(assemble)``, the no-wait fast path: one run; if a fact is not fresh in
   memory, its fetch has been started and the answer is ``PENDING`` (the caller then
   awaits ``answer`` for the same request, which joins that fetch).
-- ``answer(assemble, deadline)``: runs ``assemble``; each time it stops at a missing fact,
-  awaits that fact's fetch, keeps the outcome (value or error) in the reader, and runs
-  ``assemble`` again. At the deadline it runs ``assemble`` once more accepting values up
-  to ``stale_if_error`` past their age limit; a fact still missing raises ``NotCached``.
-  The fetches go on in the background and fill the caches.
+- ``answer(assemble, deadline)``: the first run *scouts*: a fact that is not fresh but
+  whose older value the cache still holds (of any age) has its fetch started (or
+  joined), and the run goes on with the older value, only to find the next facts the
+  answer needs and start their fetches too; a fact with no value at all stops the run
+  (``NotCached``). So the facts an answer needs are fetched side by side, not one after
+  the other (a reject's refetch with ``within``: the list's policy, the site's bans, each
+  sender's memberships and linked addresses at once). If the first run used no older
+  value, it is an ordinary run (its answer is the answer); otherwise its result, which
+  rests on older values, is dropped, and ``answer`` awaits every fetch it started,
+  keeping each outcome (value or error) in the reader. Then, as every run after it:
+  each time a run stops at a missing fact, ``answer`` awaits that fact's fetch, keeps the
+  outcome, and runs ``assemble`` again. At the deadline it runs ``assemble`` once more
+  accepting values up to ``stale_if_error`` past their age limit; a fact still missing
+  raises ``NotCached``. The fetches go on in the background and fill the caches.
+  A key read from an older value (the list id of an older directory, the addresses of
+  an older link) may name a fact the answer then does not need: scouting fetched it for
+  nothing, once (single-flight), and the answer waits for it with the others, within the
+  deadline.
 
 Invariants:
 - ``assemble`` runs to its end or to the first missing fact and never suspends.
-- Within one lookup every fact is read once: a reader keeps what it read (or the error
-  its fetch ended with) and gives the same to every later run, so each run gets further
-  than the one before, and there are at most as many runs as the answer needs facts,
-  plus one.
+- Within one lookup every fact is read once: a reader keeps what it read fresh (or the
+  error its fetch ended with) and gives the same to every later run, so each ordinary
+  run gets further than the one before, and there are at most as many runs as the
+  answer needs facts, plus two. An older value a scouting run goes on with is not kept:
+  the runs after it read the fact as fetched.
 - An error a fetch ended with is raised by ``read`` where the fact is read, so the
-  assembly handles it as it would an error from awaiting the fetch itself.
-- ``answer_now`` never waits and never raises ``NotCached``; ``answer`` raises it only at
-  the deadline. ``NotCached`` never reaches the decision core.
-- A reader knows how old the facts it read are: ``oldest`` is the earliest ``fetched_at``
-  of every fact ``read`` (``read_or`` stand-ins do not count). With a ``within`` bound
-  (``answer(..., within=s)``) a fact older than *s* seconds is not fresh, whatever its
-  own lifetime says: it is fetched again (single-flight, as any miss). Past the
-  deadline the stale window is the one of the fact's own lifetime, as without a bound.
+  assembly handles it as it would an error from awaiting the fetch itself; a fetch
+  scouting started for a fact the answer does not read has its error kept, never raised.
+- ``answer_now`` never waits, never scouts and never raises ``NotCached``; ``answer``
+  raises it only at the deadline. ``NotCached`` never reaches the decision core.
+- A reader knows how old the facts behind the answer are: ``oldest`` is the earliest
+  ``fetched_at`` of every fact ``read`` by the runs whose result may be the answer (the
+  older values a scouting run went on with never count, nor anything else that run read;
+  ``read_or`` stand-ins do not count). With a ``within`` bound (``answer(..., within=s)``)
+  a fact older than *s* seconds is not fresh, whatever its own lifetime says: it is
+  fetched again (single-flight, as any miss). Past the deadline the stale window is the
+  one of the fact's own lifetime, as without a bound.
 """
 
 from __future__ import annotations
@@ -64,13 +81,20 @@ class NotCached(ListgateError):
         self.flight = flight
 
 
+Slot = tuple[FactCache[Any, Any], Hashable]
+"""One fact of one lookup: its cache and its key."""
+
+
 class Reader:
     """One lookup's view of the caches: each fact read once, then the same for every run."""
 
-    __slots__ = ("_known", "accept_stale", "oldest", "within")
+    __slots__ = ("_known", "_scouted", "accept_stale", "oldest", "within")
 
     def __init__(self, within: float = math.inf) -> None:
-        self._known: dict[tuple[FactCache[Any, Any], Hashable], Fetched[Any] | Exception] = {}
+        self._known: dict[Slot, Fetched[Any] | Exception] = {}
+        self._scouted: dict[Slot, asyncio.Task[Fetched[Any]]] | None = None
+        """While a run scouts: the fetches it started (or joined) for facts it went on
+        without; None otherwise."""
         self.accept_stale = False
         """Past the deadline: a value within ``stale_if_error`` past its age limit will do."""
         self.within = within
@@ -89,8 +113,10 @@ class Reader:
     ) -> Fetched[V]:
         """The fact *key* of *cache*, with when it was fetched; ``NotCached`` (its fetch
         started or joined) when it is not fresh in memory, or raises the error its fetch
-        ended with in this lookup. With *aged* false the fact's age neither counts for
-        ``oldest`` nor is bounded by ``within`` (a fact no verdict rests on)."""
+        ended with in this lookup. While scouting, a fact not fresh whose older value
+        the cache holds answers that value (its fetch started or joined, and remembered).
+        With *aged* false the fact's age neither counts for ``oldest`` nor is bounded by
+        ``within`` (a fact no verdict rests on)."""
         slot = (cache, key)
         known = self._known.get(slot)
         if known is None:
@@ -103,7 +129,11 @@ class Reader:
                 flight = cache.flight(key, bounded, fetch)
                 fresh = cache.peek_stale(key, max_age) if self.accept_stale else None
                 if fresh is None:
-                    raise NotCached(cache, key, flight)
+                    scouted = self._scouted
+                    if scouted is None or (older := cache.held(key)) is None:
+                        raise NotCached(cache, key, flight)
+                    scouted[slot] = flight
+                    return older  # neither kept nor counted: the answer never rests on it
             self._known[slot] = fresh
             if aged and fresh.fetched_at < self.oldest:
                 self.oldest = fresh.fetched_at
@@ -137,10 +167,32 @@ class Reader:
 
     async def learn(self, missing: NotCached) -> None:
         """Await the fetch *missing* names and keep its outcome for the next run."""
+        await self._learn(missing.slot, missing.flight)
+
+    async def _learn(self, slot: Slot, flight: asyncio.Task[Fetched[Any]]) -> None:
         try:
-            self._known[missing.slot] = await asyncio.shield(missing.flight)
+            self._known[slot] = await asyncio.shield(flight)
         except Exception as exc:  # kept, and raised where the fact is read
-            self._known[missing.slot] = exc
+            self._known[slot] = exc
+
+    def scout(self) -> dict[Slot, asyncio.Task[Fetched[Any]]]:
+        """From now on, until ``stop_scouting``, go on with the older value of a fact
+        not fresh; the fetches started for them are gathered in the dict returned."""
+        self._scouted = {}
+        return self._scouted
+
+    def stop_scouting(self) -> None:
+        """Read as usual again; if the scouting run went on with any older value, forget
+        ``oldest`` (that run's result is not the answer; the next runs count again)."""
+        if self._scouted:
+            self.oldest = math.inf
+        self._scouted = None
+
+    async def learn_all(self, flights: dict[Slot, asyncio.Task[Fetched[Any]]]) -> None:
+        """Await every fetch of *flights* (started together, so this takes as long as the
+        slowest) and keep each outcome for the next run."""
+        for slot, flight in flights.items():
+            await self._learn(slot, flight)
 
     def past_deadline(self) -> None:
         """From now on accept stale values, and forget the errors fetches ended with (a
@@ -179,6 +231,21 @@ async def answer(
 
 
 async def _settle(assemble: Callable[[Reader], T], reader: Reader) -> T:
+    flights = reader.scout()
+    try:
+        first = assemble(reader)
+    except NotCached as missing:
+        flights[missing.slot] = missing.flight
+    except Exception:
+        if not flights:  # an ordinary run: its error is the answer
+            raise
+        # resting on older values: the runs below decide on the facts as fetched
+    else:
+        if not flights:  # an ordinary run: every fact was fresh
+            return first
+    finally:
+        reader.stop_scouting()
+    await reader.learn_all(flights)
     while True:
         try:
             return assemble(reader)
