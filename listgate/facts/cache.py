@@ -66,6 +66,9 @@ class Fetched(Generic[V]):
 
     value: V
     fetched_at: float
+    shared: bool = False
+    """Read from the second tier by a fetch, as fresh enough by the age limit of the
+    lookup that started it (a lookup with a stricter one that joined it may not use it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,13 +266,14 @@ class FactCache(Generic[K, V]):
                 from_tier = Fetched(stored.value, self._clock() - stored.age)
                 if stored.age <= max_age(stored.value):
                     self.tier_hits += 1
+                    hit = Fetched(stored.value, from_tier.fetched_at, shared=True)
                     if self._current(key):
-                        self._entries[key] = from_tier
-                    return from_tier
+                        self._entries[key] = hit
+                    return hit
             claimed = await self._tier_claim(key)
             if claimed is not None and claimed.age <= max_age(claimed.value):
                 self.tier_hits += 1
-                entry = Fetched(claimed.value, self._clock() - claimed.age)
+                entry = Fetched(claimed.value, self._clock() - claimed.age, shared=True)
                 if self._current(key):
                     self._entries[key] = entry
                 return entry

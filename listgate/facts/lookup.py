@@ -47,8 +47,11 @@ Invariants:
   older values a scouting run went on with never count, nor anything else that run read;
   ``read_or`` stand-ins do not count). With a ``within`` bound (``answer(..., within=s)``)
   a fact older than *s* seconds is not fresh, whatever its own lifetime says: it is
-  fetched again (single-flight, as any miss). Past the deadline the stale window is the
-  one of the fact's own lifetime, as without a bound.
+  fetched again (single-flight, as any miss). A fetch joined that way may have been
+  started by a lookup without the bound and answer with a second tier's value older than
+  *s* (``Fetched.shared``): that value is not used, and the fact is fetched again,
+  bounded (a fetch bounded by *s* never answers with one). Past the deadline the stale
+  window is the one of the fact's own lifetime, as without a bound.
 """
 
 from __future__ import annotations
@@ -119,6 +122,10 @@ class Reader:
         ``within`` (a fact no verdict rests on)."""
         slot = (cache, key)
         known = self._known.get(slot)
+        if (known is not None and aged and type(known) is Fetched and known.shared
+                and self._too_old(cache, known)):
+            del self._known[slot]  # from a joined fetch without the bound: fetch again
+            known = None
         if known is None:
             within = self.within if aged else math.inf
             # The bound holds for the fetch too: a second tier (Redis) must not answer
@@ -143,6 +150,11 @@ class Reader:
         if aged and known.fetched_at < self.oldest:
             self.oldest = known.fetched_at
         return known
+
+    def _too_old(self, cache: FactCache[Any, Any], known: Fetched[Any]) -> bool:
+        """Whether *known* is older than ``within`` (before the deadline only)."""
+        return (self.within != math.inf and not self.accept_stale
+                and cache.now() - known.fetched_at > self.within)
 
     def read_or(
         self,

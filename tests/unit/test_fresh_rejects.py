@@ -116,6 +116,30 @@ def test_reader_within_is_not_answered_by_an_older_second_tier_value() -> None:
     run(go())
 
 
+def test_reader_within_does_not_take_an_unbounded_fetchs_older_value() -> None:
+    """A bounded read (a reject's refetch) that joins a fetch started at the same moment
+    by an unbounded one (an accept's) does not take that fetch's second-tier value older
+    than ``within``: it fetches again from the source."""
+    clock = FakeClock()
+    store: DictStore[str, object] = DictStore(clock)
+    source = FakeSource({"a": "old"})
+
+    async def go() -> None:
+        def one(reader: Reader) -> object:
+            return reader.read(host, "a", lambda _: 60.0, source.fetcher("a")).value
+
+        host = FactCache[str, object]("facts", 10, clock=clock, tier=store)
+        assert await answer(one) == "old"  # fetched, and put in the shared tier
+        clock.advance(5)
+        source.values["a"] = "new"
+        host = FactCache[str, object]("facts", 10, clock=clock, tier=store)  # another host
+        unbounded, bounded = await asyncio.gather(answer(one), answer(one, within=2.0))
+        assert (unbounded, bounded) == ("old", "new")
+        assert source.calls == {"a": 2}
+
+    run(go())
+
+
 # --------------------------------------------------------------------------- the rule
 
 
