@@ -15,6 +15,11 @@ Invariants:
   reported its reload over the ready pipe (or after ``RELOAD_WAIT``).
 - A worker that dies later than ``RESTART_AFTER`` after its start is replaced; one that
   dies sooner stops them all, and the supervisor exits 1.
+- A worker does not outlive its supervisor: on Linux the kernel sends it SIGTERM when
+  the supervisor dies, even by SIGKILL (``PR_SET_PDEATHSIG``), and it drains and exits;
+  a worker whose supervisor was already gone when it started exits at once. Orphaned
+  workers would go on answering on the shared port with an old configuration, next to
+  a restarted listgate.
 - The supervisor imports no application module: what a worker runs is handed in
   (``RunWorker``), so dependencies point down from ``listgate.app``.
 """
@@ -22,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
@@ -49,6 +55,19 @@ log = logging.getLogger("listgate")
 
 _PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 """The signals the supervisor passes on to the workers."""
+
+_PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal this process gets when its parent dies (Linux)."""
+
+
+def _die_with_parent(parent: int) -> bool:
+    """Have the kernel send SIGTERM to this process (a worker just forked) when *parent*
+    dies (Linux; elsewhere nothing); False if *parent* is already gone."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    return os.getppid() == parent  # checked after: the parent may have died before
+
 
 Inherited = Mapping[tuple[str, ListenSpec], socket.socket]
 """Listening sockets a worker inherits, by (service name, listen spec)."""
@@ -176,15 +195,20 @@ class Supervisor:
         link = self.scrapes.link(index) if self.scrapes is not None else None
         for count in self.counts.values():
             count.slots[index] = 0  # what a worker that died held is gone with it
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
                 # Held until the worker's loop handles them (listgate.app unblocks them):
-                # a SIGTERM during its start-up drains it instead of killing it.
+                # a SIGTERM during its start-up (the supervisor's, or the kernel's when the
+                # supervisor dies) drains it instead of killing it.
                 signal.pthread_sigmask(signal.SIG_BLOCK, _PASSED_ON)
                 for signum in _PASSED_ON:
                     signal.signal(signum, signal.SIG_DFL)
+                if not _die_with_parent(parent):
+                    code = 0
+                    return  # the supervisor is gone: nothing to serve for (os._exit below)
                 os.environ.pop("NOTIFY_SOCKET", None)
                 os.close(self.ready_r)
                 for sock in self.reserved:

@@ -371,3 +371,31 @@ def test_default_workers_sum_metrics_reload_and_drain(tmp_path: Path) -> None:
         assert proc.popen.wait(15) == 0, proc.log()
         assert "STOPPING=1" in "\n".join(proc.notifications(timeout=2))
         assert proc.log().count("stopped") == len(workers)
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
+    """SIGKILL of the supervisor (which cannot pass anything on) still ends both workers
+    within seconds, and the port is free again: no orphan keeps answering on it with an
+    old configuration next to a restarted listgate."""
+    milter_port = free_port()
+    text = f'[milter]\nlisten = "inet:127.0.0.1:{milter_port}"\nworkers = 2\n' + (
+        '[static.posters]\n"list@example.org" = ["member@example.com"]\n')
+    with running(tmp_path, text, milter_port) as proc:
+        workers = children(proc.popen.pid)
+        assert len(workers) == 2
+        proc.popen.kill()
+        proc.popen.wait(5)
+
+        def alive(pid: int) -> bool:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                return False
+            return state != "Z"
+
+        deadline = time.monotonic() + 10
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(w) for w in workers), proc.log()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", milter_port), timeout=2).close()
