@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import generate_latest
@@ -92,23 +93,32 @@ def test_reader_within_refetches_older_facts_and_tracks_the_oldest() -> None:
     run(go())
 
 
+async def _second_host_with_an_older_shared_value(
+    clock: FakeClock, source: FakeSource,
+) -> Callable[[Reader], object]:
+    """A fact fetched ("old") and shared by one host, changed at the source ("new") 5 s
+    later; the assembly of a second host, whose own tier is empty."""
+    store: DictStore[str, object] = DictStore(clock)
+    host = FactCache[str, object]("facts", 10, clock=clock, tier=store)
+
+    def one(reader: Reader) -> object:
+        return reader.read(host, "a", lambda _: 60.0, source.fetcher("a")).value
+
+    assert await answer(one) == "old"  # fetched, and put in the shared tier
+    clock.advance(5)
+    source.values["a"] = "new"
+    host = FactCache[str, object]("facts", 10, clock=clock, tier=store)  # another host
+    return one
+
+
 def test_reader_within_is_not_answered_by_an_older_second_tier_value() -> None:
     """With ``within``, the refetch goes to the source even when a second tier (Redis)
     holds the fact within its own lifetime but older than ``within``: a reject never rests
     on a shared value older than reject_max_age."""
-    clock = FakeClock()
-    store: DictStore[str, object] = DictStore(clock)
-    source = FakeSource({"a": "old"})
+    clock, source = FakeClock(), FakeSource({"a": "old"})
 
     async def go() -> None:
-        def one(reader: Reader) -> object:
-            return reader.read(host, "a", lambda _: 60.0, source.fetcher("a")).value
-
-        host = FactCache[str, object]("facts", 10, clock=clock, tier=store)
-        assert await answer(one) == "old"  # fetched, and put in the shared tier
-        clock.advance(5)
-        source.values["a"] = "new"
-        host = FactCache[str, object]("facts", 10, clock=clock, tier=store)  # another host
+        one = await _second_host_with_an_older_shared_value(clock, source)
         assert await answer(one) == "old"  # within 60 s: the shared value serves
         assert await answer(one, within=2.0) == "new"  # 5 s old: not for a reject
         assert source.calls == {"a": 2}
@@ -120,19 +130,10 @@ def test_reader_within_does_not_take_an_unbounded_fetchs_older_value() -> None:
     """A bounded read (a reject's refetch) that joins a fetch started at the same moment
     by an unbounded one (an accept's) does not take that fetch's second-tier value older
     than ``within``: it fetches again from the source."""
-    clock = FakeClock()
-    store: DictStore[str, object] = DictStore(clock)
-    source = FakeSource({"a": "old"})
+    clock, source = FakeClock(), FakeSource({"a": "old"})
 
     async def go() -> None:
-        def one(reader: Reader) -> object:
-            return reader.read(host, "a", lambda _: 60.0, source.fetcher("a")).value
-
-        host = FactCache[str, object]("facts", 10, clock=clock, tier=store)
-        assert await answer(one) == "old"  # fetched, and put in the shared tier
-        clock.advance(5)
-        source.values["a"] = "new"
-        host = FactCache[str, object]("facts", 10, clock=clock, tier=store)  # another host
+        one = await _second_host_with_an_older_shared_value(clock, source)
         unbounded, bounded = await asyncio.gather(answer(one), answer(one, within=2.0))
         assert (unbounded, bounded) == ("old", "new")
         assert source.calls == {"a": 2}
