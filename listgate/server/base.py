@@ -189,12 +189,15 @@ class StreamService:
         binding (the supervisor owns them, and removes unix socket files)."""
         self.reuse_port = False
         """Bind inet listeners with SO_REUSEPORT (worker processes share the port)."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The loop serving the listeners, once started (connections take it from here:
+        ``asyncio.get_running_loop`` costs a getpid(2) per call on CPython 3.11)."""
 
     # --------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         """Bind every listen spec; on any failure close what was bound and raise."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         try:
             for spec in self.specs:
                 server = await self._listen(loop, spec)

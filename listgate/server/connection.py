@@ -203,7 +203,7 @@ class StreamConnection(asyncio.Protocol):
 
     def __init__(self, service: SessionService) -> None:
         self._service = service
-        self._loop = asyncio.get_running_loop()
+        self._loop = service.loop or asyncio.get_running_loop()
         self.conn_id = ""
         self._peername: object = _NOT_CONNECTED
         self._quickack: object = None
