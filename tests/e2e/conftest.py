@@ -1,13 +1,21 @@
-"""Fixtures for the end-to-end tests: LMTP sink, private Postfix instance, listgate processes."""
+"""Fixtures for the end-to-end tests: LMTP sink, private Postfix instance, listgate
+processes, a Mailman world per module, recorded SMTP sessions.
+
+Invariants:
+- Every module-scoped fixture here is set up once per module that uses it, as if the
+  module had defined it; session-scoped ones once per run.
+- A recorded SMTP session is always closed, its transcript printed and saved; a failing
+  test also prints the MTA's log and the listgates' stderr.
+"""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mailman_harness import MailmanCore
 
 from .harness import (
     POSTERS,
@@ -15,13 +23,15 @@ from .harness import (
     ListgateProcess,
     LmtpSink,
     PostfixInstance,
-    RecordingSMTP,
-    Transcript,
+    SmtpSessions,
     free_port,
+    instance_lifetime,
     ipv6_loopback_available,
+    serving,
     tail,
     traversable_tmpdir,
 )
+from .mailman_fixtures import MailmanWorld, populate, require_mailman
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
@@ -39,6 +49,49 @@ def pytest_runtest_makereport(
 def _failed(request: pytest.FixtureRequest) -> bool:
     reports = request.node.stash.get(_REPORTS, {})
     return any(r.failed for r in reports.values())
+
+
+POSTFIX_FILES = ("log/maillog", "etc/main.cf", "etc/master.cf")
+"""What a test report keeps of a private Postfix instance."""
+
+
+def recorded_smtp(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    ports: Mapping[str, int],
+    mta_log: Callable[[], str],
+    listgates: Sequence[str],
+) -> Iterator[SmtpSessions]:
+    """For ``yield from`` in an ``smtp`` fixture: the test's recorded sessions to *ports*.
+
+    Afterwards the transcripts are written to ``<tmp_path>/smtp-transcripts.txt`` and
+    printed (see them with ``pytest -s``, or in the report of a failing test); if the test
+    failed, ``mta_log()`` (what the MTA logged during the test) and the stderr tail of each
+    fixture in *listgates* that the test uses are printed too.
+    """
+    sessions = SmtpSessions(ports, request.node.name)
+    yield sessions
+    text = sessions.close()
+    (tmp_path / "smtp-transcripts.txt").write_text(text)
+    print(f"\n{text}", end="")
+    if _failed(request):
+        print(mta_log())
+        for name in listgates:
+            if name in request.fixturenames:
+                lg = request.getfixturevalue(name)
+                print(f"=== {name} stderr, tail ===\n{tail(lg.stderr_text())}")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailmanWorld]:
+    """A running Mailman core with the test list and its posters (one per module)."""
+    require_mailman()
+    core = MailmanCore(tmp_path_factory.mktemp("mailman-core"))
+    core.start()
+    try:
+        yield populate(core)
+    finally:
+        core.stop()
 
 
 @dataclass(frozen=True)
@@ -141,20 +194,10 @@ def postfix_env(sink: LmtpSink, tmp_path_factory: pytest.TempPathFactory) -> Ite
         policy_service=f"inet:127.0.0.1:{policy_port}",
         policy_down_service=f"inet:127.0.0.1:{policy_down_port}",
     )
-    try:
-        env.postfix.create()
-        env.postfix.start()
+    with instance_lifetime(
+        env.postfix, base, lambda: tmp_path_factory.mktemp("postfix"), POSTFIX_FILES
+    ):
         yield env
-    finally:
-        try:
-            env.postfix.stop()
-        finally:
-            keep = tmp_path_factory.mktemp("postfix")
-            for name in ("log/maillog", "etc/main.cf", "etc/master.cf"):
-                src = base / name
-                if src.exists():
-                    shutil.copy(src, keep / src.name)
-            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -162,14 +205,9 @@ def listgate_main(
     postfix_env: PostfixEnv, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ListgateProcess]:
     """The session-wide listgate that listeners "main" and "v2" use."""
-    lg = ListgateProcess(
+    yield from serving(ListgateProcess(
         tmp_path_factory.mktemp("listgate-main"), [postfix_env.main_milter], POSTERS
-    )
-    lg.start()
-    try:
-        yield lg
-    finally:
-        lg.stop()
+    ))
 
 
 @pytest.fixture
@@ -200,29 +238,12 @@ def start_listgate(
 @pytest.fixture
 def smtp(
     postfix_env: PostfixEnv, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[Callable[[str, str], RecordingSMTP]]:
-    """Factory: an SMTP session to a Postfix listener, recording a transcript.
-
-    Transcripts are written to ``<tmp_path>/smtp-transcripts.txt`` and printed (see them
-    with ``pytest -s``, or in the report of a failing test).
-    """
-    sessions: list[RecordingSMTP] = []
+) -> Iterator[SmtpSessions]:
+    """Recorded SMTP sessions to the shared Postfix's listeners (see :func:`recorded_smtp`)."""
     mark = postfix_env.postfix.log_mark()
-
-    def connect(listener: str, title: str) -> RecordingSMTP:
-        transcript = Transcript(f"{request.node.name}: {title}")
-        client = RecordingSMTP(transcript, "127.0.0.1", postfix_env.port(listener))
-        sessions.append(client)
-        return client
-
-    yield connect
-    for client in sessions:
-        client.close_politely()
-    text = "".join(c.transcript.render() for c in sessions)
-    (tmp_path / "smtp-transcripts.txt").write_text(text)
-    print(f"\n{text}", end="")
-    if _failed(request):
-        print(f"=== Postfix maillog during the test ===\n{postfix_env.postfix.log_since(mark)}")
-        if "listgate_main" in request.fixturenames:
-            lg = request.getfixturevalue("listgate_main")
-            print(f"=== listgate (session) stderr, tail ===\n{tail(lg.stderr_text())}")
+    ports = {name: lst.port for name, lst in postfix_env.postfix.listeners.items()}
+    yield from recorded_smtp(
+        request, tmp_path, ports,
+        lambda: f"=== Postfix maillog during the test ===\n{postfix_env.postfix.log_since(mark)}",
+        ("listgate_main", "listgate_policy"),
+    )

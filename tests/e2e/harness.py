@@ -1,5 +1,6 @@
 """Helpers for the end-to-end tests: a private Postfix instance, an LMTP sink, listgate
-processes, an SMTP client that records a transcript, and a miltertest runner.
+processes, an SMTP client that records a transcript (and the sessions of one test), the
+lifetime of a private daemon, and a miltertest runner.
 
 Everything listens on loopback only (127.0.0.1 / ::1) on ports found by binding port 0.
 No helper sleeps for correctness: waits are polls bounded by a timeout.
@@ -22,10 +23,10 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
@@ -48,7 +49,27 @@ OUTSIDER = "outsider@example.net"
 ANNOUNCE = "announce@example.org"
 BOSS = "boss@example.org"
 POSTERS: dict[str, list[str]] = {LIST: [MEMBER], ANNOUNCE: [BOSS]}
+ALICE = "alice@example.org"
+"""A recipient in the relayed domain that is not a list (delivered to the sink)."""
+BOB = "bob@example.org"
+"""Another such recipient."""
 CLIENT_HELO = "client.feas.test"
+
+# Postfix's own replies (smtpd), where listgate has no say.
+MAIL_OK = "250 2.1.0 Ok"
+RCPT_OK = "250 2.1.5 Ok"
+NO_VALID_RCPT = "554 5.5.1 Error: no valid recipients"
+
+
+def reject_text(sender: str, lst: str = LIST) -> str:
+    """The text of listgate's default reject reply (after ``550 5.7.1 ``)."""
+    return f"<{sender}> is not allowed to post to <{lst}>"
+
+
+def rejection(sender: str, lst: str = LIST) -> str:
+    """listgate's default reject reply line (as a milter reply reaches the client)."""
+    return f"550 5.7.1 {reject_text(sender, lst)}"
+
 
 # --------------------------------------------------------------------------- generic
 
@@ -107,6 +128,43 @@ def message_bytes(
 def new_token() -> str:
     """A unique token to find one message in the sink."""
     return uuid.uuid4().hex
+
+
+class Instance(Protocol):
+    """A private daemon of the tests (an MTA): written once, started, stopped."""
+
+    def create(self) -> None:
+        """Write its configuration and directories."""
+
+    def start(self) -> None:
+        """Start it; return once it answers."""
+
+    def stop(self) -> None:
+        """Stop it and every process it started."""
+
+
+_I = TypeVar("_I", bound=Instance)
+
+
+@contextlib.contextmanager
+def instance_lifetime(
+    instance: _I, base: Path, keep: Callable[[], Path], files: Sequence[str]
+) -> Iterator[_I]:
+    """Create and start *instance* (whose files are under *base*); on exit stop it, copy
+    *files* (paths under *base*) into ``keep()`` for the test report and remove *base*."""
+    try:
+        instance.create()
+        instance.start()
+        yield instance
+    finally:
+        try:
+            instance.stop()
+        finally:
+            dest = keep()
+            for name in files:
+                if (base / name).exists():
+                    shutil.copy(base / name, dest / Path(name).name)
+            shutil.rmtree(base, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- LMTP sink
@@ -588,6 +646,28 @@ class RecordingSMTP(smtplib.SMTP):
         self.close()
 
 
+class SmtpSessions:
+    """Recorded SMTP sessions of one test to one MTA instance (listener name -> port)."""
+
+    def __init__(self, ports: Mapping[str, int], test_name: str) -> None:
+        self.ports = ports
+        self.test_name = test_name
+        self.clients: list[RecordingSMTP] = []
+
+    def connect(self, listener: str, title: str) -> RecordingSMTP:
+        """A new recorded session to *listener*."""
+        transcript = Transcript(f"{self.test_name}: {title}")
+        client = RecordingSMTP(transcript, "127.0.0.1", self.ports[listener])
+        self.clients.append(client)
+        return client
+
+    def close(self) -> str:
+        """QUIT every session; the transcripts as text."""
+        for client in self.clients:
+            client.close_politely()
+        return "".join(c.transcript.render() for c in self.clients)
+
+
 # --------------------------------------------------------------------------- listgate
 
 
@@ -642,6 +722,15 @@ class ListgateProcess(ListgateServe):
         """What the process logged so far."""
         return self.log()
 
+    def decisions(self) -> list[str]:
+        """Its decision log lines so far."""
+        return [ln for ln in self.stderr_text().splitlines() if "listgate.decision" in ln]
+
+    def decided(self, sender: str, rcpt: str, verdict: str) -> bool:
+        """True once it logged the decision *verdict* for *sender* -> *rcpt*."""
+        return any(f"from=<{sender}> to=<{rcpt}>" in ln and f"verdict={verdict}" in ln
+                   for ln in self.decisions())
+
     def stop(self, timeout: float = 10.0, *, must_exit: bool = True) -> int | None:
         """SIGTERM, wait up to *timeout* s (then SIGKILL, and fail); return the exit status."""
         return super().stop(timeout, must_exit=must_exit)
@@ -687,6 +776,18 @@ def run_miltertest(script: Path, defines: dict[str, Any], timeout: float = 30.0)
         argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=script.parent
     )
     return MiltertestRun(argv, proc.returncode, proc.stdout, proc.stderr)
+
+
+_L = TypeVar("_L", bound=ListgateServe)
+
+
+def serving(lg: _L) -> Iterator[_L]:
+    """For ``yield from`` in a fixture: start *lg*, yield it, stop it."""
+    lg.start()
+    try:
+        yield lg
+    finally:
+        lg.stop()
 
 
 @contextlib.contextmanager

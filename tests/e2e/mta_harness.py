@@ -36,9 +36,7 @@ from pathlib import Path
 from .harness import (
     INSTALL_HINT,
     REPO_ROOT,
-    RecordingSMTP,
     Reply,
-    Transcript,
     find_binary,
     tail,
     wait_until,
@@ -302,7 +300,8 @@ def by_received_port(listeners: Sequence[EximListener], value: Callable[[EximLis
     return expr
 
 
-def _port(spec: str) -> int:
+def spec_port(spec: str) -> int:
+    """The port of a listgate listen spec ``inet:127.0.0.1:PORT``."""
     return int(spec.rsplit(":", 1)[1])
 
 
@@ -326,7 +325,7 @@ def exim_config(base: Path, listeners: Sequence[EximListener], sink_port: int) -
     the CHECK_RCPT_LOCAL_ACL_FILE hook, accept) around the shipped listgate drop-in."""
     macros = exim_localmacros(
         base / "listgate_rcpt_acl",
-        by_received_port(listeners, lambda lst: f"inet:127.0.0.1:{_port(lst.policy)}"),
+        by_received_port(listeners, lambda lst: f"inet:127.0.0.1:{spec_port(lst.policy)}"),
         by_received_port(listeners, lambda lst: lst.timeout),
     )
     ports = " : ".join(str(lst.port) for lst in listeners)
@@ -495,7 +494,7 @@ class SendmailListener:
     @property
     def sendmail_socket(self) -> str:
         """The milter address as Sendmail writes it: ``inet:PORT@127.0.0.1``."""
-        return f"inet:{_port(self.milter)}@127.0.0.1"
+        return f"inet:{spec_port(self.milter)}@127.0.0.1"
 
 
 _FILTER_LINE = re.compile(r"^INPUT_MAIL_FILTER\(`listgate', `([^']*)'\)dnl$", re.MULTILINE)
@@ -661,28 +660,6 @@ class SendmailInstance:
 
 
 # --------------------------------------------------------------------------- SMTP
-
-
-class MtaSessions:
-    """Recorded SMTP sessions of one test to one MTA instance (any ``port(name)``)."""
-
-    def __init__(self, ports: dict[str, int], test_name: str) -> None:
-        self.ports = ports
-        self.test_name = test_name
-        self.clients: list[RecordingSMTP] = []
-
-    def connect(self, listener: str, title: str) -> RecordingSMTP:
-        """A new recorded session to *listener*."""
-        transcript = Transcript(f"{self.test_name}: {title}")
-        client = RecordingSMTP(transcript, "127.0.0.1", self.ports[listener])
-        self.clients.append(client)
-        return client
-
-    def close(self) -> str:
-        """QUIT every session; the transcripts as text."""
-        for client in self.clients:
-            client.close_politely()
-        return "".join(c.transcript.render() for c in self.clients)
 
 
 def reply_text(reply: Reply) -> str:

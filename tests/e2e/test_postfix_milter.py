@@ -2,7 +2,8 @@
 
 Postfix (private instance, see conftest.py) talks to listgate over the milter protocol and
 delivers accepted mail over LMTP to an aiosmtpd sink. Run with ``-s`` to see the SMTP
-transcripts; they are also saved as ``smtp-transcripts.txt`` in each test's tmp dir.
+transcripts; they are also saved as ``smtp-transcripts.txt`` in each test's tmp dir. The
+scenarios every MTA shares come from mta_scenarios.py (class TestStaticMap).
 """
 
 from __future__ import annotations
@@ -15,77 +16,53 @@ import pytest
 
 from .conftest import PostfixEnv
 from .harness import (
+    ALICE,
     ANNOUNCE,
     LIST,
+    MAIL_OK,
     MEMBER,
+    NO_VALID_RCPT,
     OUTSIDER,
+    RCPT_OK,
     ListgateProcess,
     LmtpSink,
-    RecordingSMTP,
+    SmtpSessions,
     accepts_connections,
     ipv6_loopback_available,
     message_bytes,
     new_token,
+    rejection,
 )
+from .mta_scenarios import POSTFIX_MILTER, Gate, Mta, StaticMapScenarios, deliver, transaction
 
 pytestmark = pytest.mark.postfix
 
-ALICE = "alice@example.org"
-BOB = "bob@example.org"
-MAIL_OK = "250 2.1.0 Ok"
-RCPT_OK = "250 2.1.5 Ok"
-NO_VALID_RCPT = "554 5.5.1 Error: no valid recipients"
 TEMPFAIL = "451 4.7.1 Service unavailable - try again later"
 
-Smtp = Callable[[str, str], RecordingSMTP]
+
+@pytest.fixture(scope="module")
+def mta(postfix_env: PostfixEnv) -> Mta:
+    """The shared Postfix, asking listgate's milter, for :mod:`mta_scenarios`."""
+    return Mta(POSTFIX_MILTER, postfix_env.postfix)
 
 
-def rejection(sender: str, lst: str = LIST) -> str:
-    """The exact reply line listgate must produce for a sender who may not post."""
-    return f"550 5.7.1 <{sender}> is not allowed to post to <{lst}>"
+@pytest.fixture(scope="module")
+def gate(mta: Mta, listgate_main: ListgateProcess) -> Gate:
+    """Listener "main" and the session-wide listgate, for the shared scenarios."""
+    return Gate(mta, "main", listgate_main)
 
 
-def send_and_check_delivery(
-    client: RecordingSMTP,
-    env: PostfixEnv,
-    sink: LmtpSink,
-    sender: str,
-    header_to: list[str],
-    expect_delivered: list[str],
-) -> str:
-    """DATA with a fresh token after MAIL/RCPT; wait until delivered; return the token."""
-    token = new_token()
-    first, final = client.data_message(message_bytes(sender, header_to, token))
-    assert first.code == 354, first
-    assert final is not None, "no reply after the message body"
-    assert final.code == 250, final
-    assert final.text.startswith("2.0.0 Ok: queued as "), final
-    sink.wait_for(token, expect_delivered)
-    env.postfix.wait_queue_empty()
-    assert sink.recipients_for(token) == sorted(expect_delivered), "wrong or duplicate delivery"
-    assert all(d.mail_from == sender for d in sink.deliveries_for(token))
-    return token
-
-
-def test_member_is_accepted_and_delivered_once(
-    postfix_env: PostfixEnv, listgate_main: ListgateProcess, sink: LmtpSink, smtp: Smtp
-) -> None:
-    """A member gets 250 at RCPT and the message reaches the sink exactly once, for the list."""
-    c = smtp("main", "member posts to the list")
-    assert c.hello().code == 250
-    assert c.mail(MEMBER).line == MAIL_OK
-    assert c.rcpt(LIST).line == RCPT_OK
-    send_and_check_delivery(c, postfix_env, sink, MEMBER, [LIST], [LIST])
+class TestStaticMap(StaticMapScenarios):
+    """The static-map scenarios of every MTA, on listener "main"."""
 
 
 def test_non_member_is_rejected_and_nothing_is_delivered(
-    postfix_env: PostfixEnv, listgate_main: ListgateProcess, sink: LmtpSink, smtp: Smtp
+    postfix_env: PostfixEnv, mta: Mta, listgate_main: ListgateProcess, sink: LmtpSink,
+    smtp: SmtpSessions,
 ) -> None:
     """A non-member gets listgate's exact 550 at RCPT and Postfix queues nothing for it."""
     mark = postfix_env.postfix.log_mark()
-    c = smtp("main", "non-member posts to the list")
-    assert c.hello().code == 250
-    assert c.mail(OUTSIDER).line == MAIL_OK
+    c = transaction(smtp, mta, "main", OUTSIDER, "non-member posts to the list")
     assert c.rcpt(LIST).line == rejection(OUTSIDER)
     outsider_token = new_token()
     first, final = c.data_message(message_bytes(OUTSIDER, [LIST], outsider_token))
@@ -96,7 +73,7 @@ def test_non_member_is_rejected_and_nothing_is_delivered(
     # empty, the first one can no longer show up.
     assert c.mail(MEMBER).line == MAIL_OK
     assert c.rcpt(LIST).line == RCPT_OK
-    send_and_check_delivery(c, postfix_env, sink, MEMBER, [LIST], [LIST])
+    deliver(c, mta, sink, MEMBER, [LIST])
     assert sink.deliveries_for(outsider_token) == []
     assert not [d for d in sink.deliveries if d.mail_from == OUTSIDER and LIST in d.rcpt_tos]
     postfix_env.postfix.wait_for_log(
@@ -107,19 +84,6 @@ def test_non_member_is_rejected_and_nothing_is_delivered(
     )
 
 
-def test_multi_recipient_only_the_list_is_refused(
-    postfix_env: PostfixEnv, listgate_main: ListgateProcess, sink: LmtpSink, smtp: Smtp
-) -> None:
-    """alice, list, bob from a non-member: 250/550/250, and DATA reaches alice and bob only."""
-    c = smtp("main", "non-member to alice, list, bob")
-    assert c.hello().code == 250
-    assert c.mail(OUTSIDER).line == MAIL_OK
-    assert c.rcpt(ALICE).line == RCPT_OK
-    assert c.rcpt(LIST).line == rejection(OUTSIDER)
-    assert c.rcpt(BOB).line == RCPT_OK
-    send_and_check_delivery(c, postfix_env, sink, OUTSIDER, [ALICE, LIST, BOB], [ALICE, BOB])
-
-
 @pytest.mark.parametrize(
     "order",
     ["outsider-then-member", "member-delivered-then-outsider", "member-rset-then-outsider"],
@@ -127,12 +91,13 @@ def test_multi_recipient_only_the_list_is_refused(
 def test_two_transactions_in_one_session(
     order: str,
     postfix_env: PostfixEnv,
+    mta: Mta,
     listgate_main: ListgateProcess,
     sink: LmtpSink,
-    smtp: Smtp,
+    smtp: SmtpSessions,
 ) -> None:
     """Two transactions split by RSET in one SMTP session are each decided on their own sender."""
-    c = smtp("main", order)
+    c = smtp.connect("main", order)
     assert c.hello().code == 250
     if order == "outsider-then-member":
         assert c.mail(OUTSIDER).line == MAIL_OK
@@ -140,12 +105,12 @@ def test_two_transactions_in_one_session(
         assert c.reset().code == 250
         assert c.mail(MEMBER).line == MAIL_OK
         assert c.rcpt(LIST).line == RCPT_OK
-        send_and_check_delivery(c, postfix_env, sink, MEMBER, [LIST], [LIST])
+        deliver(c, mta, sink, MEMBER, [LIST])
     else:
         assert c.mail(MEMBER).line == MAIL_OK
         assert c.rcpt(LIST).line == RCPT_OK
         if order == "member-delivered-then-outsider":
-            send_and_check_delivery(c, postfix_env, sink, MEMBER, [LIST], [LIST])
+            deliver(c, mta, sink, MEMBER, [LIST])
         assert c.reset().code == 250
         assert c.mail(OUTSIDER).line == MAIL_OK
         assert c.rcpt(LIST).line == rejection(OUTSIDER)
@@ -154,14 +119,13 @@ def test_two_transactions_in_one_session(
 
 def test_listgate_stopped_gives_451(
     postfix_env: PostfixEnv,
+    mta: Mta,
     start_listgate: Callable[..., ListgateProcess],
-    smtp: Smtp,
+    smtp: SmtpSessions,
 ) -> None:
     """With listgate terminated (nothing on its port), Postfix answers 451 4.7.1, not 250/550."""
     lg = start_listgate([postfix_env.down_milter])
-    up = smtp("down", "listgate running")
-    assert up.hello().code == 250
-    assert up.mail(OUTSIDER).line == MAIL_OK
+    up = transaction(smtp, mta, "down", OUTSIDER, "listgate running")
     assert up.rcpt(LIST).line == rejection(OUTSIDER)  # this listener really uses this listgate
     up.close_politely()
 
@@ -170,7 +134,7 @@ def test_listgate_stopped_gives_451(
     assert not accepts_connections(postfix_env.down_milter), "something still listens"
 
     mark = postfix_env.postfix.log_mark()
-    down = smtp("down", "listgate stopped")
+    down = smtp.connect("down", "listgate stopped")
     assert down.hello().code == 250
     mail = down.mail(MEMBER)
     # Postfix answers at MAIL (smtpd_delay_reject = yes) or at RCPT; either is fine.
@@ -187,9 +151,10 @@ def test_listgate_stopped_gives_451(
 def test_other_socket_families(
     transport: str,
     postfix_env: PostfixEnv,
+    mta: Mta,
     start_listgate: Callable[..., ListgateProcess],
     sink: LmtpSink,
-    smtp: Smtp,
+    smtp: SmtpSessions,
 ) -> None:
     """listgate on a unix: socket and on inet6:[::1] decides correctly through Postfix."""
     if transport == "unix":
@@ -200,47 +165,42 @@ def test_other_socket_families(
             "::1 is not available on this machine (IPv6 disabled?); the inet6 test needs it"
         )
         start_listgate([postfix_env.inet6_milter])
-    c = smtp(transport, f"listgate on {transport}")
-    assert c.hello().code == 250
-    assert c.mail(OUTSIDER).line == MAIL_OK
+    c = transaction(smtp, mta, transport, OUTSIDER, f"listgate on {transport}")
     assert c.rcpt(LIST).line == rejection(OUTSIDER)
     assert c.reset().code == 250
     assert c.mail(MEMBER).line == MAIL_OK
     assert c.rcpt(LIST).line == RCPT_OK
-    send_and_check_delivery(c, postfix_env, sink, MEMBER, [LIST], [LIST])
+    deliver(c, mta, sink, MEMBER, [LIST])
 
 
 def test_postfix_milter_protocol_2(
-    postfix_env: PostfixEnv, listgate_main: ListgateProcess, sink: LmtpSink, smtp: Smtp
+    postfix_env: PostfixEnv, mta: Mta, listgate_main: ListgateProcess, sink: LmtpSink,
+    smtp: SmtpSessions,
 ) -> None:
     """With Postfix speaking milter protocol version 2, the decisions are the same."""
-    c = smtp("v2", "milter_protocol = 2")
-    assert c.hello().code == 250
-    assert c.mail(OUTSIDER).line == MAIL_OK
+    c = transaction(smtp, mta, "v2", OUTSIDER, "milter_protocol = 2")
     assert c.rcpt(ALICE).line == RCPT_OK
     assert c.rcpt(LIST).line == rejection(OUTSIDER)
     assert c.reset().code == 250
     assert c.mail(MEMBER).line == MAIL_OK
     assert c.rcpt(LIST).line == RCPT_OK
-    send_and_check_delivery(c, postfix_env, sink, MEMBER, [LIST], [LIST])
+    deliver(c, mta, sink, MEMBER, [LIST])
 
 
 def test_membership_is_per_list(
-    postfix_env: PostfixEnv, listgate_main: ListgateProcess, smtp: Smtp
+    postfix_env: PostfixEnv, mta: Mta, listgate_main: ListgateProcess, smtp: SmtpSessions
 ) -> None:
     """A member of one list is refused by another list, with that list in the reply text."""
-    c = smtp("main", "member of list posts to announce")
-    assert c.hello().code == 250
-    assert c.mail(MEMBER).line == MAIL_OK
+    c = transaction(smtp, mta, "main", MEMBER, "member of list posts to announce")
     assert c.rcpt(ANNOUNCE).line == rejection(MEMBER, ANNOUNCE)
     assert c.rcpt(LIST).line == RCPT_OK
 
 
 def test_addresses_are_case_insensitive(
-    postfix_env: PostfixEnv, listgate_main: ListgateProcess, smtp: Smtp
+    postfix_env: PostfixEnv, listgate_main: ListgateProcess, smtp: SmtpSessions
 ) -> None:
     """Upper-case spellings of the member and the list address are matched case-insensitively."""
-    c = smtp("main", "mixed case")
+    c = smtp.connect("main", "mixed case")
     assert c.hello().code == 250
     assert c.mail("Member@Example.COM").line == MAIL_OK
     assert c.rcpt("LIST@Example.Org").line == RCPT_OK
@@ -253,10 +213,10 @@ def test_addresses_are_case_insensitive(
 
 
 def test_null_sender_is_never_a_poster(
-    postfix_env: PostfixEnv, listgate_main: ListgateProcess, smtp: Smtp
+    postfix_env: PostfixEnv, listgate_main: ListgateProcess, smtp: SmtpSessions
 ) -> None:
     """MAIL FROM:<> (bounces) is refused by the list but not by an ungated recipient."""
-    c = smtp("main", "null sender")
+    c = smtp.connect("main", "null sender")
     assert c.hello().code == 250
     assert c.command("MAIL FROM:<>").line == MAIL_OK
     # deploy/listgate.toml.example: "the null sender shows as <>" in the reply text.
@@ -265,21 +225,20 @@ def test_null_sender_is_never_a_poster(
 
 
 def test_without_milter_postfix_accepts_everyone(
-    postfix_env: PostfixEnv, sink: LmtpSink, smtp: Smtp
+    postfix_env: PostfixEnv, mta: Mta, sink: LmtpSink, smtp: SmtpSessions
 ) -> None:
     """Control: with smtpd_milters empty the same non-member post is accepted and delivered."""
-    c = smtp("nomilter", "no milter")
-    assert c.hello().code == 250
-    assert c.mail(OUTSIDER).line == MAIL_OK
+    c = transaction(smtp, mta, "nomilter", OUTSIDER, "no milter")
     assert c.rcpt(LIST).line == RCPT_OK
-    send_and_check_delivery(c, postfix_env, sink, OUTSIDER, [LIST], [LIST])
+    deliver(c, mta, sink, OUTSIDER, [LIST])
 
 
 def test_esmtp_parameters_do_not_confuse_the_decision(
-    postfix_env: PostfixEnv, listgate_main: ListgateProcess, sink: LmtpSink, smtp: Smtp
+    postfix_env: PostfixEnv, mta: Mta, listgate_main: ListgateProcess, sink: LmtpSink,
+    smtp: SmtpSessions,
 ) -> None:
     """MAIL/RCPT ESMTP parameters (SIZE, BODY, NOTIFY) reach the milter but not the decision."""
-    c = smtp("main", "ESMTP parameters")
+    c = smtp.connect("main", "ESMTP parameters")
     assert c.hello().code == 250
     assert c.command(f"MAIL FROM:<{OUTSIDER}> SIZE=400 BODY=8BITMIME").line == MAIL_OK
     assert c.command(f"RCPT TO:<{LIST}> NOTIFY=NEVER").line == rejection(OUTSIDER)
@@ -288,15 +247,15 @@ def test_esmtp_parameters_do_not_confuse_the_decision(
     assert c.command(f"RCPT TO:<{LIST}> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;{LIST}").line == (
         RCPT_OK
     )
-    send_and_check_delivery(c, postfix_env, sink, MEMBER, [LIST], [LIST])
+    deliver(c, mta, sink, MEMBER, [LIST])
 
 
 def test_concurrent_sessions_are_independent(
-    postfix_env: PostfixEnv, listgate_main: ListgateProcess, smtp: Smtp
+    postfix_env: PostfixEnv, listgate_main: ListgateProcess, smtp: SmtpSessions
 ) -> None:
     """Sixteen simultaneous SMTP sessions, each with its own sender, all get their own answer."""
     senders = [MEMBER if i % 2 else OUTSIDER for i in range(16)]
-    clients = [smtp("main", f"concurrent #{i} from {s}") for i, s in enumerate(senders)]
+    clients = [smtp.connect("main", f"concurrent #{i} from {s}") for i, s in enumerate(senders)]
 
     def session(i: int) -> list[str]:
         c, sender = clients[i], senders[i]
@@ -321,13 +280,14 @@ def test_concurrent_sessions_are_independent(
 
 
 def test_sigterm_during_a_postfix_session(
-    postfix_env: PostfixEnv, start_listgate: Callable[..., ListgateProcess], smtp: Smtp
+    postfix_env: PostfixEnv,
+    mta: Mta,
+    start_listgate: Callable[..., ListgateProcess],
+    smtp: SmtpSessions,
 ) -> None:
     """SIGTERM while Postfix holds a milter connection: listgate exits, Postfix tempfails."""
     lg = start_listgate([postfix_env.down_milter])
-    c = smtp("down", "SIGTERM mid-session")
-    assert c.hello().code == 250
-    assert c.mail(OUTSIDER).line == MAIL_OK
+    c = transaction(smtp, mta, "down", OUTSIDER, "SIGTERM mid-session")
     assert c.rcpt(LIST).line == rejection(OUTSIDER)  # the milter connection is now open
     started = time.monotonic()
     assert lg.stop(timeout=10.0) == 0, lg.stderr_text()
@@ -343,15 +303,14 @@ def test_sigterm_during_a_postfix_session(
 def test_other_spellings_of_the_list_address_are_gated(
     spelling: str,
     postfix_env: PostfixEnv,
+    mta: Mta,
     listgate_main: ListgateProcess,
     sink: LmtpSink,
-    smtp: Smtp,
+    smtp: SmtpSessions,
 ) -> None:
     """Spellings that Postfix delivers to list@example.org are refused for a non-member too."""
-    c = smtp("main", f"non-member to {spelling}")
-    assert c.hello().code == 250
-    assert c.mail(OUTSIDER).line == MAIL_OK
+    c = transaction(smtp, mta, "main", OUTSIDER, f"non-member to {spelling}")
     reply = c.rcpt(spelling)
     if reply.code == 250:  # show that this really reaches the list before failing
-        send_and_check_delivery(c, postfix_env, sink, OUTSIDER, [LIST], [LIST])
+        deliver(c, mta, sink, OUTSIDER, [LIST])
     assert reply.code == 550, f"{reply} -- and Postfix delivered the post to {LIST}"
