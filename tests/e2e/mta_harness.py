@@ -236,8 +236,11 @@ class TracedDaemon:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the daemon; wait until every traced process is gone (then reap)."""
+    def stop(self, timeout: float = 20.0, grace: float = 3.0) -> None:
+        """SIGTERM the daemon; after *grace* seconds SIGTERM whatever it left running too
+        (a daemon's SIGTERM does not end its children: Exim's receiving process of a
+        client socket not yet closed waits for its next command); wait until every
+        traced process is gone (then reap)."""
         proc = self.proc
         if proc is None:
             return
@@ -245,7 +248,13 @@ class TracedDaemon:
             if self.daemon_pid is not None and proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.daemon_pid, signal.SIGTERM)
-            proc.wait(timeout)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                for pid in _descendants(proc.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+                proc.wait(timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # strace's own session: only ours
@@ -255,6 +264,19 @@ class TracedDaemon:
             ) from None
         finally:
             self.proc = None
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below *pid* (not *pid* itself), read from /proc."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        with contextlib.suppress(OSError, ValueError):
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+            found += map(int, children)
+            todo += map(int, children)
+    return found
 
 
 def smtp_banner(port: int) -> str | None:
