@@ -195,6 +195,9 @@ class Daemon:
         self.config = config
         self.path = path
         self.metrics_link = metrics_link
+        self.at_once = False
+        """Stop without draining: a second SIGTERM/SIGINT came (also when it came before
+        the drain began, as when both are handled in one turn of the loop)."""
         """A worker's link to the supervisor, which serves [metrics] listen for all."""
         self.after_reload: Callable[[], None] | None = None
         """Called after each reload attempt (a worker tells its supervisor)."""
@@ -333,6 +336,9 @@ class Daemon:
         """Stop listening, drain every connection, release the backend."""
         notify("STOPPING=1")
         try:
+            if self.at_once:
+                for service in self._services():
+                    service.shutdown_timeout = 0.0  # close every connection now
             await asyncio.gather(*(s.stop() for s in self._services()))
         finally:
             if self._feed_monitor is not None:
@@ -398,6 +404,7 @@ def _handle_signals(
             stop.set()
         else:
             log.warning("%s received again: exiting at once", name)
+            daemon.at_once = True  # the drain may not have begun yet: it must not
             assert task is not None
             task.cancel()
 

@@ -319,6 +319,41 @@ def test_second_sigterm_exits_at_once(tmp_path: Path) -> None:
         assert "SIGTERM received again: exiting at once" in proc.log()
 
 
+def test_two_stop_signals_in_one_turn_still_exit_at_once(tmp_path: Path) -> None:
+    """SIGTERM and SIGINT sent back to back (the supervisor passes a second stop signal on
+    as SIGINT right after the first) may be handled in one turn of the loop, before the
+    drain began: the process still exits at once, not after the decision in flight."""
+    with socket.socket() as silent:  # accepts REST connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        rest_port = silent.getsockname()[1]
+        secret = tmp_path / "pw"
+        secret.write_text("pw\n")
+        milter_port = free_port()
+        text = (f'[milter]\nlisten = "inet:127.0.0.1:{milter_port}"\nshutdown_timeout = 60\n'
+                'workers = 1\n'
+                f'[backend]\ntype = "mailman"\n[mailman]\nurl = "http://127.0.0.1:{rest_port}/3.1"\n'
+                f'password_file = "{secret}"\ntimeout = 25\n')
+        with running(tmp_path, text, milter_port) as proc:
+
+            async def in_flight() -> None:
+                async with await MilterClient.connect(proc.spec) as client:
+                    await client.negotiate()
+                    await client.step(EnvelopeFrom("<outsider@example.net>"))
+                    rcpt = asyncio.create_task(client.step(EnvelopeRecipient("<l@example.org>")))
+                    await asyncio.sleep(0.5)  # the decision waits for the silent REST API
+                    began = time.monotonic()
+                    proc.popen.send_signal(signal.SIGTERM)
+                    proc.popen.send_signal(signal.SIGINT)
+                    code = await asyncio.to_thread(proc.popen.wait, 20)
+                    assert (code, time.monotonic() - began < 5) == (1, True), proc.log()
+                    rcpt.cancel()
+                    await asyncio.gather(rcpt, return_exceptions=True)
+
+            asyncio.run(in_flight())
+        assert "received again: exiting at once" in proc.log()
+
+
 def test_default_workers_sum_metrics_reload_and_drain(tmp_path: Path) -> None:
     """The shipped defaults (no workers key: "auto", here 2 on this machine's cores, at
     least 2 forced by the test): /metrics is served by the supervisor and counts the
