@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,10 +283,11 @@ def test_workers_are_supervised_through_reload_and_drain(tmp_path: Path) -> None
         assert proc.log().count("stopped") == 2
 
 
-def test_second_sigterm_exits_at_once(tmp_path: Path) -> None:
-    """A second SIGTERM while a decision is still in flight (Mailman does not answer)
-    ends the drain at once: exit status 1, long before shutdown_timeout."""
-    with socket.socket() as silent:  # accepts REST connections (backlog), never answers
+@contextlib.contextmanager
+def silent_mailman_daemon(tmp_path: Path, extra: str = "") -> Iterator[Proc]:
+    """``listgate serve`` on the Mailman backend whose REST port accepts connections
+    (backlog) and never answers: a decision stays in flight for the 25 s REST timeout."""
+    with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         rest_port = silent.getsockname()[1]
@@ -294,64 +295,64 @@ def test_second_sigterm_exits_at_once(tmp_path: Path) -> None:
         secret.write_text("pw\n")
         milter_port = free_port()
         text = (f'[milter]\nlisten = "inet:127.0.0.1:{milter_port}"\nshutdown_timeout = 60\n'
-                f'[backend]\ntype = "mailman"\n[mailman]\nurl = "http://127.0.0.1:{rest_port}/3.1"\n'
+                f'{extra}[backend]\ntype = "mailman"\n[mailman]\n'
+                f'url = "http://127.0.0.1:{rest_port}/3.1"\n'
                 f'password_file = "{secret}"\ntimeout = 25\n')
         with running(tmp_path, text, milter_port) as proc:
+            yield proc
 
-            async def in_flight() -> None:
-                async with await MilterClient.connect(proc.spec) as client:
-                    await client.negotiate()
-                    await client.step(EnvelopeFrom("<outsider@example.net>"))
-                    rcpt = asyncio.create_task(client.step(EnvelopeRecipient("<l@example.org>")))
-                    await asyncio.sleep(0.5)  # the decision waits for the silent REST API
-                    began = time.monotonic()
-                    proc.popen.send_signal(signal.SIGTERM)
-                    await asyncio.to_thread(proc.wait_log, "draining")
-                    assert proc.popen.poll() is None, "the drain did not wait"
-                    assert not rcpt.done()
-                    proc.popen.send_signal(signal.SIGTERM)
-                    code = await asyncio.to_thread(proc.popen.wait, 10)
-                    assert (code, time.monotonic() - began < 10) == (1, True), proc.log()
-                    rcpt.cancel()
-                    await asyncio.gather(rcpt, return_exceptions=True)
 
-            asyncio.run(in_flight())
-        assert "SIGTERM received again: exiting at once" in proc.log()
+async def with_a_decision_in_flight(
+    proc: Proc, stop: Callable[[asyncio.Task[object]], Awaitable[None]],
+) -> None:
+    """Leave a RCPT waiting for the silent REST API, then await *stop* (given the RCPT's
+    task)."""
+    async with await MilterClient.connect(proc.spec) as client:
+        await client.negotiate()
+        await client.step(EnvelopeFrom("<outsider@example.net>"))
+        rcpt = asyncio.create_task(client.step(EnvelopeRecipient("<l@example.org>")))
+        await asyncio.sleep(0.5)  # the decision waits for the silent REST API
+        try:
+            await stop(rcpt)
+        finally:
+            rcpt.cancel()
+            await asyncio.gather(rcpt, return_exceptions=True)
+
+
+def test_second_sigterm_exits_at_once(tmp_path: Path) -> None:
+    """A second SIGTERM while a decision is still in flight (Mailman does not answer)
+    ends the drain at once: exit status 1, long before shutdown_timeout."""
+    with silent_mailman_daemon(tmp_path) as proc:
+
+        async def stop(rcpt: asyncio.Task[object]) -> None:
+            began = time.monotonic()
+            proc.popen.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait_log, "draining")
+            assert proc.popen.poll() is None, "the drain did not wait"
+            assert not rcpt.done()
+            proc.popen.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.popen.wait, 10)
+            assert (code, time.monotonic() - began < 10) == (1, True), proc.log()
+
+        asyncio.run(with_a_decision_in_flight(proc, stop))
+    assert "SIGTERM received again: exiting at once" in proc.log()
 
 
 def test_two_stop_signals_in_one_turn_still_exit_at_once(tmp_path: Path) -> None:
     """SIGTERM and SIGINT sent back to back (the supervisor passes a second stop signal on
     as SIGINT right after the first) may be handled in one turn of the loop, before the
     drain began: the process still exits at once, not after the decision in flight."""
-    with socket.socket() as silent:  # accepts REST connections (backlog), never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        rest_port = silent.getsockname()[1]
-        secret = tmp_path / "pw"
-        secret.write_text("pw\n")
-        milter_port = free_port()
-        text = (f'[milter]\nlisten = "inet:127.0.0.1:{milter_port}"\nshutdown_timeout = 60\n'
-                'workers = 1\n'
-                f'[backend]\ntype = "mailman"\n[mailman]\nurl = "http://127.0.0.1:{rest_port}/3.1"\n'
-                f'password_file = "{secret}"\ntimeout = 25\n')
-        with running(tmp_path, text, milter_port) as proc:
+    with silent_mailman_daemon(tmp_path, "workers = 1\n") as proc:
 
-            async def in_flight() -> None:
-                async with await MilterClient.connect(proc.spec) as client:
-                    await client.negotiate()
-                    await client.step(EnvelopeFrom("<outsider@example.net>"))
-                    rcpt = asyncio.create_task(client.step(EnvelopeRecipient("<l@example.org>")))
-                    await asyncio.sleep(0.5)  # the decision waits for the silent REST API
-                    began = time.monotonic()
-                    proc.popen.send_signal(signal.SIGTERM)
-                    proc.popen.send_signal(signal.SIGINT)
-                    code = await asyncio.to_thread(proc.popen.wait, 20)
-                    assert (code, time.monotonic() - began < 5) == (1, True), proc.log()
-                    rcpt.cancel()
-                    await asyncio.gather(rcpt, return_exceptions=True)
+        async def stop(rcpt: asyncio.Task[object]) -> None:
+            began = time.monotonic()
+            proc.popen.send_signal(signal.SIGTERM)
+            proc.popen.send_signal(signal.SIGINT)
+            code = await asyncio.to_thread(proc.popen.wait, 20)
+            assert (code, time.monotonic() - began < 5) == (1, True), proc.log()
 
-            asyncio.run(in_flight())
-        assert "received again: exiting at once" in proc.log()
+        asyncio.run(with_a_decision_in_flight(proc, stop))
+    assert "received again: exiting at once" in proc.log()
 
 
 def test_default_workers_sum_metrics_reload_and_drain(tmp_path: Path) -> None:
