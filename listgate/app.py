@@ -195,10 +195,10 @@ class Daemon:
         self.config = config
         self.path = path
         self.metrics_link = metrics_link
+        """A worker's link to the supervisor, which serves [metrics] listen for all."""
         self.at_once = False
         """Stop without draining: a second SIGTERM/SIGINT came (also when it came before
         the drain began, as when both are handled in one turn of the loop)."""
-        """A worker's link to the supervisor, which serves [metrics] listen for all."""
         self.after_reload: Callable[[], None] | None = None
         """Called after each reload attempt (a worker tells its supervisor)."""
         self.worker = inherited is not None
@@ -336,10 +336,8 @@ class Daemon:
         """Stop listening, drain every connection, release the backend."""
         notify("STOPPING=1")
         try:
-            if self.at_once:
-                for service in self._services():
-                    service.shutdown_timeout = 0.0  # close every connection now
-            await asyncio.gather(*(s.stop() for s in self._services()))
+            drain = 0.0 if self.at_once else None  # 0: close every connection now
+            await asyncio.gather(*(s.stop(drain) for s in self._services()))
         finally:
             if self._feed_monitor is not None:
                 await self._feed_monitor.aclose()

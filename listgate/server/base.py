@@ -261,19 +261,21 @@ class StreamService:
                 os.unlink(path)
         self._unix_paths.clear()
 
-    async def stop(self) -> None:
-        """Stop listening, drain the connections, abort stragglers after the timeout."""
+    async def stop(self, drain: float | None = None) -> None:
+        """Stop listening, drain the connections, abort stragglers after *drain* seconds
+        (default ``shutdown_timeout``; 0: at once)."""
+        timeout = self.shutdown_timeout if drain is None else drain
         await self._close_listeners()
         if self.active:
             log.info("%s draining %d connection(s)", self.name, len(self.active))
         for conn in list(self.active):
             conn.drain()
         try:
-            await asyncio.wait_for(self._empty.wait(), self.shutdown_timeout)
+            await asyncio.wait_for(self._empty.wait(), timeout)
         except TimeoutError:
             log.warning(
                 "%s: %d connection(s) still busy after %.1f s; closing them",
-                self.name, len(self.active), self.shutdown_timeout,
+                self.name, len(self.active), timeout,
             )
             for conn in list(self.active):
                 conn.abort()
