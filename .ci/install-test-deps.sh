@@ -25,6 +25,12 @@ need_apt=()
 [ -x /usr/bin/openssl ] || need_apt+=(openssl)
 [ -x /usr/bin/redis-server ] || need_apt+=(redis-server)  # tests/redis_harness.py
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# `pip install .` compiles listgate's core with mypyc (setup.py): a C compiler and
+# Python's headers (without them it would install pure Python, and a test fails).
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+python3 -c 'import os, sysconfig, sys
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || need_apt+=(python3-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Postfix asks debconf questions on install; answer "No configuration": the tests
@@ -83,15 +89,11 @@ if [ ! -x "$mm_venv/bin/runner" ] || [ "$(cat "$mm_stamp" 2>/dev/null)" != "$mm_
 fi
 
 # Benchmark dependencies (tests/test_benchmarks_smoke.py runs benchmarks/milter_load.py
-# --smoke): libmilter-dev and a C compiler to build pymilter, then listgate's [bench]
+# --smoke): libmilter-dev (the C compiler is there already) to build pymilter, then listgate's [bench]
 # extra (pymilter, uvloop, py-spy) into the project venv. Skipped when already there.
 if ! .venv/bin/python -c 'import milter, uvloop' 2>/dev/null; then
   bench_apt=()
   [ -e /usr/include/libmilter/mfapi.h ] || bench_apt+=(libmilter-dev)
-  command -v cc >/dev/null 2>&1 || bench_apt+=(gcc libc6-dev)
-  .venv/bin/python -c 'import os, sysconfig, sys
-sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
-    || bench_apt+=(python3-dev)
   if [ ${#bench_apt[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q

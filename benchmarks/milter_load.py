@@ -71,6 +71,11 @@ from servers import (  # noqa: E402
 )
 
 try:
+    from listgate.compiled import describe as core_build
+except ImportError:  # a listgate from before the compiled core
+    def core_build() -> str:
+        return "pure Python (a listgate without listgate.compiled)"
+try:
     from listgate.config import worker_count
 except ImportError:  # a listgate from before workers = "auto" (1 process by default)
     def worker_count(workers: object) -> int:  # type: ignore[misc]
@@ -80,6 +85,9 @@ MB = 1024 * 1024
 LG_MILTER = "listgate-milter"
 LG_POLICY = "listgate-policy"
 NULL_MILTER = "null-milter-C"
+LG_PURE = "listgate-pure"
+"""The shipped defaults on the core's Python sources (LISTGATE_PURE=1): the before of
+compiling it."""
 NULL_ACCEPT = "null-milter-C-accept-rcpt"
 
 
@@ -724,8 +732,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cold-seconds", type=float, default=4.0)
     ap.add_argument("--postfix-messages", type=int, default=2000)
     ap.add_argument("--postfix-rounds", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma list of: headline,policy,log,crosscheck,"
-                    "static,mailman,idle,cold,postfix")
+    ap.add_argument("--skip", default="", help="comma list of: headline,policy,pure,log,"
+                    "crosscheck,static,mailman,idle,cold,postfix")
     ap.add_argument("--json", type=Path, help="also write every figure to this file")
     ap.add_argument("--nice", type=int, default=-10,
                     help="scheduling priority for the run (servers, load, Postfix inherit "
@@ -754,7 +762,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, object] = {"machine": describe_machine(), "args": {
         k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
         for k, v in vars(args).items()}}
-    print(f"# listgate vs pymilter: milter load benchmark\n\nmachine: {report['machine']}")
+    report["core"] = core_build()
+    print(f"# listgate vs pymilter: milter load benchmark\n\nmachine: {report['machine']}\n"
+          f"listgate core: {report['core']}")
     native = build_c("miltergen", wd)
     null_bin = NullMilter.build(wd)
     workers = "auto (default)" if args.workers is None else args.workers
@@ -908,16 +918,23 @@ def run_headlines(native: Path, null_bin: Path, pm: Server, pop: Population, wd:
     lgd = Listgate(free_port(), wd, list_address=pop.list_address, allowed=pop.members,
                    log_level=None, workers=None, uvloop=None, max_connections=None,
                    policy_port=free_port())
+    # The same defaults on the core's Python sources: what compiling it (setup.py) buys.
+    pure = Listgate(free_port(), wd, list_address=pop.list_address, allowed=pop.members,
+                    log_level=None, workers=None, uvloop=None, max_connections=None,
+                    policy_port=free_port(), pure=True)
     null = NullMilter(free_port(), wd, null_bin, _listgate_optneg_reply())
     npol = NullMilter(free_port(), wd, null_bin, b"")
     failures: list[str] = []
-    for server in (lgd, null, npol):
+    with_pure = "pure" not in args.skip
+    started = (lgd, pure, null, npol) if with_pure else (lgd, null, npol)
+    for server in started:
         server.start()
     try:
         if "headline" not in args.skip:
             rows = headline("milter: shipped defaults vs pymilter vs the C null milter "
                             "(1 RCPT per session)", [("listgate", lgd, True),
-                            ("pymilter", pm, True), (NULL_MILTER, null, False)],
+                            ("pymilter", pm, True), (NULL_MILTER, null, False)]
+                            + ([(LG_PURE, pure, True)] if with_pure else []),
                             native, pop, args)
             report["headline"] = rows
             for conc in args.concurrency:
@@ -933,14 +950,16 @@ def run_headlines(native: Path, null_bin: Path, pm: Server, pop: Population, wd:
                       f"CPU per session {x['cpu_us'] / z['cpu_us']:.1f}x the C null milter's "
                       "(goal <= 4x)")
         if "policy" not in args.skip and lgd.policy_port is not None:
+            policy_rows = [("listgate-policy", _PortOf(lgd, lgd.policy_port), True),
+                           ("null-policy-C", npol, False)]
+            if with_pure and pure.policy_port is not None:
+                policy_rows.append((f"{LG_PURE}-policy", _PortOf(pure, pure.policy_port), True))
             report["policy"] = headline(
                 "policy: shipped defaults vs the C null policy server (persistent "
                 "connections, one RCPT request at a time each)",
-                [("listgate-policy", _PortOf(lgd, lgd.policy_port), True),
-                 ("null-policy-C", npol, False)],
-                native, pop, args, policy=True, base="null-policy-C")
+                policy_rows, native, pop, args, policy=True, base="null-policy-C")
     finally:
-        for server in (lgd, null, npol):
+        for server in started:
             server.stop()
     return failures
 

@@ -16,6 +16,9 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+PURE_ENV = "LISTGATE_PURE"
+"""listgate.compiled.PURE_ENV (spelled out: the benchmark also runs older listgates)."""
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -138,12 +141,16 @@ class Server:
     def command(self) -> Sequence[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        """The child's environment (None: ours)."""
+        return None
+
     def start(self) -> None:
         raise_nofile()
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 list(self.command()), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                cwd=ROOT,
+                cwd=ROOT, env=self.environment(),
             )
         wait_port(self.port, self.proc, self.name)
         time.sleep(0.2)  # let worker processes (if any) bind too
@@ -184,8 +191,11 @@ class Listgate(Server):
         extra: str = "", log_level: str | None = "warning", workers: int | None = None,
         uvloop: bool | None = None, mailman: str | None = None,
         policy_port: int | None = None, max_connections: int | None = 15000,
+        pure: bool = False,
     ) -> None:
         super().__init__(port, workdir)
+        self.pure = pure
+        """Run the core from its Python sources (LISTGATE_PURE=1), not the compiled build."""
         self.policy_port = policy_port
         """Also a [policy] listener (Postfix check_policy_service) on this port."""
         self.config = workdir / f"listgate-{port}.toml"
@@ -214,6 +224,12 @@ class Listgate(Server):
     def command(self) -> Sequence[str]:
         return [sys.executable, "-m", "listgate", "serve", "--config", str(self.config),
                 "--allow-root"]
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != PURE_ENV}
+        if self.pure:
+            env[PURE_ENV] = "1"
+        return env
 
 
 class Pymilter(Server):

@@ -28,6 +28,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from listgate.compiled import describe as core_build
 from listgate.config import (
     AuthSource,
     Config,
@@ -266,8 +267,8 @@ class Daemon:
                 ) from None
             log.info("metrics on http://%s:%d/metrics", *bound)
         log.info(
-            "listgate ready: backend %s; failure policy %s",
-            self.gate.backend.describe(), self.gate.failure_policy.value,
+            "listgate ready: backend %s; failure policy %s; core %s",
+            self.gate.backend.describe(), self.gate.failure_policy.value, core_build(),
         )
         notify("READY=1", f"STATUS=serving; backend {self.gate.backend.describe()}")
 

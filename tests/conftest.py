@@ -12,7 +12,22 @@ import pytest
 from dns_server import AuthDns, start_auth_dns
 from support import ListgateServe
 
+from listgate import compiled
 from listgate.log import THIRD_PARTY_LOGGERS
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test a stale build: a compiled module older than its source would run
+    the old code under the new test."""
+    if stale := compiled.stale():
+        pytest.exit(f"compiled modules older than their sources: {', '.join(stale)}; rebuild "
+                    "with `.venv/bin/pip install -e .` or test the sources with "
+                    f"{compiled.PURE_ENV}=1", returncode=2)
+
+
+def pytest_report_header() -> str:
+    """Say which build of the core this run tests."""
+    return f"listgate core: {compiled.status()}"
 
 
 @pytest.fixture

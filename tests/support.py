@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import resource
 import shlex
@@ -25,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Self, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +34,29 @@ READY_LINE = "listgate ready"
 """What ``listgate serve`` logs once every listener is up."""
 
 T = TypeVar("T")
+
+
+def source_modules(*names: str) -> dict[str, ModuleType]:
+    """Fresh copies of listgate modules *names* run from their ``.py`` sources, even where
+    the installed ones are compiled (``listgate.compiled``), with the compiled modules they
+    import run from source too: e.g. to subclass one in a test, which mypyc forbids for a
+    compiled class. ``sys.modules`` and the packages' attributes are left as they were."""
+    from listgate.compiled import MODULES, SourceFinder
+
+    saved = {name: sys.modules.pop(name) for name in MODULES if name in sys.modules}
+    finder = SourceFinder()
+    sys.meta_path.insert(0, finder)
+    try:
+        return {name: importlib.import_module(name) for name in names}
+    finally:
+        sys.meta_path.remove(finder)
+        for name in MODULES:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+        for name, module in saved.items():
+            parent, _, child = name.rpartition(".")
+            if parent in sys.modules:
+                setattr(sys.modules[parent], child, module)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -330,16 +330,18 @@ class MilterTransaction:
                 self.message = bytearray()
             self._keep(_header_bytes(event.field, event.value))
 
-    def _keep(self, data: bytes) -> None:
-        """Add *data* to the kept message; past ``max_message`` it is dropped for good."""
+    def _keep(self, data: bytes) -> bool:
+        """Add *data* to the kept message; past ``max_message`` it is dropped for good.
+        Whether the message is still kept."""
         self.message_size += len(data)
         message = self.message
         if message is None:
-            return
+            return False
         if self.message_size > self.max_message:
             self.message = None
-            return
+            return False
         message += data
+        return True
 
     def on_body(self, event: Body) -> bool:
         """Keep a body chunk while the message waits for DKIM; whether more are wanted."""
@@ -348,8 +350,9 @@ class MilterTransaction:
         if not self.in_body:
             self.in_body = True
             self._keep(b"\r\n")
-        self._keep(event.chunk)
-        return self.message is not None
+        # what _keep says, not ``self.message``: mypy (and so mypyc) would still take the
+        # attribute for the bytearray the guard above saw
+        return self._keep(event.chunk)
 
     def eom_request(self, conn: MilterConnection) -> PostingRequest | None:
         """The request to judge at end of message (the whole message for DKIM), or None."""

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
-from listgate.errors import ProtocolError
+from listgate.policyd.errors import PolicyError, PolicyProtocolError, PolicyStateError
 from listgate.sansio import NEED_DATA, Outbox, Signal
 
 __all__ = [
@@ -81,18 +81,6 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 65536
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-
-
-class PolicyError(ProtocolError):
-    """Base class of this module's errors."""
-
-
-class PolicyProtocolError(PolicyError):
-    """The peer broke the protocol or a limit; close the connection."""
-
-
-class PolicyStateError(PolicyError, RuntimeError):
-    """The application used the connection wrongly (e.g. a reply nobody asked for)."""
 
 
 @dataclass(frozen=True, slots=True)

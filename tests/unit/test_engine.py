@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-import listgate.decision.engine
+from listgate.compiled import source_path
 from listgate.decision.engine import (
     MAX_TEXT_CHARS,
     MAX_VALUE_CHARS,
@@ -352,7 +351,7 @@ def test_reply_texts_refuse_bad_codes(kwargs: dict[str, object], message: str) -
 
 def test_engine_is_pure() -> None:
     """engine.py imports nothing that does I/O or concurrency (asyncio, socket, os, logging...)."""
-    tree = ast.parse(Path(listgate.decision.engine.__file__).read_text())
+    tree = ast.parse(source_path("listgate.decision.engine").read_text())
     imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
