@@ -56,8 +56,12 @@ MODULES: Final[tuple[str, ...]] = (
     "listgate.decision.recipients",
     "listgate.decision.rules",
     "listgate.decision.senders",
+    "listgate.server.connection",
+    "listgate.server.milter",
+    "listgate.server.policy",
 )
-"""The modules ``setup.py`` compiles (the per-packet path of a session, layer 1)."""
+"""The modules ``setup.py`` compiles: the per-packet path of a session (layer 1) and the
+one connection loop that drives it."""
 
 _PACKAGE_ROOT: Final = Path(__file__).resolve().parent.parent
 

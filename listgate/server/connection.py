@@ -33,7 +33,7 @@ import asyncio
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, cast
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from listgate.decision.gate import Gate
 from listgate.decision.model import Decision, PostingRequest, Verdict
@@ -104,7 +104,10 @@ class ListenerConfig(Protocol):
         """Seconds a connection may stay idle (see ``SessionService.idle_since_reply``)."""
 
 
-class SessionService(StreamService):
+ConfigT = TypeVar("ConfigT", bound=ListenerConfig)
+
+
+class SessionService(StreamService, Generic[ConfigT]):
     """One front end's listeners, sharing one gate, one group of settings and one
     connection cap. A front end subclasses it: its logger and wording, its limits beyond
     ``ListenerConfig`` and ``new_session``."""
@@ -123,7 +126,7 @@ class SessionService(StreamService):
     def __init__(
         self,
         name: str,
-        config: ListenerConfig,
+        config: ConfigT,
         gate: Gate,
         *,
         max_buffered: int,
@@ -201,7 +204,7 @@ class StreamConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, service: SessionService) -> None:
+    def __init__(self, service: SessionService[Any]) -> None:
         self._service = service
         self._loop = service.loop or asyncio.get_running_loop()
         self.conn_id = ""

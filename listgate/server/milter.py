@@ -29,12 +29,11 @@ from listgate.server.connection import SessionService
 __all__ = ["MilterService"]
 
 
-class MilterService(SessionService):
+class MilterService(SessionService[MilterConfig]):
     """Milter listeners sharing one gate, one ``[milter]`` group and one connection cap."""
 
     log = logging.getLogger("listgate.milter")
     ack_unanswered = True
-    config: MilterConfig
 
     def __init__(
         self,

@@ -27,7 +27,7 @@ from listgate.server.connection import SessionService, Wording
 __all__ = ["PolicyService"]
 
 
-class PolicyService(SessionService):
+class PolicyService(SessionService[PolicyConfig]):
     """Policy listeners sharing one gate, one ``[policy]`` group and one connection cap."""
 
     log = logging.getLogger("listgate.policy")
@@ -40,7 +40,6 @@ class PolicyService(SessionService):
     )
     idle_since_reply = True
     flush_on_error = True
-    config: PolicyConfig
 
     def __init__(
         self, config: PolicyConfig, gate: Gate, *, shutdown_timeout: float = 10.0
