@@ -64,7 +64,10 @@ def ext_modules() -> list[object]:
     old = Path.cwd()
     os.chdir(HERE)
     try:
+        # One shared library with a fixed name (listgate__mypyc): an editable install maps
+        # that name, so rebuilding after the module list changed still finds it.
         return list(mypycify([module_file(m) for m in compiled_modules()], opt_level="3",
+                             group_name="listgate",
                              debug_level="0"))
     finally:
         os.chdir(old)

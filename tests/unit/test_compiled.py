@@ -17,8 +17,10 @@ PURE = os.environ.get(compiled.PURE_ENV, "") not in ("", "0")
 
 
 def _run(code: str, **env: str) -> str:
+    """*code*'s output in a fresh interpreter started outside the checkout (as a daemon
+    is: the compiled core must not depend on the current directory)."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, env={**os.environ, **env}).stdout.strip()
+                          check=True, env={**os.environ, **env}, cwd="/").stdout.strip()
 
 
 def test_the_install_under_test_is_compiled_unless_the_sources_were_asked_for() -> None:
@@ -43,10 +45,8 @@ def test_pure_switch_runs_every_compiled_module_from_its_source() -> None:
 def test_without_the_switch_the_modules_are_the_extension_modules() -> None:
     """Without LISTGATE_PURE every module of MODULES is an extension module (the shipped
     build), and the ready line says so."""
-    env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
-    out = subprocess.run(
-        [sys.executable, "-c", "import listgate.compiled as c; print(c.status(), c.describe())"],
-        capture_output=True, text=True, check=True, env=env).stdout.strip()
+    out = _run("import listgate.compiled as c; print(c.status(), c.describe())",
+               **{compiled.PURE_ENV: ""})
     assert out == "compiled compiled (mypyc)"
 
 
