@@ -33,7 +33,7 @@ import asyncio
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from listgate.decision.gate import Gate
 from listgate.decision.model import Decision, PostingRequest, Verdict
@@ -105,12 +105,6 @@ class ListenerConfig(Protocol):
 
 
 ConfigT = TypeVar("ConfigT", bound=ListenerConfig)
-
-
-LOG_FLUSH_DELAY: Final = 0.05
-"""Seconds a decision line may wait for others to share its write (at most 256 wait; any
-other line, a stop or a reload writes them first). One write per turn of the loop cost
-about 15 µs per session at 10 concurrent sessions."""
 
 
 class SessionService(StreamService, Generic[ConfigT]):
@@ -409,8 +403,8 @@ class StreamConnection(asyncio.Protocol):
             (self._loop.time() - started) * 1000.0,
         )
         buffered = fast_line(decisions_log, level, _DECISION_LINE % args)
-        if buffered:  # the first line waiting: written with those of the next few ms
-            self._loop.call_later(LOG_FLUSH_DELAY, flush_lines)
+        if buffered:  # the first line waiting: written once this turn of the loop is done
+            self._loop.call_soon(flush_lines)
         elif buffered is False:
             decisions_log.log(level, _DECISION_LINE, *args)
 
