@@ -66,9 +66,16 @@ def ext_modules() -> list[object]:
     try:
         # One shared library with a fixed name (listgate__mypyc): an editable install maps
         # that name, so rebuilding after the module list changed still finds it.
-        return list(mypycify([module_file(m) for m in compiled_modules()], opt_level="3",
-                             group_name="listgate",
-                             debug_level="0"))
+        # --no-site-packages: the analysis sees the standard library and listgate only,
+        # as in pip's isolated build environment, wherever it runs (a compiled module
+        # that reached a third-party package would compile here and fail there).
+        return list(mypycify(["--no-site-packages",
+                              *(module_file(m) for m in compiled_modules())],
+                             opt_level="3", group_name="listgate", debug_level="0"))
+    except (Exception, SystemExit) as exc:  # mypy's analysis failed (it printed why)
+        sys.stderr.write(f"listgate: mypyc could not translate the core ({exc!r}); "
+                         "installing pure Python\n")
+        return []
     finally:
         os.chdir(old)
 

@@ -22,7 +22,6 @@ import socket
 import struct
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -32,6 +31,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from listgate.server.connection import DecisionStats
+
 __all__ = ["BackendTimer", "DecisionStats", "Metrics", "WorkerScrapes", "answer_scrapes"]
 
 SCRAPE_TIMEOUT = 5.0
@@ -39,19 +40,6 @@ SCRAPE_TIMEOUT = 5.0
 _LEN = struct.Struct(">I")
 
 log = logging.getLogger("listgate.metrics")
-
-
-class DecisionStats:
-    """Decisions by (front end, verdict, list), counted in a plain dict."""
-
-    __slots__ = ("counts",)
-
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, str, str]] = Counter()
-
-    def count(self, frontend: str, verdict: str, list_address: str | None) -> None:
-        """One more decision."""
-        self.counts[(frontend, verdict, list_address or "-")] += 1
 
 
 class BackendTimer:

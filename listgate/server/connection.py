@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
@@ -41,10 +42,9 @@ from listgate.errors import ProtocolError
 from listgate.frontends.session import CLOSE, NEED_DATA, Notice, Session
 from listgate.listen import ListenSpec
 from listgate.log import fast_line, flush_lines, next_conn_id, printable
-from listgate.metrics import DecisionStats
 from listgate.server.base import StreamService
 
-__all__ = ["ListenerConfig", "SessionService", "StreamConnection", "Wording"]
+__all__ = ["DecisionStats", "ListenerConfig", "SessionService", "StreamConnection", "Wording"]
 
 decisions_log = logging.getLogger("listgate.decision")
 
@@ -105,6 +105,21 @@ class ListenerConfig(Protocol):
 
 
 ConfigT = TypeVar("ConfigT", bound=ListenerConfig)
+
+
+class DecisionStats:
+    """Decisions by (front end, verdict, list), counted in a plain dict (read by
+    ``listgate.metrics`` at scrape time; here so that the compiled connection loop does
+    not depend on the metrics library)."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+
+    def count(self, frontend: str, verdict: str, list_address: str | None) -> None:
+        """One more decision."""
+        self.counts[(frontend, verdict, list_address or "-")] += 1
 
 
 class SessionService(StreamService, Generic[ConfigT]):
