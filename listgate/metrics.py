@@ -1,9 +1,9 @@
 """Prometheus metrics, read at scrape time.
 
 Invariants:
-- Nothing here runs on the per-RCPT path except ``DecisionStats.count`` (one dict
-  increment) and ``BackendTimer.observe`` (one histogram observation per REST fetch,
-  which is off the hot path by definition). Every other figure is read from the live
+- Nothing here runs on the per-RCPT path except ``BackendTimer.observe`` (one histogram
+  observation per REST fetch, which is off the hot path by definition); decisions are
+  counted by the connection loop's ``DecisionStats`` (one dict increment), read here. Every other figure is read from the live
   objects (caches, services) when Prometheus scrapes, so an idle daemon costs nothing.
 - With several worker processes the supervisor serves /metrics: at each scrape it asks
   every worker for its exposition over a private socket pair (``answer_scrapes`` in the
