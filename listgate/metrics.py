@@ -3,8 +3,9 @@
 Invariants:
 - Nothing here runs on the per-RCPT path except ``BackendTimer.observe`` (one histogram
   observation per REST fetch, which is off the hot path by definition); decisions are
-  counted by the connection loop's ``DecisionStats`` (one dict increment), read here. Every other figure is read from the live
-  objects (caches, services) when Prometheus scrapes, so an idle daemon costs nothing.
+  counted by the connection loop's ``DecisionStats`` (one dict increment), read here.
+  Every other figure is read from the live objects (caches, services) when Prometheus
+  scrapes, so an idle daemon costs nothing.
 - With several worker processes the supervisor serves /metrics: at each scrape it asks
   every worker for its exposition over a private socket pair (``answer_scrapes`` in the
   worker, ``WorkerScrapes`` in the supervisor) and sums the samples of the same name and
