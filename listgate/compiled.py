@@ -56,6 +56,7 @@ MODULES: Final[tuple[str, ...]] = (
     "listgate.decision.recipients",
     "listgate.decision.rules",
     "listgate.decision.senders",
+    "listgate.logline",
     "listgate.server.connection",
     "listgate.server.milter",
     "listgate.server.policy",

@@ -13,6 +13,8 @@ Invariants:
   (else the gate would be trivially bypassed). Static lists have no service addresses.
 - The null sender is never a poster, even if "" or "<>" was configured (it is dropped).
 - ``lookup_now`` always answers (never ``PENDING``); ``lookup`` never raises.
+- The facts of each configured poster, and of an unknown sender, are built once (they
+  are immutable): a lookup only picks them out.
 - No cache: the optional ``Backend`` capabilities keep their no-op defaults (a changed map
   is a new ``StaticBackend``, built on reload).
 """
@@ -33,7 +35,7 @@ __all__ = ["StaticBackend"]
 class StaticBackend(Backend):
     """Posting rights from a ``{list address: allowed posters}`` map."""
 
-    __slots__ = ("_directory", "_policies", "_posters")
+    __slots__ = ("_directory", "_facts", "_policies", "_posters")
 
     def __init__(self, posters: Mapping[str, Iterable[str]]) -> None:
         merged: dict[str, set[str]] = {}
@@ -58,6 +60,10 @@ class StaticBackend(Backend):
             for key in self._posters
         }
         self._directory = ListDirectory(frozenset(self._posters), service_addresses=False)
+        self._facts: dict[str, dict[str, SenderFacts]] = {
+            key: {s: SenderFacts(s, Membership(s)) for s in allowed}
+            for key, allowed in self._posters.items()
+        }
 
     def known_lists(self) -> tuple[str, ...]:
         """The gated list posting addresses, sorted."""
@@ -68,11 +74,9 @@ class StaticBackend(Backend):
         resolution = resolve(request.recipient, self._directory)
         if resolution.target is not Target.POSTING or resolution.list_address is None:
             return ListFacts(resolution)
-        allowed = self._posters[resolution.list_address]
-        senders = tuple(
-            SenderFacts(s, Membership(s) if s and s in allowed else None) for s in request.senders
-        )
-        return ListFacts(resolution, self._policies[resolution.list_address], senders)
+        known = self._facts[resolution.list_address].get
+        senders = [known(s) or SenderFacts(s) for s in request.senders]
+        return ListFacts(resolution, self._policies[resolution.list_address], tuple(senders))
 
     async def lookup(self, request: PostingRequest) -> ListFacts:
         """The same answer as ``lookup_now``."""

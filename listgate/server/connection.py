@@ -24,7 +24,7 @@ Invariants:
   list or not an ACCEPT, else DEBUG; one count per decision in ``decisions``. On
   listgate's own stderr/journal handler the lines of one turn of the event loop are
   written together, in order, when that turn's callbacks are done
-  (``listgate.log.fast_line``).
+  (``listgate.logline.fast_line``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from listgate.decision.model import Decision, PostingRequest, Verdict
 from listgate.errors import ProtocolError
 from listgate.frontends.session import CLOSE, NEED_DATA, Notice, Session
 from listgate.listen import ListenSpec
-from listgate.log import fast_line, flush_lines, next_conn_id, printable
+from listgate.logline import fast_line, flush_lines, next_conn_id, printable
 from listgate.server.base import StreamService
 
 __all__ = ["DecisionStats", "ListenerConfig", "SessionService", "StreamConnection", "Wording"]

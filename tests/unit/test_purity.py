@@ -49,7 +49,8 @@ UPPER_LAYERS = (
 PURE_FORBIDDEN = (
     *IO_AND_CONCURRENCY, *IO_LIBRARIES, *UPPER_LAYERS,
     "os", "io", "pathlib", "shutil", "tempfile", "sys", "importlib", "logging",
-    "time", "datetime", "random", "secrets", "listgate.log", "listgate.config",
+    "time", "datetime", "random", "secrets", "listgate.log", "listgate.logline",
+    "listgate.config",
 )
 CONFIG_FORBIDDEN = (*IO_AND_CONCURRENCY, *IO_LIBRARIES, *UPPER_LAYERS, "logging.handlers")
 IO_BUILTINS = frozenset({"open", "print", "input", "exec", "eval", "compile", "__import__"})
