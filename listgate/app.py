@@ -15,7 +15,8 @@ Invariants:
   listeners and stops with them; its address and secret are restart-only, its
   ``max_silence`` follows a reload. Its messages drop facts from whichever backend the
   daemon holds at the time (``listgate.facts.feed``), and the backend lets the feed vouch
-  for old facts behind a reject while it is healthy.
+  for old facts behind a reject while it is healthy. With several workers the supervisor
+  listens and each worker follows its relay (``FeedFollower``) the same way.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from listgate.listen import parse_listen_spec, parse_metrics_listen
 from listgate.log import flush_lines, setup_logging
 from listgate.metrics import Metrics
 from listgate.server.base import StreamService, ensure_fd_limit
-from listgate.server.events import EventsListener, FeedMonitor
+from listgate.server.events import EventsListener, FeedFollower, FeedMonitor
 from listgate.server.milter import MilterService
 from listgate.server.notify import notify
 from listgate.server.policy import PolicyService
@@ -192,6 +193,7 @@ class Daemon:
         *,
         inherited: Inherited | None = None,
         metrics_link: socket.socket | None = None,
+        feed_link: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.path = path
@@ -223,11 +225,18 @@ class Daemon:
         self.metrics.refetches = lambda: self.backend.reject_refetches()
         self.metrics.tier_stats = lambda: self.backend.tier_stats()
         self.backend.observe_fetches(self.metrics.backend.observe)
-        self.events: EventsListener | None = None
-        """The change feed's listener (``[events] listen`` with the Mailman backend)."""
+        self.events: EventsListener | FeedFollower | None = None
+        """The change feed's listener (``[events] listen`` with the Mailman backend), or
+        in a worker the follower of the supervisor's relay."""
         self.feed: FeedCoverage | None = None
         self._feed_monitor: FeedMonitor | None = None
-        if config.events.listen and config.backend.type == "mailman":
+        if feed_link is not None:  # a worker: the supervisor logs and exports the feed
+            follower = self.events = FeedFollower(
+                feed_link, FeedInvalidator(lambda: self.backend),
+                max_silence=config.events.max_silence)
+            self.feed = FeedCoverage(lambda: follower.health, config.events.max_silence)
+            self.backend.follow_feed(self.feed)
+        elif config.events.listen and config.backend.type == "mailman":
             events = self.events = build_events_listener(config, lambda: self.backend)
             feed = self.feed = FeedCoverage(lambda: events.health, config.events.max_silence)
             self._feed_monitor = FeedMonitor(feed, min(1.0, config.events.max_silence / 4))
@@ -247,14 +256,14 @@ class Daemon:
         if self.policy is not None:
             await self.policy.start()
         if self.events is not None:
-            assert self._feed_monitor is not None
             try:
                 await self.events.start()
             except OSError as exc:
                 raise ListgateError(
                     f"events: cannot listen on {self.config.events.listen}: {exc}"
                 ) from None
-            self._feed_monitor.start()
+            if self._feed_monitor is not None:
+                self._feed_monitor.start()
         if self.metrics_link is not None:
             self.metrics.answer(self.metrics_link)
         elif self.config.metrics.listen:
@@ -358,6 +367,7 @@ async def serve(
     on_ready: Callable[[Daemon], None] | None = None,
     handle_signals: bool = False,
     metrics_link: socket.socket | None = None,
+    feed_link: socket.socket | None = None,
 ) -> None:
     """Run the daemon until *stop* is set (or, with *handle_signals*, until SIGTERM or
     SIGINT), then drain and return. The one lifecycle: tests call it with a *stop* event,
@@ -368,7 +378,8 @@ async def serve(
     listener and the metrics endpoint are up."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    daemon = Daemon(config, path, inherited=inherited, metrics_link=metrics_link)
+    daemon = Daemon(config, path, inherited=inherited, metrics_link=metrics_link,
+                    feed_link=feed_link)
     handled: tuple[signal.Signals, ...] = ()
     if handle_signals:
         handled = _handle_signals(loop, stop, daemon, path)
@@ -448,6 +459,7 @@ def _run_loop(
     inherited: Inherited | None = None,
     on_ready: Callable[[], None] | None = None,
     metrics_link: socket.socket | None = None,
+    feed_link: socket.socket | None = None,
 ) -> int:
     """``serve`` with signal handling on a new event loop; the exit status."""
     def ready(daemon: Daemon) -> None:
@@ -458,7 +470,8 @@ def _run_loop(
     try:
         with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
             runner.run(serve(config, path=path, inherited=inherited, on_ready=ready,
-                             handle_signals=True, metrics_link=metrics_link))
+                             handle_signals=True, metrics_link=metrics_link,
+                             feed_link=feed_link))
     except ListgateError as exc:
         log.error("%s", exc)
         return 1
@@ -477,7 +490,7 @@ def run(config: Config, path: Path | None = None) -> int:
     process supervises that many worker processes (``listgate.server.supervisor``), each
     running ``serve``, and serves ``[metrics] listen`` summed over them."""
     check_fd_limit(config)  # before the workers: they inherit the limit
-    if worker_count(config.milter.workers, events=bool(config.events.listen)) > 1:
+    if worker_count(config.milter.workers) > 1:
         _loop_factory(config)  # a missing uvloop is logged here, once, not by each worker
         for warning in config_warnings(config):
             log.warning("%s", warning)

@@ -136,8 +136,9 @@ class MilterConfig:
     workers: int | Literal["auto"] = "auto"
     """Processes serving the listeners (1 to 64, or "auto": one per CPU core this process
     may run on, at most 4): inet listeners are shared with SO_REUSEPORT, unix ones through
-    one inherited socket; with more than 1 the first process supervises and serves the
-    [metrics] endpoint, summed over the workers. Default: "auto"."""
+    one inherited socket; with more than 1 the first process supervises, serves the
+    [metrics] endpoint, summed over the workers, and listens for the [events] change feed,
+    relaying each message to every worker's cache. Default: "auto"."""
     uvloop: bool = True
     """Run the event loop on uvloop (installed with listgate where the platform has it);
     false, or uvloop missing (logged once), runs asyncio's own loop. Default: true."""
@@ -507,14 +508,11 @@ def _workers(value: object, key: str) -> object:
     return _integer(1, 64)(value, key)
 
 
-def worker_count(workers: int | Literal["auto"], *, events: bool = False) -> int:
+def worker_count(workers: int | Literal["auto"]) -> int:
     """How many processes ``[milter] workers`` means on this machine ("auto": one per CPU
-    core this process may run on, at most ``AUTO_WORKERS_MAX``; but one with *events*, a
-    change feed listener, whose messages must reach the one process that caches)."""
+    core this process may run on, at most ``AUTO_WORKERS_MAX``)."""
     if workers != "auto":
         return workers
-    if events:
-        return 1
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
@@ -1474,14 +1472,6 @@ def _no_effect_problems(data: Mapping[str, object], cfg: Config,
     return problems
 
 
-
-WORKERS_WITH_EVENTS = (
-    "milter.workers: more than 1 worker cannot serve [events] listen (each worker has its "
-    "own cache, and each feed message would reach only one of them): set workers = 1 or "
-    '"auto" (one process while [events] listen is set), or listen = ""'
-)
-
-
 def config_warnings(cfg: Config) -> list[str]:
     """What ``serve`` warns about at startup and ``config check`` prints: a static backend
     with no lists (every post passes ungated), lists deciding at end of headers that the
@@ -1542,8 +1532,6 @@ def parse_config(data: Mapping[str, object], source: str = "<config>") -> Config
             f"{MAX_REST_TIMEOUT:g} s (one decision may wait for both; Postfix's "
             f"milter_command_timeout is 30 s), got {cfg.mailman.timeout:g} + "
             f"{cfg.auth.dns_timeout:g}")
-    if cfg.milter.workers != "auto" and cfg.milter.workers > 1 and cfg.events.listen:
-        problems.append(WORKERS_WITH_EVENTS)
     if problems:
         raise ConfigError(problems, source)
     return cfg

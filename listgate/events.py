@@ -366,6 +366,8 @@ class FeedState:
         """Unix time the listener started: a stream begun later must be heard from seq 1."""
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
         self._health = FeedHealth(refused=MappingProxyType(dict.fromkeys(self.REFUSALS, 0)))
+        self.lost = False
+        """Set by ``lose``: messages are ignored from then on."""
 
     @property
     def health(self) -> FeedHealth:
@@ -401,6 +403,8 @@ class FeedState:
 
     def receive(self, message: Message, now: float, now_wall: float) -> None:
         """Apply *message* (already authenticated and decoded) at monotonic time *now*."""
+        if self.lost:
+            return
         missed = self._missed(message)
         changes = EVERYTHING if missed else message.changes
         _apply(changes, self._invalidator)
@@ -419,6 +423,14 @@ class FeedState:
             resumed=(now if h.last_message is None or now - h.last_message > self.max_silence
                      else h.resumed),
         )
+
+
+    def lose(self) -> None:
+        """The feed can no longer reach this state (a worker's relay link broke): drop
+        every cached fact and vouch for none from now on (never healthy again)."""
+        self.lost = True
+        self._health = replace(self._health, last_message=None, resumed=None)
+        _apply(EVERYTHING, self._invalidator)
 
 
 def _apply(changes: ChangeSet, invalidator: Invalidator) -> None:

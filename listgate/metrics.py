@@ -10,7 +10,9 @@ Invariants:
   every worker for its exposition over a private socket pair (``answer_scrapes`` in the
   worker, ``WorkerScrapes`` in the supervisor) and sums the samples of the same name and
   labels; a worker that does not answer within ``SCRAPE_TIMEOUT`` is left out of that
-  scrape (logged at DEBUG). Nothing crosses processes on the per-RCPT path.
+  scrape (logged at DEBUG). Nothing crosses processes on the per-RCPT path. The change
+  feed's metrics come from the supervisor's relay then (``FeedCollector``), not from
+  the workers.
 - Label values come from configuration or from a fixed set (verdicts, cache names,
   services), never from the network: a sender cannot create label cardinality. The
   ``list`` label is a list posting address the backend knows (or "-").
@@ -33,8 +35,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from listgate.server.connection import DecisionStats
+from listgate.server.links import WorkerLinks
 
-__all__ = ["BackendTimer", "DecisionStats", "Metrics", "WorkerScrapes", "answer_scrapes"]
+__all__ = ["BackendTimer", "DecisionStats", "FeedCollector", "Metrics", "WorkerScrapes",
+           "answer_scrapes"]
 
 SCRAPE_TIMEOUT = 5.0
 """Seconds the supervisor waits for one worker's exposition at a scrape."""
@@ -122,6 +126,19 @@ class _LiveCollector(Collector):
         health = m.feed()
         if health is not None:
             yield from _feed_metrics(health, m.feed_healthy())
+
+
+class FeedCollector(Collector):
+    """The change feed's metrics from one ``FeedHealth`` source: in the supervisor, its
+    relay's listener (the workers that follow the relay export none, so nothing is
+    counted once per worker)."""
+
+    def __init__(self, health: Callable[[], Any], healthy: Callable[[], bool]) -> None:
+        self._health = health
+        self._healthy = healthy
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _feed_metrics(self._health(), self._healthy())
 
 
 def _feed_metrics(health: Any, healthy: bool) -> Iterator[Any]:
@@ -274,39 +291,27 @@ class WorkerScrapes(Collector):
     worker in turn."""
 
     def __init__(self) -> None:
-        self._links: dict[int, socket.socket] = {}
-        self._lock = threading.Lock()
+        self._links = WorkerLinks(SCRAPE_TIMEOUT)
 
     def link(self, index: int) -> socket.socket:
         """A new link for worker *index* (replacing its old one); the worker's end."""
-        ours, theirs = socket.socketpair()
-        ours.settimeout(SCRAPE_TIMEOUT)
-        with self._lock:
-            old = self._links.pop(index, None)
-            if old is not None:
-                old.close()
-            self._links[index] = ours
-        return theirs
+        return self._links.link(index)
 
     def close(self) -> None:
         """Close every link (in the supervisor at exit, or in a new worker: not its own)."""
-        with self._lock:
-            for sock in self._links.values():
-                sock.close()
-            self._links.clear()
+        self._links.close()
 
     def _scrape(self) -> list[str]:
         texts = []
-        with self._lock:
-            for index, sock in sorted(self._links.items()):
+        with self._links.using() as links:
+            for index, sock in links:
                 try:
                     sock.sendall(b"?")
                     (size,) = _LEN.unpack(_recv_exactly(sock, _LEN.size))
                     texts.append(_recv_exactly(sock, size).decode("utf-8"))
                 except OSError as exc:
                     log.debug("metrics: worker %d did not answer the scrape: %s", index, exc)
-                    sock.close()
-                    del self._links[index]
+                    self._links.drop(index)
         return texts
 
     def collect(self) -> Iterator[Metric]:

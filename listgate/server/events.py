@@ -19,6 +19,13 @@ Invariants:
   most one line per reason per ``log_interval`` seconds.
 - ``FeedMonitor`` logs each change of the feed's state (healthy, silent) once, within
   ``interval`` seconds of it.
+- With several worker processes the supervisor runs the listener and hands each accepted
+  message's body to ``forward`` (``listgate.server.feedrelay``), which relays it to every
+  worker; a worker's ``FeedFollower`` applies it to that worker's cache exactly as a
+  listener would (``FeedState``: same gap detection, same health). A relayed frame is a
+  4-byte big-endian length and the body; a length over ``max_body``, a body that does not
+  decode, or the link's end makes the follower ``lose`` the feed: its cache drops every
+  fact and the feed vouches for none again (logged at ERROR).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
+import struct
 import time
 from collections.abc import Callable
 
@@ -46,7 +55,7 @@ from listgate.events import (
 from listgate.facts.feed import HEALTHY, FeedCoverage
 from listgate.listen import ListenSpec
 
-__all__ = ["EventsListener", "FeedMonitor"]
+__all__ = ["RELAY_HEADER", "EventsListener", "FeedFollower", "FeedMonitor", "relay_frame"]
 
 log = logging.getLogger("listgate.events")
 
@@ -55,6 +64,14 @@ _REASONS = {204: "No Content", 400: "Bad Request", 401: "Unauthorized",
 _REFUSAL = {400: "malformed", 401: "unauthorized", 405: "method", 413: "too_large"}
 _SIGNATURE = SIGNATURE_HEADER.lower().encode("ascii")
 _MAX_HEADERS = 16_384
+
+RELAY_HEADER = struct.Struct("!I")
+"""A relayed message's frame: this length, then the body as the plugin signed it."""
+
+
+def relay_frame(body: bytes) -> bytes:
+    """*body* framed for a worker's relay link."""
+    return RELAY_HEADER.pack(len(body)) + body
 
 
 class _Refused(Exception):
@@ -81,6 +98,7 @@ class EventsListener:
         max_silence: float = math.inf,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        forward: Callable[[bytes], None] | None = None,
     ) -> None:
         if spec.family == "unix":
             raise ValueError("the events listener takes inet: or inet6: specs only")
@@ -97,6 +115,8 @@ class EventsListener:
         self._tasks: set[asyncio.Task[None]] = set()
         """One per open connection."""
         self._closing = False
+        self._forward = forward
+        """Called with each accepted message's body once it is applied (the relay)."""
 
     @property
     def health(self) -> FeedHealth:
@@ -119,9 +139,13 @@ class EventsListener:
             raise RuntimeError("the events listener is not started")
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self) -> None:
-        """Bind and start accepting."""
-        self._server = await asyncio.start_server(self._serve, self.spec.host, self.spec.port)
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind (or take the bound, listening *sock*) and start accepting."""
+        if sock is None:
+            self._server = await asyncio.start_server(self._serve, self.spec.host,
+                                                      self.spec.port)
+        else:
+            self._server = await asyncio.start_server(self._serve, sock=sock)
         log.info("change feed listening on %s", self.spec)
 
     async def aclose(self) -> None:
@@ -210,6 +234,8 @@ class EventsListener:
             return 400, str(exc)
         try:
             self.state.receive(message, self._clock(), self._wall())
+            if self._forward is not None:
+                self._forward(body)
         except Exception:  # the cache failed to drop something: the plugin retries on 500
             self.state.refuse("error")
             self._log("error", "could not apply a message from %s; answered 500", peer)
@@ -251,6 +277,78 @@ class EventsListener:
                 return signature, bytes(body)
             elif isinstance(event, h11.ConnectionClosed):
                 raise EOFError("closed")
+
+
+class FeedFollower:
+    """In a worker process: the change feed as the supervisor relays it over *link*,
+    applied to this process's cache through *invalidator*; ``start()``, then
+    ``aclose()``."""
+
+    def __init__(
+        self,
+        link: socket.socket,
+        invalidator: Invalidator,
+        *,
+        max_body: int = MAX_BODY,
+        max_silence: float = math.inf,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._link = link
+        self._max_body = max_body
+        self._clock = clock
+        self._wall = wall_clock
+        self.state = FeedState(invalidator, started_wall=wall_clock(), max_silence=max_silence)
+        self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    @property
+    def health(self) -> FeedHealth:
+        """The feed's health in this process (a frozen snapshot)."""
+        return self.state.health
+
+    async def start(self) -> None:
+        """Start reading the link in the running loop."""
+        reader, self._writer = await asyncio.open_connection(sock=self._link)
+        self._task = asyncio.get_running_loop().create_task(self._follow(reader))
+
+    async def _follow(self, reader: asyncio.StreamReader) -> None:
+        try:
+            why = await self._read_all(reader)
+        except Exception as exc:  # whatever broke, the cache must not trust the feed now
+            why = f"applying a relayed message failed: {exc!r}"
+        log.error("change feed: %s; this worker drops every cached fact and no longer "
+                  "relies on the feed (restart listgate to follow it again)", why)
+        self.state.lose()
+
+    async def _read_all(self, reader: asyncio.StreamReader) -> str:
+        """Apply relayed messages until the link fails; why it did."""
+        while True:
+            try:
+                head = await reader.readexactly(RELAY_HEADER.size)
+                (size,) = RELAY_HEADER.unpack(head)
+                if size > self._max_body:
+                    return f"the relay link sent a frame of {size} bytes (at most {self._max_body})"
+                body = await reader.readexactly(size)
+            except (asyncio.IncompleteReadError, OSError) as exc:
+                return f"the supervisor's relay link closed ({exc})"
+            try:
+                message = decode(body)
+            except EventError as exc:
+                return f"the relay link sent a message that does not decode: {exc}"
+            self.state.receive(message, self._clock(), self._wall())
+
+    async def aclose(self) -> None:
+        """Stop reading and close the link."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        else:
+            self._link.close()
 
 
 class FeedMonitor:

@@ -20,6 +20,9 @@ Invariants:
   a worker whose supervisor was already gone when it started exits at once. Orphaned
   workers would go on answering on the shared port with an old configuration, next to
   a restarted listgate.
+- With ``[events] listen`` (Mailman backend) only the supervising process listens for
+  the change feed and relays each accepted message to every worker
+  (``listgate.server.feedrelay``); a SIGHUP re-reads ``[events] max_silence`` for it.
 - The supervisor imports no application module: what a worker runs is handed in
   (``RunWorker``), so dependencies point down from ``listgate.app``.
 """
@@ -42,11 +45,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from listgate.config import Config, worker_count
+from listgate.config import Config, load_config, worker_count
 from listgate.errors import ListgateError
-from listgate.listen import ListenSpec, parse_metrics_listen
-from listgate.metrics import WorkerScrapes
+from listgate.events import EventError, read_secret
+from listgate.listen import ListenSpec, parse_listen_spec, parse_metrics_listen
+from listgate.metrics import FeedCollector, WorkerScrapes
 from listgate.server.base import SHARED_COUNTS, SharedCount, bind_unix_listener
+from listgate.server.feedrelay import FeedRelay
 from listgate.server.notify import notify
 
 __all__ = ["Inherited", "RunWorker", "Supervisor"]
@@ -73,11 +78,14 @@ Inherited = Mapping[tuple[str, ListenSpec], socket.socket]
 """Listening sockets a worker inherits, by (service name, listen spec)."""
 
 RunWorker = Callable[
-    [Config, Path | None, Inherited, Callable[[], None], socket.socket | None], int
+    [Config, Path | None, Inherited, Callable[[], None], socket.socket | None,
+     socket.socket | None],
+    int,
 ]
 """Runs one worker until it stops: (config, config path, inherited sockets, ready
-callback, the link to answer the supervisor's metrics scrapes on, or None without
-``[metrics] listen``) -> exit status."""
+callback, the link to answer the supervisor's metrics scrapes on (None without
+``[metrics] listen``), the link the change feed is relayed on (None without
+``[events] listen``)) -> exit status."""
 
 
 class Supervisor:
@@ -97,7 +105,7 @@ class Supervisor:
     def __init__(self, config: Config, path: Path | None, run_worker: RunWorker) -> None:
         self.path = path
         self.run_worker = run_worker
-        self.count = worker_count(config.milter.workers, events=bool(config.events.listen))
+        self.count = worker_count(config.milter.workers)
         self.inherited: dict[tuple[str, ListenSpec], socket.socket] = {}
         self.reserved: list[socket.socket] = []
         self.unix_paths: list[str] = []
@@ -116,19 +124,46 @@ class Supervisor:
         """Each service's connections in every worker (max_connections is for all)."""
         self.scrapes: WorkerScrapes | None = None
         self._metrics_server: Any = None
-        if config.metrics.listen:
-            self._serve_metrics(config.metrics.listen)
+        self.feed_relay: FeedRelay | None = None
+        """The change feed's listener, relaying to the workers (``[events] listen``)."""
+        try:
+            if config.events.listen and config.backend.type == "mailman":
+                self.feed_relay = self._relay_feed(config)
+            if config.metrics.listen:
+                self._serve_metrics(config.metrics.listen)
+        except BaseException:
+            self._close()
+            raise
+
+    @staticmethod
+    def _relay_feed(config: Config) -> FeedRelay:
+        """Listen for the change feed here, for every worker (bound before any fork)."""
+        e = config.events
+        try:
+            secret = read_secret(e.secret_file)
+        except EventError as exc:
+            raise ListgateError(f"events: {exc}") from None
+        relay = FeedRelay(parse_listen_spec(e.listen.strip()), secret, e.max_silence)
+        try:
+            relay.start()
+        except BaseException:
+            relay.close()
+            raise
+        log.info("change feed relayed to every worker")
+        return relay
 
     def _serve_metrics(self, listen: str) -> None:
         """Serve /metrics here, summed over the workers (bound before any fork)."""
         scrapes = WorkerScrapes()
         registry = CollectorRegistry()
         registry.register(scrapes)
+        relay = self.feed_relay
+        if relay is not None:  # the workers that follow it export no feed metrics
+            registry.register(FeedCollector(lambda: relay.health, relay.healthy))
         host, port = parse_metrics_listen(listen)
         try:
             server, _thread = start_http_server(port, host, registry=registry)
         except OSError as exc:
-            self._close()
             raise ListgateError(f"metrics: cannot listen on {listen}: {exc}") from None
         self.scrapes = scrapes
         self._metrics_server = server
@@ -193,6 +228,7 @@ class Supervisor:
 
     def _spawn(self, index: int) -> None:
         link = self.scrapes.link(index) if self.scrapes is not None else None
+        feed_link = self.feed_relay.link(index) if self.feed_relay is not None else None
         for count in self.counts.values():
             count.slots[index] = 0  # what a worker that died held is gone with it
         parent = os.getpid()
@@ -219,17 +255,21 @@ class Supervisor:
                 if self.scrapes is not None:  # the supervisor's ends and its HTTP socket
                     self.scrapes.close()
                     self._metrics_server.socket.close()
+                if self.feed_relay is not None:  # the same for the feed
+                    self.feed_relay.close_in_worker()
 
                 def ready() -> None:
                     os.write(self.ready_w, bytes((index,)))
 
-                code = self.run_worker(self.config, self.path, self.inherited, ready, link)
+                code = self.run_worker(self.config, self.path, self.inherited, ready, link,
+                                       feed_link)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        if link is not None:
-            link.close()
+        for end in (link, feed_link):
+            if end is not None:
+                end.close()
         self.children[pid] = (index, time.monotonic())
 
     def _wait_ready(self) -> bool:
@@ -318,11 +358,18 @@ class Supervisor:
         log.info("SIGHUP received: the workers reload %s", self.path or "(no config file)")
         if self.path is not None:
             notify("RELOADING=1")
+            if self.feed_relay is not None:  # a bad file: the workers say why, and keep theirs
+                with contextlib.suppress(ListgateError, OSError):
+                    self.feed_relay.max_silence = load_config(self.path).events.max_silence
             self.reloading = {index for index, _ in self.children.values()}
             self.reload_deadline = time.monotonic() + self.RELOAD_WAIT
         self._signal_all(signal.SIGHUP)
 
     def _close(self) -> None:
+        relay = getattr(self, "feed_relay", None)
+        if relay is not None:
+            relay.close()
+            self.feed_relay = None
         server = getattr(self, "_metrics_server", None)
         if server is not None:
             server.shutdown()

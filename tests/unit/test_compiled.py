@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import ast
 import os
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from support import REPO_ROOT, source_modules

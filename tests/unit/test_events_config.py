@@ -95,19 +95,12 @@ def test_events_without_effect_are_problems(tmp_path: Path, data: dict[str, obje
     assert info.value.problems[0].startswith(problem), info.value.problems
 
 
-def test_auto_workers_become_one_process_with_a_feed(tmp_path: Path) -> None:
-    """workers = "auto" (the default) means one process while [events] listen is set, so
-    every feed message reaches the one cache; an explicit workers > 1 with a feed is an
-    error naming the key."""
-    from listgate.config import worker_count
-
-    assert worker_count("auto", events=True) == 1
-    assert worker_count(3, events=True) == 3
+def test_a_feed_goes_with_any_worker_count(tmp_path: Path) -> None:
+    """[events] listen with workers = "auto" or an explicit count parses as given: the
+    supervisor relays the feed to every worker (listgate.server.feedrelay)."""
     secret = tmp_path / "secret"
     secret.write_text("abc")
     events = {"listen": "inet:127.0.0.1:8891", "secret_file": str(secret)}
     assert parse_config({**MAILMAN, "events": events}).milter.workers == "auto"
-    with pytest.raises(ConfigError) as info:
-        parse_config({**MAILMAN, "events": events, "milter": {"workers": 2}})
-    assert info.value.problems[0].startswith("milter.workers: more than 1 worker"), \
-        info.value.problems
+    config = parse_config({**MAILMAN, "events": events, "milter": {"workers": 3}})
+    assert (config.milter.workers, config.events.listen) == (3, "inet:127.0.0.1:8891")

@@ -433,16 +433,3 @@ def test_reject_max_age_and_max_silence_parse() -> None:
     with pytest.raises(ConfigError, match="reject_max_age"):
         parse_config({"backend": {"type": "mailman"}, "mailman": {"password": "x"},
                       "cache": {"reject_max_age": -1}}, "<t>")
-
-
-def test_workers_cannot_share_one_feed(tmp_path: object) -> None:
-    """More than one worker with [events] listen is refused: each worker has its own cache
-    and a feed message would reach only one."""
-    from pathlib import Path
-    secret = Path(str(tmp_path)) / "secret"
-    secret.write_text("s3cret\n")
-    with pytest.raises(ConfigError, match=r"\[events\] listen"):
-        parse_config({"backend": {"type": "mailman"}, "mailman": {"password": "x"},
-                      "milter": {"workers": 2},
-                      "events": {"listen": "inet:127.0.0.1:8891",
-                                 "secret_file": str(secret)}}, "<t>")
