@@ -298,8 +298,12 @@ class WorkerScrapes(Collector):
         return self._links.link(index)
 
     def close(self) -> None:
-        """Close every link (in the supervisor at exit, or in a new worker: not its own)."""
+        """Close every link (in the supervisor, at exit)."""
         self._links.close()
+
+    def close_after_fork(self) -> None:
+        """In a newly forked worker: close the supervisor's ends (see ``WorkerLinks``)."""
+        self._links.close_after_fork()
 
     def _scrape(self) -> list[str]:
         texts = []

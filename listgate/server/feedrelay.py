@@ -128,7 +128,10 @@ class FeedRelay:
             loop = self._loop = asyncio.new_event_loop()
             try:
                 loop.run_until_complete(self._serve(started))
-            except BaseException as exc:  # reported to start()
+            except BaseException as exc:  # reported to start(), or logged once serving
+                if started.is_set():
+                    log.error("change feed: the relay stopped: %r; workers will find the "
+                              "feed silent after [events] max_silence", exc)
                 failure.append(exc)
                 started.set()
             finally:
@@ -168,7 +171,7 @@ class FeedRelay:
         """In a newly forked worker: close the listening socket and the supervisor's ends
         (the relay's thread does not exist here)."""
         self._sock.close()
-        self._links.close()
+        self._links.close_after_fork()
 
     def close(self) -> None:
         """Stop the thread, then close the socket and every link."""

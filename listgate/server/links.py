@@ -5,7 +5,8 @@ Invariants:
 - ``link(index)`` is called in the supervisor before it forks worker *index*: it returns
   the worker's end and keeps the supervisor's, closing the end an earlier worker in that
   slot had. The supervisor closes the worker's end once forked; the new worker calls
-  ``close()`` (every supervisor end, so that no worker holds another's link).
+  ``close_after_fork()`` (every supervisor end, so that no worker holds another's link;
+  without the lock, which a supervisor thread may have held when the process forked).
 - Thread-safe: a supervisor thread (the metrics HTTP server, the feed relay) uses the
   links while the main thread forks and replaces workers; ``using()`` holds the lock.
 - A link that failed is ``drop``-ped (closed): its worker then reads EOF.
@@ -54,8 +55,17 @@ class WorkerLinks:
             sock.close()
 
     def close(self) -> None:
-        """Close every link (in the supervisor at exit, or in a new worker: not its own)."""
+        """Close every link (in the supervisor, at exit)."""
         with self._lock:
             for sock in self._links.values():
                 sock.close()
             self._links.clear()
+
+    def close_after_fork(self) -> None:
+        """In a newly forked worker: close every supervisor end. Only the forking thread
+        exists here, but another supervisor thread may have held the lock at the fork, so
+        it is replaced, not taken."""
+        self._lock = threading.Lock()
+        for sock in self._links.values():
+            sock.close()
+        self._links.clear()

@@ -253,7 +253,7 @@ class Supervisor:
                     count.index = index
                     SHARED_COUNTS[name] = count
                 if self.scrapes is not None:  # the supervisor's ends and its HTTP socket
-                    self.scrapes.close()
+                    self.scrapes.close_after_fork()
                     self._metrics_server.socket.close()
                 if self.feed_relay is not None:  # the same for the feed
                     self.feed_relay.close_in_worker()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -27,6 +28,7 @@ from listgate.events import (
 from listgate.listen import parse_listen_spec
 from listgate.server.events import RELAY_HEADER, FeedFollower, relay_frame
 from listgate.server.feedrelay import FeedRelay
+from listgate.server.links import WorkerLinks
 from tests.integration.test_events_wiring import post
 from tests.support import free_port
 from tests.unit.test_events import Recording
@@ -190,3 +192,21 @@ def test_a_broken_link_drops_every_fact_and_the_feed_vouches_for_none(
     assert recording.calls == before
     assert why in caplog.text
     assert "drops every cached fact" in caplog.text
+
+
+def test_a_forked_worker_closes_the_links_even_if_a_thread_held_the_lock() -> None:
+    """close_after_fork does not take the lock (a supervisor thread may have held it at
+    the fork): with the lock held elsewhere it still closes every supervisor end, whose
+    workers then read EOF."""
+    links = WorkerLinks(1.0)
+    theirs = [links.link(0), links.link(1)]
+    with links.using():  # the lock is held, as by a relay thread in mid-send
+        closer = threading.Thread(target=links.close_after_fork)
+        closer.start()
+        closer.join(2.0)
+        assert not closer.is_alive()
+    for end in theirs:
+        end.settimeout(2.0)
+        assert end.recv(1) == b""
+    with links.using() as remaining:
+        assert remaining == []
