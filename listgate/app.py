@@ -322,6 +322,8 @@ class Daemon:
             backend.follow_feed(self.feed)
         if self.feed is not None:
             self.feed.max_silence = new.events.max_silence
+        if self.events is not None:  # what counts as a silence for FeedHealth.resumed
+            self.events.state.max_silence = new.events.max_silence
         self.backend = backend
         self.gate = build_gate(new, backend)
         kept = keep_restart_only(new, old)
