@@ -29,6 +29,11 @@ it is the answer, written as if every fact were at hand.
   an older link) may name a fact the answer then does not need: scouting fetched it for
   nothing, once (single-flight), and the answer waits for it with the others, within the
   deadline.
+- ``Reader.prefetch``: an assembly that knows it will probably read a fact after one
+  that has no value at all (a sender never seen: its memberships, then its linked
+  addresses) starts that fact's fetch first, so the two run side by side although the
+  run stops at the first; the later ``read`` joins the fetch. It reads nothing and keeps
+  nothing.
 
 Invariants:
 - ``assemble`` runs to its end or to the first missing fact and never suspends.
@@ -155,6 +160,24 @@ class Reader:
         """Whether *known* is older than ``within`` (before the deadline only)."""
         return (self.within != math.inf and not self.accept_stale
                 and cache.now() - known.fetched_at > self.within)
+
+    def prefetch(
+        self,
+        cache: FactCache[K, V],
+        key: K,
+        max_age: Callable[[V], float],
+        fetch: Callable[[], Awaitable[V]],
+    ) -> None:
+        """Start (or join) the fetch of fact *key* of *cache* unless it is known in this
+        lookup or fresh in memory, without reading it: a ``read`` of it later joins the
+        fetch (bounded by ``within`` as that read's would be). Counts no hit."""
+        if (cache, key) in self._known:
+            return
+        within = self.within
+        bounded = max_age if within == math.inf else lambda v: min(max_age(v), within)
+        held = cache.held(key)
+        if held is None or cache.now() - held.fetched_at > bounded(held.value):
+            cache.flight(key, bounded, fetch)
 
     def read_or(
         self,

@@ -333,3 +333,82 @@ def test_a_reject_refetch_fetches_its_facts_side_by_side() -> None:
         assert backend.reject_refetches()["fresh"] == 1
 
     asyncio.run(go())
+
+
+# --------------------------------------------------------------------------- prefetch
+
+
+def test_a_new_sender_has_its_memberships_and_linked_addresses_fetched_side_by_side() -> None:
+    """A sender never seen (the cold path of a spam run): its memberships and its linked
+    addresses are both in flight before either ends, each fetched once, and the nonmember
+    is rejected on them."""
+    clock = FakeClock()
+    records = Held()
+    backend = MailmanBackend(records, CacheConfig(), clock=clock)  # type: ignore[arg-type]
+    gate = Gate(backend, ReplyTexts())
+
+    async def go() -> None:
+        warm = PostingRequest("someone.else@example.org", FakeMailmanRecords.LIST)
+        assert (await gate.decide(warm)).verdict is Verdict.REJECT  # directory, policy...
+        before = dict(records.fetches)
+        records.gate = asyncio.Event()
+        request = PostingRequest("stranger@example.org", FakeMailmanRecords.LIST)
+        deciding = asyncio.create_task(gate.decide(request))
+        await tick()
+        started = {k: records.fetches[k] - before.get(k, 0) for k in records.fetches}
+        assert {k: n for k, n in started.items() if n} == {"memberships": 1, "linked": 1}
+        assert not deciding.done()
+        records.gate.set()
+        assert (await deciding).verdict is Verdict.REJECT
+        assert records.fetches["linked"] - before["linked"] == 1
+
+    asyncio.run(go())
+
+
+def test_a_known_member_gets_no_linked_fetch_when_its_memberships_expire() -> None:
+    """A member whose memberships expired: only they are fetched again (the held value
+    says it is a member, so its linked addresses would not be read)."""
+    clock = FakeClock()
+    records = FakeMailmanRecords(members=("anne@example.com",))
+    backend = MailmanBackend(records, CacheConfig(), clock=clock)  # type: ignore[arg-type]
+    gate = Gate(backend, ReplyTexts())
+    request = PostingRequest("anne@example.com", FakeMailmanRecords.LIST)
+
+    async def go() -> None:
+        assert (await gate.decide(request)).verdict is Verdict.ACCEPT
+        before = dict(records.fetches)
+        clock.advance(CacheConfig().ttl + 1)
+        assert (await gate.decide(request)).verdict is Verdict.ACCEPT
+        assert records.fetches["memberships"] - before["memberships"] == 1
+        assert records.fetches["linked"] == before.get("linked", 0)
+
+    asyncio.run(go())
+
+
+def test_prefetch_starts_a_fetch_only_for_a_fact_neither_known_nor_fresh() -> None:
+    """Reader.prefetch: a fresh fact is left alone (no fetch, no hit counted), a fact the
+    lookup already read too; an expired one gets one fetch, which the later read joins."""
+    clock = FakeClock()
+    source = FakeSource({"a": "new a", "b": "new b"})
+
+    async def go() -> None:
+        c = expired(clock, ("a",))
+        c.put("b", "fresh b")
+        reader = Reader()
+        reader.prefetch(c, "b", ttl, source.fetcher("b"))
+        assert (source.calls["b"], c.hits) == (0, 0)
+        source.gate = asyncio.Event()  # the fetch stays in flight
+        reader.prefetch(c, "a", ttl, source.fetcher("a"))
+        reader.prefetch(c, "a", ttl, source.fetcher("a"))
+        await tick()
+        assert (source.calls["a"], c.misses) == (1, 1)
+        with pytest.raises(NotCached) as missing:
+            reader.read(c, "a", ttl, source.fetcher("a"))  # joins it
+        source.gate.set()
+        await reader.learn(missing.value)
+        assert reader.read(c, "a", ttl, source.fetcher("a")).value == "new a"
+        assert source.calls["a"] == 1
+        reader.prefetch(c, "a", ttl, source.fetcher("a"))
+        assert source.calls["a"] == 1
+
+    asyncio.run(go())
