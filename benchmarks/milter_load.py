@@ -494,7 +494,16 @@ def mailman_tables(core, pop: Population, feed: Feed, native: Path | None, wd: P
             rows = run_matrix(f"Mailman backend, warm cache, {label}", mlg, mpm, pop, args,
                               None if native is None else _native(native))
             report[key] = _rows_json(rows)
-            failures += _check(rows, key)
+            if with_feed:
+                failures += _check(rows, key)
+            else:
+                # Without the feed every reject resting on facts older than [cache]
+                # reject_max_age waits for a refetch (a stale reject is a false reject),
+                # while pymilter's set never learns of a change: the rates are shown, and
+                # only listgate's errors and wrong verdicts count against it here.
+                print("  (no change feed: a reject older than reject_max_age is refetched "
+                      "first; the must targets apply to the table with the feed)")
+                failures += [f for f in _check(rows, key) if "errors" in f]
             if with_feed and _metric(mport, "listgate_feed_healthy", {}, bare=True) != 1.0:
                 failures.append(f"{key}: the change feed was not healthy at the end")
         finally:
