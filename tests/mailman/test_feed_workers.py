@@ -21,9 +21,11 @@ from feed_helpers import plugin_config, plugin_site
 from mailman_harness import MailmanCore
 from mailmanclient.restobjects.mailinglist import MailingList
 
+from listgate.events import ChangeSet, Message, encode, sign
 from listgate.milter import Continue, ReplyCode
 from tests.integration.frontends import MilterPeer
 from tests.integration.test_daemon_lifecycle import Proc, children, metric, running, scrape
+from tests.integration.test_events_wiring import post
 from tests.support import free_port
 
 CONNECTIONS = 16
@@ -36,6 +38,8 @@ MEMBER = "member@example.org"
 class World:
     core: MailmanCore
     proc: Proc
+    events_port: int
+    secret: bytes
 
     def verdicts(self, sender: str, ml: MailingList) -> list[str]:
         """The verdict of one RCPT on each of CONNECTIONS new milter connections."""
@@ -105,7 +109,8 @@ listen = "127.0.0.1:{metrics_port}"
     try:
         with running(Path(base), text, milter_port, metrics_port) as proc:
             assert len(children(proc.popen.pid)) == 2, proc.log()
-            world = World(core, proc)
+            secret = secret_file.read_text().strip().encode()
+            world = World(core, proc, events_port, secret)
             deadline = time.monotonic() + 15
             while (metric(world.metrics(), "listgate_feed_healthy") != 1.0
                    and time.monotonic() < deadline):
@@ -142,14 +147,17 @@ def test_every_worker_follows_changes_both_ways(world: World) -> None:
 
 
 def test_the_feed_is_logged_and_counted_once_not_per_worker(world: World) -> None:
-    """The supervisor says it relays the feed; the feed's metrics come from it alone
-    (healthy is 1, not the number of workers) and count each heartbeat once."""
+    """The supervisor says it relays the feed; the feed's metrics come from it alone:
+    healthy is 1, not the number of workers, and one signed change posted to the
+    listener counts once (heartbeats carry no change)."""
     assert "change feed relayed to every worker" in world.proc.log()
     world.proc.wait_log("change feed healthy")  # the monitor polls: up to 0.75 s late
     page = world.metrics()
     assert metric(page, "listgate_feed_healthy") == 1.0
-    first = metric(page, "listgate_feed_messages_total")
-    time.sleep(2.5)  # about two heartbeats (1 s each), not four
-    grown = metric(world.metrics(), "listgate_feed_messages_total") - first
-    assert 1 <= grown <= 4, grown
+    before = metric(page, "listgate_feed_changes_total")
+    now = time.time()
+    body = encode(Message(f"test/{secrets.token_hex(4)}", now, 1, now,
+                          ChangeSet(lists=frozenset({"nothing.example.org"}))))
+    assert post(world.events_port, body, sign(world.secret, body)) == 204
+    assert metric(world.metrics(), "listgate_feed_changes_total") == before + 1
     assert world.proc.log().count("change feed healthy") == 1
