@@ -272,8 +272,10 @@ class StreamConnection(asyncio.Protocol):
         if self._idle_on_data:
             self._last = self._loop.time()
         if self._pending is None:
-            self._pump()
-        elif session.buffered > self._service.max_buffered and self.transport is not None:
+            self._pump()  # may start a decision, with the rest of this read still buffered
+        if (self._pending is not None and not self._reading_paused
+                and session.buffered > self._service.max_buffered
+                and self.transport is not None):
             self.transport.pause_reading()  # the peer is sending ahead of our answer
             self._reading_paused = True
 

@@ -256,6 +256,65 @@ def test_reading_pauses_while_a_decision_is_in_flight(fe: FrontEnd) -> None:
         assert not writer.is_alive()
 
 
+class PausingTransport:
+    """An in-memory transport that records writes and whether reading is paused."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.paused = False
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("192.0.2.1", 4000)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+def test_reading_pauses_after_the_very_read_that_started_a_slow_decision(
+        fe: FrontEnd) -> None:
+    """One read can start a decision the gate must wait for and carry more than
+    max_buffered bytes behind it: reading pauses right after that read (before, it went
+    on for one more read), and resumes once the decision is answered."""
+    config = fe.config(dict(fe.smallest_buffer))
+
+    async def run() -> None:
+        backend = SlowBackend()
+        backend.release, backend.started = asyncio.Event(), asyncio.Event()
+        service = fe.build(config, build_gate(config, backend))  # type: ignore[arg-type]
+        assert service is not None
+        conn = StreamConnection(service)
+        transport = PausingTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        peer = fe.peer(None)
+        one = len(fe.peer(None).wire([(MEMBER, LIST)]))
+        count = 2 * service.max_buffered // one
+        conn.data_received(peer.opening + peer.wire([(OUTSIDER, LIST)] + [(MEMBER, LIST)] * count))
+        assert conn.session.buffered > service.max_buffered
+        assert transport.paused
+        backend.release.set()
+        for _ in range(50):
+            await asyncio.sleep(0)
+            if not transport.paused:
+                break
+        assert not transport.paused
+        conn.connection_lost(None)
+        peer.close()
+
+    asyncio.run(run())
+
+
 def test_slow_decisions_answer_pipelined_requests_in_order(fe: FrontEnd) -> None:
     """With every decision awaited, requests sent in one write still get their replies in
     order."""
