@@ -132,10 +132,9 @@ class Reader:
             del self._known[slot]  # from a joined fetch without the bound: fetch again
             known = None
         if known is None:
-            within = self.within if aged else math.inf
             # The bound holds for the fetch too: a second tier (Redis) must not answer
             # it with a value older than *within* (a reject would rest on it).
-            bounded = max_age if within == math.inf else lambda v: min(max_age(v), within)
+            bounded = _bounded(max_age, self.within if aged else math.inf)
             fresh = cache.peek(key, bounded)
             if fresh is None:
                 flight = cache.flight(key, bounded, fetch)
@@ -173,8 +172,7 @@ class Reader:
         fetch (bounded by ``within`` as that read's would be). Counts no hit."""
         if (cache, key) in self._known:
             return
-        within = self.within
-        bounded = max_age if within == math.inf else lambda v: min(max_age(v), within)
+        bounded = _bounded(max_age, self.within)
         held = cache.held(key)
         if held is None or cache.now() - held.fetched_at > bounded(held.value):
             cache.flight(key, bounded, fetch)
@@ -236,6 +234,13 @@ class Reader:
         for slot, known in list(self._known.items()):
             if isinstance(known, Exception):
                 del self._known[slot]
+
+
+def _bounded(max_age: Callable[[V], float], within: float) -> Callable[[V], float]:
+    """*max_age*, capped at *within* seconds (itself when *within* is infinite)."""
+    if within == math.inf:
+        return max_age
+    return lambda value: min(max_age(value), within)
 
 
 def answer_now(assemble: Callable[[Reader], T]) -> T | Pending:

@@ -256,32 +256,6 @@ def test_reading_pauses_while_a_decision_is_in_flight(fe: FrontEnd) -> None:
         assert not writer.is_alive()
 
 
-class PausingTransport:
-    """An in-memory transport that records writes and whether reading is paused."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.paused = False
-        self.closed = False
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return {"peername": ("192.0.2.1", 4000)}.get(name, default)
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
-
-
 def test_reading_pauses_after_the_very_read_that_started_a_slow_decision(
         fe: FrontEnd) -> None:
     """One read can start a decision the gate must wait for and carry more than
@@ -348,6 +322,21 @@ class RecordingTransport:
 
     def pause_reading(self) -> None:
         raise AssertionError("no pause on the no-wait path")
+
+
+
+class PausingTransport(RecordingTransport):
+    """A ``RecordingTransport`` that also records whether reading is paused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
 
 
 def test_no_wait_decisions_go_out_in_one_write_without_a_task(
