@@ -82,9 +82,13 @@ class Evidence:
     or the whole message): a verdict that needs proof may wait for it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class PostingRequest:
-    """One (sender, recipient) pair the MTA asks about, with what else it told us."""
+    """One (sender, recipient) pair the MTA asks about, with what else it told us.
+
+    Its ``__init__`` is written out (``dataclasses`` would generate one in Python, which
+    a mypyc build does not compile): one per RCPT. ``tests/unit/test_dataclass_inits.py``
+    holds it to the fields."""
 
     sender: str
     """Envelope sender, normalised ("" for the null sender)."""
@@ -103,6 +107,26 @@ class PostingRequest:
     evidence: Evidence | None = None
     """What may prove the senders (see ``Evidence``); None: nothing beyond the envelope."""
 
+    def __init__(
+        self,
+        sender: str,
+        recipient: str,
+        client_address: str | None = None,
+        queue_id: str | None = None,
+        auth_user: str | None = None,
+        header_senders: tuple[str, ...] = (),
+        list_posts: tuple[str, ...] = (),
+        evidence: Evidence | None = None,
+    ) -> None:
+        object.__setattr__(self, "sender", sender)
+        object.__setattr__(self, "recipient", recipient)
+        object.__setattr__(self, "client_address", client_address)
+        object.__setattr__(self, "queue_id", queue_id)
+        object.__setattr__(self, "auth_user", auth_user)
+        object.__setattr__(self, "header_senders", header_senders)
+        object.__setattr__(self, "list_posts", list_posts)
+        object.__setattr__(self, "evidence", evidence)
+
     @property
     def senders(self) -> tuple[str, ...]:
         """The senders to judge: the header senders once known, else the envelope."""
@@ -117,9 +141,10 @@ class PostingRequest:
         return not self.header_senders
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Decision:
-    """The engine's answer for one ``PostingRequest``."""
+    """The engine's answer for one ``PostingRequest`` (``__init__`` written out, as
+    ``PostingRequest``'s)."""
 
     verdict: Verdict
     smtp_code: int | None
@@ -142,6 +167,26 @@ class Decision:
     message may give (an aligned DKIM signature at end of message, upstream
     Authentication-Results at end of headers): the front end keeps the evidence (header
     fields, body) and asks again."""
+
+    def __init__(
+        self,
+        verdict: Verdict,
+        smtp_code: int | None,
+        dsn: str | None,
+        text: str,
+        reasons: tuple[str, ...],
+        list_address: str | None = None,
+        provisional: bool = False,
+        awaits_proof: bool = False,
+    ) -> None:
+        object.__setattr__(self, "verdict", verdict)
+        object.__setattr__(self, "smtp_code", smtp_code)
+        object.__setattr__(self, "dsn", dsn)
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "reasons", reasons)
+        object.__setattr__(self, "list_address", list_address)
+        object.__setattr__(self, "provisional", provisional)
+        object.__setattr__(self, "awaits_proof", awaits_proof)
 
     @property
     def smtp_reply(self) -> str | None:

@@ -39,15 +39,21 @@ class Target(enum.Enum):
     SERVICE = "service address"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Resolution:
-    """A recipient, resolved."""
+    """A recipient, resolved (``__init__`` written out, as ``PostingRequest``'s)."""
 
     target: Target
     list_address: str | None = None
     """The list's posting address (``fqdn_listname``) for POSTING and SERVICE."""
     subaddress: str | None = None
     """``owner``, ``request``, ... for SERVICE."""
+
+    def __init__(self, target: Target, list_address: str | None = None,
+                 subaddress: str | None = None) -> None:
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "list_address", list_address)
+        object.__setattr__(self, "subaddress", subaddress)
 
     @property
     def reason(self) -> str:

@@ -135,9 +135,10 @@ class SenderFacts:
     refusing rules still do)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Outcome:
-    """What Mailman would do with the post, and why."""
+    """What Mailman would do with the post, and why (``__init__`` written out, as
+    ``PostingRequest``'s)."""
 
     action: Action
     """ACCEPT, HOLD, REJECT or DISCARD (never DEFER: a deferred post is accepted)."""
@@ -145,6 +146,12 @@ class Outcome:
     never_reject: bool = False
     """A hold that must not become a reject whatever the list's hold policy (emergency
     moderation: the moderators asked to see every post, members' too)."""
+
+    def __init__(self, action: Action, reasons: tuple[str, ...],
+                 never_reject: bool = False) -> None:
+        object.__setattr__(self, "action", action)
+        object.__setattr__(self, "reasons", reasons)
+        object.__setattr__(self, "never_reject", never_reject)
 
 
 def _regex_match(pattern: str, address: str) -> bool:

@@ -207,10 +207,11 @@ def reply_for(decision: Decision) -> Reply:
     return ReplyCode(decision.smtp_code, decision.dsn, decision.text)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class MilterTransaction:
     """The state of one transaction (and the connection's client address), and the
-    headers-mode rules over it."""
+    headers-mode rules over it (``__init__`` written out, as ``PostingRequest``'s: one
+    per connection)."""
 
     sender: str | None = None
     auth_user: str | None = None
@@ -236,6 +237,38 @@ class MilterTransaction:
     message_size: int = 0
     """Bytes of header fields and body seen in this transaction (kept or not)."""
     in_body: bool = False
+
+    def __init__(
+        self,
+        sender: str | None = None,
+        auth_user: str | None = None,
+        client_address: str | None = None,
+        accepted: int = 0,
+        pending: PostingRequest | None = None,
+        recheck: PostingRequest | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        auth: AuthStage | None = None,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        helo: str = "",
+        awaits_message: bool = False,
+        message: bytearray | None = None,
+        message_size: int = 0,
+        in_body: bool = False,
+    ) -> None:
+        self.sender = sender
+        self.auth_user = auth_user
+        self.client_address = client_address
+        self.accepted = accepted
+        self.pending = pending
+        self.recheck = recheck
+        self.headers = [] if headers is None else headers
+        self.auth = auth
+        self.max_message = max_message
+        self.helo = helo
+        self.awaits_message = awaits_message
+        self.message = message
+        self.message_size = message_size
+        self.in_body = in_body
 
     def on_mail(self, event: EnvelopeFrom, conn: MilterConnection) -> None:
         """A new transaction: remember the envelope sender and its macros."""
