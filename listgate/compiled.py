@@ -44,6 +44,7 @@ MODULES: Final[tuple[str, ...]] = (
     "listgate.milter.constants",
     "listgate.milter.errors",
     "listgate.milter.tables",
+    "listgate.milter.wire",
     "listgate.policyd.codec",
     "listgate.frontends.session",
     "listgate.frontends.milter",

@@ -120,15 +120,13 @@ class FrameDecoder:
         ``next_message``)."""
         buf, pos = self._buf, self._pos
         avail = len(buf) - pos
-        if avail < 5:
-            if avail == 4:
-                length = int.from_bytes(buf[pos : pos + 4], "big")
-                if length == 0 or length > self._max:
-                    raise self._bad_length(length, pos)
+        if avail < 4:
             return None
-        length = int.from_bytes(buf[pos : pos + 4], "big")
+        length = (buf[pos] << 24) | (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]
         if length == 0 or length > self._max:
             raise self._bad_length(length, pos)
+        if avail == 4:
+            return None
         code = buf[pos + 4]
         if code not in self._by_code:
             head = bytes(buf[pos : pos + 8])

@@ -55,6 +55,7 @@ from listgate.milter.constants import (
 from listgate.milter.errors import LocalProtocolError, RemoteProtocolError
 from listgate.milter.messages import (
     COMMANDS,
+    MACRO_STAGES,
     Abort,
     Command,
     Continue,
@@ -76,6 +77,7 @@ from listgate.milter.tables import (
     PROGRESS_ALLOWED,
     STEP_FLAGS,
 )
+from listgate.milter.wire import macro_pairs, macro_stage
 from listgate.sansio import NEED_DATA, PAUSED, Outbox, Signal
 
 __all__ = [
@@ -262,7 +264,7 @@ def _may_hold(raw: bytes, probes: tuple[bytes, ...]) -> bool:
 
 
 def _parse_stage(raw: bytes) -> dict[str, str]:
-    it = iter(Macro.pairs(raw))
+    it = iter(macro_pairs(raw))
     return {_bare(k): v for k, v in zip(it, it, strict=True)}
 
 
@@ -413,7 +415,7 @@ class MilterConnection(Outbox):
         self._outbox += agreement.reply
 
     def _store_macros(self, payload: bytes) -> None:
-        Macro.check(payload)
+        macro_stage(payload, MACRO_STAGES)
         if self._negotiated is None:
             raise RemoteProtocolError("expected OPTNEG first, got MACRO")
         stage = _STAGE_BY_CODE.get(payload[0])

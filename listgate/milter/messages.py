@@ -25,10 +25,12 @@ from typing import ClassVar, Self
 
 from listgate.milter.constants import MAX_REPLY_TEXT, OPTNEG_LEN, MacroStage
 from listgate.milter.errors import LocalProtocolError, RemoteProtocolError
+from listgate.milter.wire import decode_str, encode_str, macro_pairs, macro_stage
 
 __all__ = [
     "COMMANDS",
     "FINAL_REPLIES",
+    "MACRO_STAGES",
     "REPLIES",
     "Abort",
     "Accept",
@@ -75,16 +77,6 @@ __all__ = [
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _OPTNEG = struct.Struct(">III")
-
-
-def decode_str(raw: bytes) -> str:
-    """Bytes from the wire → str, losslessly (surrogateescape for non-UTF-8 bytes)."""
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def encode_str(text: str) -> bytes:
-    """The inverse of ``decode_str``."""
-    return text.encode("utf-8", "surrogateescape")
 
 
 def _cstrings(payload: bytes, name: str) -> list[bytes]:
@@ -241,25 +233,13 @@ class Macro(Command):
     def check(payload: bytes) -> bytes:
         """Validate a MACRO packet's data exactly as ``unpack`` does, without decoding
         the pairs; return the command code it is for."""
-        if not payload:
-            raise RemoteProtocolError("MACRO: the command code is missing")
-        stage = payload[:1]
-        if stage not in COMMANDS or stage in _NOT_MACRO_STAGES:
-            raise RemoteProtocolError(f"MACRO: for unknown command {stage!r}")
-        if len(payload) > 1:
-            if payload[-1] != 0:
-                raise RemoteProtocolError("MACRO: data is not NUL-terminated")
-            if payload.count(0, 1) % 2:
-                raise RemoteProtocolError("MACRO: a macro name has no value")
-        return stage
+        return macro_stage(payload, MACRO_STAGES)
 
     @staticmethod
     def pairs(payload: bytes) -> list[str]:
         """Names and values of a MACRO packet's data that ``check`` accepted, decoded,
         alternating (name, value, name, value...)."""
-        if len(payload) == 1:
-            return []
-        return [decode_str(p) for p in payload[1:-1].split(b"\0")]
+        return macro_pairs(payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -811,9 +791,10 @@ COMMANDS: dict[bytes, type[Command]] = {
 }
 """Wire identifier → command class, for every SMFIC_* the MTA may send."""
 
-_NOT_MACRO_STAGES = frozenset({b"D", b"O", b"A", b"Q", b"K"})
-"""Command codes a MACRO packet can never be for. Every other command code is tolerated
-(Postfix sends macros for L, B and U too, which libmilter, and listgate, drop)."""
+MACRO_STAGES: frozenset[bytes] = frozenset(COMMANDS) - {b"D", b"O", b"A", b"Q", b"K"}
+"""Command codes a MACRO packet may be for: every command but MACRO, OPTNEG, ABORT, QUIT
+and QUIT_NC (Postfix sends macros for L, B and U too, which libmilter, and listgate,
+drop)."""
 
 REPLIES: dict[bytes, type[Reply]] = {
     cls.ident: cls
