@@ -111,9 +111,10 @@ class Membership:
     from ``email`` (Mailman counts a user's other addresses as the member)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class SenderFacts:
-    """What Mailman knows about one sender address on one list."""
+    """What Mailman knows about one sender address on one list (``__init__`` written
+    out, as ``PostingRequest``'s)."""
 
     address: str
     """The sender, lower-cased as Mailman lowercases it ("" for the null sender)."""
@@ -133,6 +134,24 @@ class SenderFacts:
     comes from this address: it is judged as an unknown nonmember (its membership, its
     own accepting action and ``accept_these_nonmembers`` hits do not count; bans and the
     refusing rules still do)."""
+
+    def __init__(
+        self,
+        address: str,
+        member: Membership | None = None,
+        nonmember_action: Action | None = None,
+        banned: bool = False,
+        member_of: frozenset[str] | None = None,
+        unverifiable: str | None = None,
+        proven: bool = True,
+    ) -> None:
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "member", member)
+        object.__setattr__(self, "nonmember_action", nonmember_action)
+        object.__setattr__(self, "banned", banned)
+        object.__setattr__(self, "member_of", frozenset() if member_of is None else member_of)
+        object.__setattr__(self, "unverifiable", unverifiable)
+        object.__setattr__(self, "proven", proven)
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -13,8 +13,9 @@ Invariants:
   (else the gate would be trivially bypassed). Static lists have no service addresses.
 - The null sender is never a poster, even if "" or "<>" was configured (it is dropped).
 - ``lookup_now`` always answers (never ``PENDING``); ``lookup`` never raises.
-- The facts of each configured poster, and of an unknown sender, are built once (they
-  are immutable): a lookup only picks them out.
+- The answer for each configured poster posting alone (the ``ListFacts`` of an RCPT) is
+  built once (it is immutable): a lookup for a member only picks it out; an unknown
+  sender's facts are made per lookup.
 - No cache: the optional ``Backend`` capabilities keep their no-op defaults (a changed map
   is a new ``StaticBackend``, built on reload).
 """
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Mapping
 
 from listgate.decision.facts import ListFacts
 from listgate.decision.model import PostingRequest, normalize_address
-from listgate.decision.recipients import ListDirectory, Target, resolve
+from listgate.decision.recipients import ListDirectory, Resolution, Target, resolve
 from listgate.decision.rules import Action, ListPolicy, Membership, SenderFacts
 from listgate.facts.contract import Backend
 
@@ -35,7 +36,7 @@ __all__ = ["StaticBackend"]
 class StaticBackend(Backend):
     """Posting rights from a ``{list address: allowed posters}`` map."""
 
-    __slots__ = ("_directory", "_facts", "_policies", "_posters")
+    __slots__ = ("_answers", "_directory", "_policies", "_posters")
 
     def __init__(self, posters: Mapping[str, Iterable[str]]) -> None:
         merged: dict[str, set[str]] = {}
@@ -60,10 +61,16 @@ class StaticBackend(Backend):
             for key in self._posters
         }
         self._directory = ListDirectory(frozenset(self._posters), service_addresses=False)
-        self._facts: dict[str, dict[str, SenderFacts]] = {
-            key: {s: SenderFacts(s, Membership(s)) for s in allowed}
+        self._answers: dict[str, dict[str, ListFacts]] = {
+            key: {
+                s: ListFacts(Resolution(Target.POSTING, key), self._policies[key],
+                             (SenderFacts(s, Membership(s)),))
+                for s in allowed
+            }
             for key, allowed in self._posters.items()
         }
+        """The answer for each poster of each list posting alone (its facts for other
+        requests: ``senders[0]``)."""
 
     def known_lists(self) -> tuple[str, ...]:
         """The gated list posting addresses, sorted."""
@@ -72,11 +79,21 @@ class StaticBackend(Backend):
     def lookup_now(self, request: PostingRequest) -> ListFacts:
         """Answer from the map."""
         resolution = resolve(request.recipient, self._directory)
-        if resolution.target is not Target.POSTING or resolution.list_address is None:
+        list_address = resolution.list_address
+        if resolution.target is not Target.POSTING or list_address is None:
             return ListFacts(resolution)
-        known = self._facts[resolution.list_address].get
-        senders = [known(s) or SenderFacts(s) for s in request.senders]
-        return ListFacts(resolution, self._policies[resolution.list_address], tuple(senders))
+        answers = self._answers[list_address]
+        senders = request.senders
+        if len(senders) == 1:  # the envelope sender at RCPT: one dict lookup
+            answer = answers.get(senders[0])
+            if answer is not None:
+                return answer
+            return ListFacts(resolution, self._policies[list_address], (SenderFacts(senders[0]),))
+        facts = []
+        for sender in senders:
+            known = answers.get(sender)
+            facts.append(known.senders[0] if known is not None else SenderFacts(sender))
+        return ListFacts(resolution, self._policies[list_address], tuple(facts))
 
     async def lookup(self, request: PostingRequest) -> ListFacts:
         """The same answer as ``lookup_now``."""

@@ -14,7 +14,7 @@ from support import source_modules
 
 from listgate.decision.model import Decision, Evidence, PostingRequest, Verdict
 from listgate.decision.recipients import Resolution, Target
-from listgate.decision.rules import Action, Outcome
+from listgate.decision.rules import Action, Membership, Outcome, SenderFacts
 from listgate.frontends.milter import AuthStage, MilterTransaction
 
 SAMPLES: dict[type[Any], dict[str, Any]] = {
@@ -32,6 +32,12 @@ SAMPLES: dict[type[Any], dict[str, Any]] = {
     Resolution: {"target": Target.SERVICE, "list_address": "list@example.org",
                  "subaddress": "owner"},
     Outcome: {"action": Action.HOLD, "reasons": ("held",), "never_reject": True},
+    SenderFacts: {
+        "address": "a@example.com", "member": Membership("a@example.com"),
+        "nonmember_action": Action.ACCEPT, "banned": True,
+        "member_of": frozenset({"other@example.org"}), "unverifiable": "why",
+        "proven": False,
+    },
     MilterTransaction: {
         "sender": "a@example.com", "auth_user": "alice", "client_address": "192.0.2.1",
         "accepted": 2, "pending": PostingRequest("a@example.com", "list@example.org"),
@@ -85,7 +91,7 @@ def test_init_stores_each_argument_in_its_field(cls: type[Any]) -> None:
     assert getattr(dataclasses.replace(value, **{first: sample[first]}), first) == sample[first]
 
 
-@pytest.mark.parametrize("cls", [PostingRequest, Decision, Resolution, Outcome],
+@pytest.mark.parametrize("cls", [PostingRequest, Decision, Resolution, Outcome, SenderFacts],
                          ids=lambda c: c.__name__)
 def test_frozen_ones_stay_frozen(cls: type[Any]) -> None:
     """Assigning to a field of a frozen one still fails, and equal values hash alike."""
@@ -97,7 +103,9 @@ def test_frozen_ones_stay_frozen(cls: type[Any]) -> None:
 
 
 def test_default_factory_gives_each_transaction_its_own_list() -> None:
-    """Two transactions made without ``headers`` do not share one list."""
+    """Two transactions made without ``headers`` do not share one list, and a sender's
+    ``member_of`` defaults to the empty set."""
     one, two = MilterTransaction(), MilterTransaction()
     one.headers.append(("From", "a@example.com"))
     assert two.headers == []
+    assert SenderFacts("a@example.com").member_of == frozenset()
