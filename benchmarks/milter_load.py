@@ -870,8 +870,6 @@ def main(argv: list[str] | None = None) -> int:
     uv = None if not args.no_uvloop else False
     n_workers = worker_count(args.workers or "auto")
     pm = Pymilter(free_port(), wd, list_address=pop.list_address, allowed=pop.members)
-    lg = Listgate(free_port(), wd, list_address=pop.list_address, allowed=pop.members,
-                  workers=args.workers, uvloop=uv, policy_port=free_port())
     failures: list[str] = []
     pm.start()
     try:
@@ -882,6 +880,14 @@ def main(argv: list[str] | None = None) -> int:
             report["log"] = log_cost(native, pop, wd, args)
             if report["log"]["cost"] > 0.10:
                 failures.append("the info decision log costs more than 10 % at c=100")
+        def fresh_listgate() -> Listgate:
+            # Ports are picked just before the start: one picked minutes earlier may
+            # meanwhile be the local end of one of the generators' many connections.
+            return Listgate(free_port(), wd, list_address=pop.list_address,
+                            allowed=pop.members, workers=args.workers, uvloop=uv,
+                            policy_port=free_port())
+
+        lg = fresh_listgate()
         lg.start()
         try:
             if native is not None and "crosscheck" not in args.skip:
@@ -915,6 +921,7 @@ def main(argv: list[str] | None = None) -> int:
                                                "base_mb": base / MB}
                     if not ok and workers == args.workers:
                         failures.append(f"idle: {held} held, {rss / MB:.0f} MB")
+                lg = fresh_listgate()
                 lg.start()
             if "postfix" not in args.skip:
                 rows = postfix_rate(lg, pm, pop, args)
