@@ -55,7 +55,6 @@ from listgate.milter.constants import (
 from listgate.milter.errors import LocalProtocolError, RemoteProtocolError
 from listgate.milter.messages import (
     COMMANDS,
-    MACRO_STAGES,
     Abort,
     Command,
     Continue,
@@ -77,7 +76,6 @@ from listgate.milter.tables import (
     PROGRESS_ALLOWED,
     STEP_FLAGS,
 )
-from listgate.milter.wire import macro_pairs, macro_stage
 from listgate.sansio import NEED_DATA, PAUSED, Outbox, Signal
 
 __all__ = [
@@ -264,7 +262,7 @@ def _may_hold(raw: bytes, probes: tuple[bytes, ...]) -> bool:
 
 
 def _parse_stage(raw: bytes) -> dict[str, str]:
-    it = iter(macro_pairs(raw))
+    it = iter(Macro.pairs(raw))
     return {_bare(k): v for k, v in zip(it, it, strict=True)}
 
 
@@ -415,7 +413,7 @@ class MilterConnection(Outbox):
         self._outbox += agreement.reply
 
     def _store_macros(self, payload: bytes) -> None:
-        macro_stage(payload, MACRO_STAGES)
+        Macro.check(payload)
         if self._negotiated is None:
             raise RemoteProtocolError("expected OPTNEG first, got MACRO")
         stage = _STAGE_BY_CODE.get(payload[0])

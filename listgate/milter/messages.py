@@ -14,6 +14,10 @@ Invariants:
   become ``?``; over-long text is cut), so only safe texts round-trip.
 - Strings are decoded as UTF-8 with ``surrogateescape``: arbitrary bytes survive a round
   trip, and nothing here ever fails on non-UTF-8 input.
+- Compiled with mypyc (``listgate.compiled``): each class's ``ident`` and ``name`` are
+  set from the ``_WIRE`` table after the classes, never in a class body, and the
+  messages of every session (MAIL, RCPT, OPTNEG, REPLYCODE) have a written-out
+  ``__init__`` (see docs/architecture.md, "The compiled core").
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from typing import ClassVar, Self
 
 from listgate.milter.constants import MAX_REPLY_TEXT, OPTNEG_LEN, MacroStage
 from listgate.milter.errors import LocalProtocolError, RemoteProtocolError
-from listgate.milter.wire import decode_str, encode_str, macro_pairs, macro_stage
 
 __all__ = [
     "COMMANDS",
@@ -77,6 +80,16 @@ __all__ = [
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _OPTNEG = struct.Struct(">III")
+
+
+def decode_str(raw: bytes) -> str:
+    """Bytes from the wire → str, losslessly (surrogateescape for non-UTF-8 bytes)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def encode_str(text: str) -> bytes:
+    """The inverse of ``decode_str``."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _cstrings(payload: bytes, name: str) -> list[bytes]:
@@ -142,16 +155,11 @@ class Reply(Message):
 class Abort(Command):
     """SMFIC_ABORT ``A``: forget the current message, keep the connection. No reply."""
 
-    ident: ClassVar[bytes] = b"A"
-    name: ClassVar[str] = "ABORT"
-
 
 @dataclass(frozen=True, slots=True)
 class Body(Command):
     """SMFIC_BODY ``B``: one chunk of the message body."""
 
-    ident: ClassVar[bytes] = b"B"
-    name: ClassVar[str] = "BODY"
     chunk: bytes = b""
 
     def pack_payload(self) -> bytes:
@@ -173,8 +181,6 @@ class Connect(Command):
     ``port`` and ``address`` are absent on the wire and None here).
     """
 
-    ident: ClassVar[bytes] = b"C"
-    name: ClassVar[str] = "CONNECT"
     hostname: str
     family: str
     port: int | None = None
@@ -212,8 +218,6 @@ class Macro(Command):
     """SMFIC_MACRO ``D``: macro values for the command ``stage`` (a command code such as
     ``b"R"``). Zero pairs is legal (Postfix sends empty ones). No reply."""
 
-    ident: ClassVar[bytes] = b"D"
-    name: ClassVar[str] = "MACRO"
     stage: bytes
     macros: tuple[tuple[str, str], ...] = ()
 
@@ -233,13 +237,25 @@ class Macro(Command):
     def check(payload: bytes) -> bytes:
         """Validate a MACRO packet's data exactly as ``unpack`` does, without decoding
         the pairs; return the command code it is for."""
-        return macro_stage(payload, MACRO_STAGES)
+        if not payload:
+            raise RemoteProtocolError("MACRO: the command code is missing")
+        stage = payload[:1]
+        if stage not in MACRO_STAGES:
+            raise RemoteProtocolError(f"MACRO: for unknown command {stage!r}")
+        if len(payload) > 1:
+            if payload[-1] != 0:
+                raise RemoteProtocolError("MACRO: data is not NUL-terminated")
+            if payload.count(b"\0", 1) % 2:
+                raise RemoteProtocolError("MACRO: a macro name has no value")
+        return stage
 
     @staticmethod
     def pairs(payload: bytes) -> list[str]:
         """Names and values of a MACRO packet's data that ``check`` accepted, decoded,
         alternating (name, value, name, value...)."""
-        return macro_pairs(payload)
+        if len(payload) == 1:
+            return []
+        return [decode_str(p) for p in payload[1:-1].split(b"\0")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,8 +263,6 @@ class EndOfMessage(Command):
     """SMFIC_BODYEOB ``E``: end of message; always answered. libmilter also accepts a
     final body chunk here, so ``chunk`` carries any data bytes."""
 
-    ident: ClassVar[bytes] = b"E"
-    name: ClassVar[str] = "EOM"
     chunk: bytes = b""
 
     def pack_payload(self) -> bytes:
@@ -263,8 +277,6 @@ class EndOfMessage(Command):
 class Helo(Command):
     """SMFIC_HELO ``H``: the HELO/EHLO argument."""
 
-    ident: ClassVar[bytes] = b"H"
-    name: ClassVar[str] = "HELO"
     helo: str
 
     def pack_payload(self) -> bytes:
@@ -280,16 +292,12 @@ class QuitNoClose(Command):
     """SMFIC_QUIT_NC ``K``: this SMTP connection ended; a new one follows on the same
     milter connection (back to before CONNECT). No reply."""
 
-    ident: ClassVar[bytes] = b"K"
-    name: ClassVar[str] = "QUIT_NC"
 
 
 @dataclass(frozen=True, slots=True)
 class Header(Command):
     """SMFIC_HEADER ``L``: one header; folded lines are joined with LF."""
 
-    ident: ClassVar[bytes] = b"L"
-    name: ClassVar[str] = "HEADER"
     field: str
     value: str
 
@@ -301,15 +309,17 @@ class Header(Command):
         return cls(*_exactly(payload, cls.name, 2))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class EnvelopeFrom(Command):
     """SMFIC_MAIL ``M``: the envelope sender as the client gave it (usually ``<a@b>``,
     ``<>`` for the null sender) and its ESMTP arguments."""
 
-    ident: ClassVar[bytes] = b"M"
-    name: ClassVar[str] = "MAIL"
     sender: str
     args: tuple[str, ...] = ()
+
+    def __init__(self, sender: str, args: tuple[str, ...] = ()) -> None:
+        object.__setattr__(self, "sender", sender)
+        object.__setattr__(self, "args", args)
 
     def pack_payload(self) -> bytes:
         return b"".join(_cstr(s) for s in (self.sender, *self.args))
@@ -320,14 +330,16 @@ class EnvelopeFrom(Command):
         return cls(parts[0], tuple(parts[1:]))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class EnvelopeRecipient(Command):
     """SMFIC_RCPT ``R``: one envelope recipient and its ESMTP arguments."""
 
-    ident: ClassVar[bytes] = b"R"
-    name: ClassVar[str] = "RCPT"
     recipient: str
     args: tuple[str, ...] = ()
+
+    def __init__(self, recipient: str, args: tuple[str, ...] = ()) -> None:
+        object.__setattr__(self, "recipient", recipient)
+        object.__setattr__(self, "args", args)
 
     def pack_payload(self) -> bytes:
         return b"".join(_cstr(s) for s in (self.recipient, *self.args))
@@ -342,21 +354,21 @@ class EnvelopeRecipient(Command):
 class EndOfHeaders(Command):
     """SMFIC_EOH ``N``: all headers were sent."""
 
-    ident: ClassVar[bytes] = b"N"
-    name: ClassVar[str] = "EOH"
 
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Negotiate(Command):
     """SMFIC_OPTNEG ``O`` from the MTA: its version, offered actions, offered steps.
 
     libmilter reads the first 12 bytes and ignores any more; so do we."""
 
-    ident: ClassVar[bytes] = b"O"
-    name: ClassVar[str] = "OPTNEG"
     version: int
     actions: int
     protocol: int
+
+    def __init__(self, version: int, actions: int, protocol: int) -> None:
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "actions", actions)
+        object.__setattr__(self, "protocol", protocol)
 
     def pack_payload(self) -> bytes:
         return _OPTNEG.pack(self.version, self.actions, self.protocol)
@@ -372,24 +384,16 @@ class Negotiate(Command):
 class Quit(Command):
     """SMFIC_QUIT ``Q``: the MTA is done; close. No reply."""
 
-    ident: ClassVar[bytes] = b"Q"
-    name: ClassVar[str] = "QUIT"
-
 
 @dataclass(frozen=True, slots=True)
 class Data(Command):
     """SMFIC_DATA ``T`` (v4+): the client sent DATA."""
-
-    ident: ClassVar[bytes] = b"T"
-    name: ClassVar[str] = "DATA"
 
 
 @dataclass(frozen=True, slots=True)
 class Unknown(Command):
     """SMFIC_UNKNOWN ``U`` (v3+): an SMTP command the MTA did not recognise."""
 
-    ident: ClassVar[bytes] = b"U"
-    name: ClassVar[str] = "UNKNOWN"
     line: str
 
     def pack_payload(self) -> bytes:
@@ -408,8 +412,6 @@ class NegotiateReply(Reply):
     """SMFIC_OPTNEG ``O`` from the milter: chosen version, actions and steps, and the
     macros wanted per stage (SMFIF_SETSYMLIST), each a tuple of macro names."""
 
-    ident: ClassVar[bytes] = b"O"
-    name: ClassVar[str] = "OPTNEG reply"
     version: int
     actions: int
     protocol: int
@@ -449,56 +451,35 @@ class NegotiateReply(Reply):
 class Continue(Reply):
     """SMFIR_CONTINUE ``c``: go on with this step."""
 
-    ident: ClassVar[bytes] = b"c"
-    name: ClassVar[str] = "CONTINUE"
-
 
 @dataclass(frozen=True, slots=True)
 class Accept(Reply):
     """SMFIR_ACCEPT ``a``: accept; no more events for this message (or connection)."""
-
-    ident: ClassVar[bytes] = b"a"
-    name: ClassVar[str] = "ACCEPT"
 
 
 @dataclass(frozen=True, slots=True)
 class Reject(Reply):
     """SMFIR_REJECT ``r``: reject with the MTA's own 5xx text."""
 
-    ident: ClassVar[bytes] = b"r"
-    name: ClassVar[str] = "REJECT"
-
 
 @dataclass(frozen=True, slots=True)
 class TempFail(Reply):
     """SMFIR_TEMPFAIL ``t``: tempfail with the MTA's own 4xx text."""
-
-    ident: ClassVar[bytes] = b"t"
-    name: ClassVar[str] = "TEMPFAIL"
 
 
 @dataclass(frozen=True, slots=True)
 class Discard(Reply):
     """SMFIR_DISCARD ``d``: accept and silently drop the message."""
 
-    ident: ClassVar[bytes] = b"d"
-    name: ClassVar[str] = "DISCARD"
-
 
 @dataclass(frozen=True, slots=True)
 class Skip(Reply):
     """SMFIR_SKIP ``s``: send no more body chunks (only if SMFIP_SKIP was agreed)."""
 
-    ident: ClassVar[bytes] = b"s"
-    name: ClassVar[str] = "SKIP"
-
 
 @dataclass(frozen=True, slots=True)
 class Progress(Reply):
     """SMFIR_PROGRESS ``p``: still working; resets the MTA's timeout. Not a final reply."""
-
-    ident: ClassVar[bytes] = b"p"
-    name: ClassVar[str] = "PROGRESS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,8 +487,6 @@ class ConnectionFail(Reply):
     """SMFIR_CONN_FAIL ``f``: defined by libmilter but handled by neither Postfix nor
     Sendmail; listgate never sends it (the legal-reply table has no slot for it)."""
 
-    ident: ClassVar[bytes] = b"f"
-    name: ClassVar[str] = "CONN_FAIL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,12 +494,10 @@ class Shutdown(Reply):
     """SMFIR_SHUTDOWN ``4``: Postfix only (421 and close); Sendmail treats it as bogus,
     so listgate never sends it."""
 
-    ident: ClassVar[bytes] = b"4"
-    name: ClassVar[str] = "SHUTDOWN"
 
 
 _DSN = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z", re.ASCII)
-_UNSAFE = re.compile("[\x00-\x1f\x7f\udc80-\udcff]")  # controls; undecodable bytes
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\udc80-\udcff]")  # controls; undecodable bytes
 
 
 def _safe_reply_text(text: str, budget: int) -> bytes:
@@ -543,7 +520,7 @@ def _safe_reply_text(text: str, budget: int) -> bytes:
     return b"".join(pieces) + b"..."
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ReplyCode(Reply):
     """SMFIR_REPLYCODE ``y``: reject or tempfail with our own SMTP reply.
 
@@ -553,20 +530,21 @@ class ReplyCode(Reply):
     taken from a sender address can never inject a line.
     """
 
-    ident: ClassVar[bytes] = b"y"
-    name: ClassVar[str] = "REPLYCODE"
     code: int
     dsn: str | None
     text: str
 
-    def __post_init__(self) -> None:
-        if not 400 <= self.code <= 599:
-            raise LocalProtocolError(f"reply code {self.code}: must be 4xx or 5xx")
-        if self.dsn is not None:
-            if not _DSN.match(self.dsn):
-                raise LocalProtocolError(f"DSN {self.dsn!r}: must look like 5.7.1")
-            if self.dsn[0] != str(self.code)[0]:
-                raise LocalProtocolError(f"DSN {self.dsn} disagrees with reply code {self.code}")
+    def __init__(self, code: int, dsn: str | None, text: str) -> None:
+        if not 400 <= code <= 599:
+            raise LocalProtocolError(f"reply code {code}: must be 4xx or 5xx")
+        if dsn is not None:
+            if not _DSN.match(dsn):
+                raise LocalProtocolError(f"DSN {dsn!r}: must look like 5.7.1")
+            if dsn[0] != str(code)[0]:
+                raise LocalProtocolError(f"DSN {dsn} disagrees with reply code {code}")
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "dsn", dsn)
+        object.__setattr__(self, "text", text)
 
     @property
     def is_temporary(self) -> bool:
@@ -606,8 +584,6 @@ class ReplyCode(Reply):
 class AddRecipient(Reply):
     """SMFIR_ADDRCPT ``+`` (EOM only, needs SMFIF_ADDRCPT)."""
 
-    ident: ClassVar[bytes] = b"+"
-    name: ClassVar[str] = "ADDRCPT"
     recipient: str
 
     def pack_payload(self) -> bytes:
@@ -622,8 +598,6 @@ class AddRecipient(Reply):
 class DeleteRecipient(Reply):
     """SMFIR_DELRCPT ``-`` (EOM only, needs SMFIF_DELRCPT)."""
 
-    ident: ClassVar[bytes] = b"-"
-    name: ClassVar[str] = "DELRCPT"
     recipient: str
 
     def pack_payload(self) -> bytes:
@@ -639,8 +613,6 @@ class AddRecipientWithArgs(Reply):
     """SMFIR_ADDRCPT_PAR ``2`` (EOM only, needs SMFIF_ADDRCPT_PAR); ``args`` is one string
     of space-separated ESMTP arguments, or None."""
 
-    ident: ClassVar[bytes] = b"2"
-    name: ClassVar[str] = "ADDRCPT_PAR"
     recipient: str
     args: str | None = None
 
@@ -659,8 +631,6 @@ class AddRecipientWithArgs(Reply):
 class ChangeSender(Reply):
     """SMFIR_CHGFROM ``e`` (EOM only, needs SMFIF_CHGFROM)."""
 
-    ident: ClassVar[bytes] = b"e"
-    name: ClassVar[str] = "CHGFROM"
     sender: str
     args: str | None = None
 
@@ -679,8 +649,6 @@ class ChangeSender(Reply):
 class AddHeader(Reply):
     """SMFIR_ADDHEADER ``h`` (EOM only, needs SMFIF_ADDHDRS)."""
 
-    ident: ClassVar[bytes] = b"h"
-    name: ClassVar[str] = "ADDHEADER"
     field: str
     value: str
 
@@ -704,8 +672,6 @@ def _indexed_header(payload: bytes, name: str) -> tuple[int, str, str]:
 class InsertHeader(Reply):
     """SMFIR_INSHEADER ``i`` (EOM only, needs SMFIF_ADDHDRS); index 0 is the top."""
 
-    ident: ClassVar[bytes] = b"i"
-    name: ClassVar[str] = "INSHEADER"
     index: int
     field: str
     value: str
@@ -723,8 +689,6 @@ class ChangeHeader(Reply):
     """SMFIR_CHGHEADER ``m`` (EOM only, needs SMFIF_CHGHDRS); index 1 is the first
     occurrence of the field; an empty value deletes it."""
 
-    ident: ClassVar[bytes] = b"m"
-    name: ClassVar[str] = "CHGHEADER"
     index: int
     field: str
     value: str
@@ -741,8 +705,6 @@ class ChangeHeader(Reply):
 class ReplaceBody(Reply):
     """SMFIR_REPLBODY ``b`` (EOM only, needs SMFIF_CHGBODY): one chunk of a new body."""
 
-    ident: ClassVar[bytes] = b"b"
-    name: ClassVar[str] = "REPLBODY"
     chunk: bytes
 
     def pack_payload(self) -> bytes:
@@ -757,8 +719,6 @@ class ReplaceBody(Reply):
 class Quarantine(Reply):
     """SMFIR_QUARANTINE ``q`` (EOM only, needs SMFIF_QUARANTINE); not a verdict."""
 
-    ident: ClassVar[bytes] = b"q"
-    name: ClassVar[str] = "QUARANTINE"
     reason: str
 
     def pack_payload(self) -> bytes:
@@ -768,6 +728,51 @@ class Quarantine(Reply):
     def unpack(cls, payload: bytes) -> Self:
         return cls(*_exactly(payload, cls.name, 1))
 
+
+_WIRE: tuple[tuple[type[Message], bytes, str], ...] = (
+    (Abort, b"A", "ABORT"),
+    (Body, b"B", "BODY"),
+    (Connect, b"C", "CONNECT"),
+    (Macro, b"D", "MACRO"),
+    (EndOfMessage, b"E", "EOM"),
+    (Helo, b"H", "HELO"),
+    (QuitNoClose, b"K", "QUIT_NC"),
+    (Header, b"L", "HEADER"),
+    (EnvelopeFrom, b"M", "MAIL"),
+    (EnvelopeRecipient, b"R", "RCPT"),
+    (EndOfHeaders, b"N", "EOH"),
+    (Negotiate, b"O", "OPTNEG"),
+    (Quit, b"Q", "QUIT"),
+    (Data, b"T", "DATA"),
+    (Unknown, b"U", "UNKNOWN"),
+    (NegotiateReply, b"O", "OPTNEG reply"),
+    (Continue, b"c", "CONTINUE"),
+    (Accept, b"a", "ACCEPT"),
+    (Reject, b"r", "REJECT"),
+    (TempFail, b"t", "TEMPFAIL"),
+    (Discard, b"d", "DISCARD"),
+    (Skip, b"s", "SKIP"),
+    (Progress, b"p", "PROGRESS"),
+    (ConnectionFail, b"f", "CONN_FAIL"),
+    (Shutdown, b"4", "SHUTDOWN"),
+    (ReplyCode, b"y", "REPLYCODE"),
+    (AddRecipient, b"+", "ADDRCPT"),
+    (DeleteRecipient, b"-", "DELRCPT"),
+    (AddRecipientWithArgs, b"2", "ADDRCPT_PAR"),
+    (ChangeSender, b"e", "CHGFROM"),
+    (AddHeader, b"h", "ADDHEADER"),
+    (InsertHeader, b"i", "INSHEADER"),
+    (ChangeHeader, b"m", "CHGHEADER"),
+    (ReplaceBody, b"b", "REPLBODY"),
+    (Quarantine, b"q", "QUARANTINE"),
+)
+"""Each message class's wire identifier (``ident``) and protocol name (``name``). They are
+set here, after the classes, not in their bodies: mypyc, which compiles this module, would
+make a class variable of a dataclass one of its fields (mypyc/mypyc#1122)."""
+
+for _cls, _ident, _name in _WIRE:
+    _cls.ident = _ident
+    _cls.name = _name
 
 COMMANDS: dict[bytes, type[Command]] = {
     cls.ident: cls

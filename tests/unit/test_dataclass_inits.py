@@ -1,6 +1,6 @@
 """The dataclasses whose ``__init__`` is written out by hand (per-session values of the
-compiled core: mypyc compiles a written ``__init__``, not the one ``dataclasses``
-generates) take exactly their fields, in order, with the fields' defaults, and store
+compiled core and milter messages: mypyc compiles a written ``__init__``, not the one
+``dataclasses`` generates) take exactly their fields, in order, with the fields' defaults, and store
 each argument in its own field, on the compiled build and from the sources alike."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from listgate.decision.model import Decision, Evidence, PostingRequest, Verdict
 from listgate.decision.recipients import Resolution, Target
 from listgate.decision.rules import Action, Membership, Outcome, SenderFacts
 from listgate.frontends.milter import AuthStage, MilterTransaction
+from listgate.milter.messages import EnvelopeFrom, EnvelopeRecipient, Negotiate, ReplyCode
 
 SAMPLES: dict[type[Any], dict[str, Any]] = {
     PostingRequest: {
@@ -38,6 +39,10 @@ SAMPLES: dict[type[Any], dict[str, Any]] = {
         "member_of": frozenset({"other@example.org"}), "unverifiable": "why",
         "proven": False,
     },
+    EnvelopeFrom: {"sender": "<a@example.com>", "args": ("SIZE=10",)},
+    EnvelopeRecipient: {"recipient": "<list@example.org>", "args": ("NOTIFY=NEVER",)},
+    Negotiate: {"version": 6, "actions": 0x1FF, "protocol": 0x1FFFFF},
+    ReplyCode: {"code": 451, "dsn": "4.7.1", "text": "try later"},
     MilterTransaction: {
         "sender": "a@example.com", "auth_user": "alice", "client_address": "192.0.2.1",
         "accepted": 2, "pending": PostingRequest("a@example.com", "list@example.org"),
@@ -91,7 +96,7 @@ def test_init_stores_each_argument_in_its_field(cls: type[Any]) -> None:
     assert getattr(dataclasses.replace(value, **{first: sample[first]}), first) == sample[first]
 
 
-@pytest.mark.parametrize("cls", [PostingRequest, Decision, Resolution, Outcome, SenderFacts],
+@pytest.mark.parametrize("cls", [c for c in SAMPLES if c is not MilterTransaction],
                          ids=lambda c: c.__name__)
 def test_frozen_ones_stay_frozen(cls: type[Any]) -> None:
     """Assigning to a field of a frozen one still fails, and equal values hash alike."""
@@ -109,3 +114,13 @@ def test_default_factory_gives_each_transaction_its_own_list() -> None:
     one.headers.append(("From", "a@example.com"))
     assert two.headers == []
     assert SenderFacts("a@example.com").member_of == frozenset()
+
+
+@pytest.mark.parametrize(("code", "dsn"), [(250, None), (550, "4.7.1"), (451, "4.7"), (550, "x")])
+def test_reply_code_init_still_refuses_what_is_no_reply(code: int, dsn: str | None) -> None:
+    """The written-out ``ReplyCode.__init__`` keeps the checks: 4xx/5xx only, a DSN that
+    looks like one and agrees with the code."""
+    from listgate.milter.errors import LocalProtocolError
+
+    with pytest.raises(LocalProtocolError):
+        ReplyCode(code, dsn, "text")
