@@ -65,6 +65,7 @@ from loadgen import LoadSpec, Population, hold_idle, run_load, run_native  # noq
 from servers import (  # noqa: E402
     Listgate,
     NullMilter,
+    PyFloor,
     Pymilter,
     Sampler,
     Server,
@@ -95,6 +96,8 @@ LG_PURE = "listgate-pure"
 """The shipped defaults on the core's Python sources (LISTGATE_PURE=1): the before of
 compiling it."""
 NULL_ACCEPT = "null-milter-C-accept-rcpt"
+PY_FLOOR = "python-floor"
+"""benchmarks/pyfloor.py: the least a Python milter on uvloop costs."""
 
 
 # ----------------------------------------------------------------------------- figures
@@ -700,7 +703,7 @@ def postfix_rate(lg: Listgate, pm: Server, pop: Population,
     # The floor: a C milter that does nothing but answer with listgate's negotiation, so
     # Postfix sends it exactly the packets it sends listgate; and the same milter answering
     # RCPT with ACCEPT, which makes Postfix skip it for the rest of the transaction.
-    nulls: list[NullMilter] = []
+    nulls: list[Server] = []
     binary = NullMilter.build(lg.workdir)
     if binary is not None:
         optneg = _listgate_optneg_reply()
@@ -708,6 +711,10 @@ def postfix_rate(lg: Listgate, pm: Server, pop: Population,
             null = NullMilter(free_port(), lg.workdir, binary, optneg, accept_rcpt=accept)
             nulls.append(null)
             listeners.append(Listener(name, free_port(), f"inet:127.0.0.1:{null.port}"))
+    # The Python floor: a uvloop milter that answers with fixed bytes (what Python costs).
+    floor = PyFloor(free_port(), lg.workdir, _listgate_optneg_reply())
+    nulls.append(floor)
+    listeners.append(Listener(PY_FLOOR, free_port(), f"inet:127.0.0.1:{floor.port}"))
     pf = PostfixInstance(base, listeners, sink_port=9)
     try:
         for null in nulls:
@@ -1008,21 +1015,24 @@ def run_headlines(native: Path, null_bin: Path, pm: Server, pop: Population, wd:
                     policy_port=free_port(), pure=True)
     null = NullMilter(free_port(), wd, null_bin, _listgate_optneg_reply())
     npol = NullMilter(free_port(), wd, null_bin, b"")
+    floor = PyFloor(free_port(), wd, _listgate_optneg_reply())
     failures: list[str] = []
     with_pure = "pure" not in args.skip
-    started = (lgd, pure, null, npol) if with_pure else (lgd, null, npol)
+    started = (lgd, pure, null, npol, floor) if with_pure else (lgd, null, npol, floor)
     for server in started:
         server.start()
     try:
         if "headline" not in args.skip:
             rows = headline("milter: shipped defaults vs pymilter vs the C null milter "
                             "(1 RCPT per session)", [("listgate", lgd, True),
-                            ("pymilter", pm, True), (NULL_MILTER, null, False)]
+                            ("pymilter", pm, True), (NULL_MILTER, null, False),
+                            (PY_FLOOR, floor, False)]
                             + ([(LG_PURE, pure, True)] if with_pure else []),
                             native, pop, args)
             report["headline"] = rows
             for conc in args.concurrency:
-                x, y, z = (rows[f"{n} c={conc}"] for n in ("listgate", "pymilter", NULL_MILTER))
+                x, y, z, f = (rows[f"{n} c={conc}"]
+                              for n in ("listgate", "pymilter", NULL_MILTER, PY_FLOOR))
                 if x["per_s"] < y["per_s"]:
                     failures.append(f"headline c={conc}: {x['per_s'] / y['per_s']:.2f}x pymilter")
                 if conc == 10 and x["p99_ms"] > y["p99_ms"]:
@@ -1032,7 +1042,7 @@ def run_headlines(native: Path, null_bin: Path, pm: Server, pop: Population, wd:
                     failures.append(f"headline c={conc}: listgate errors or wrong verdicts")
                 print(f"c={conc}: listgate {x['per_s'] / y['per_s']:.2f}x pymilter (goal 1.5x); "
                       f"CPU per session {x['cpu_us'] / z['cpu_us']:.1f}x the C null milter's "
-                      "(goal <= 4x)")
+                      f"(goal <= 4x; the Python floor: {f['cpu_us'] / z['cpu_us']:.1f}x)")
         if "policy" not in args.skip and lgd.policy_port is not None:
             policy_rows = [("listgate-policy", _PortOf(lgd, lgd.policy_port), True),
                            ("null-policy-C", npol, False)]
@@ -1088,6 +1098,10 @@ def _print_postfix(rows: list[tuple[str, list[float], float]], args) -> list[str
         line += (f", {shown(ratio)} of the C null milter's rate (target >= 95 %): "
                  f"{'OK' if ratio[0] >= 0.95 else 'MISSED'}")
     print(line)
+    if floor and (py := rates.get(PY_FLOOR)) is not None:
+        print(f"the Python floor (benchmarks/pyfloor.py) through Postfix: "
+              f"{shown(_paired(py, floor))} of the C null milter's rate; listgate's milter "
+              f"{shown(_paired(milter, py))} of the Python floor's")
     return out
 
 

@@ -273,6 +273,22 @@ class NullMilter(Server):
                 *(["accept-rcpt"] if self.accept_rcpt else [])]
 
 
+class PyFloor(Server):
+    """benchmarks/pyfloor.py: a uvloop Protocol in Python that answers with fixed bytes
+    (listgate's negotiation, CONTINUE to RCPT and EOM), one process per core: the floor
+    of what any Python milter costs."""
+
+    name = "pyfloor"
+
+    def __init__(self, port: int, workdir: Path, optneg_reply: bytes) -> None:
+        super().__init__(port, workdir)
+        self.optneg_reply = optneg_reply
+
+    def command(self) -> Sequence[str]:
+        return [sys.executable, str(BENCH / "pyfloor.py"), str(self.port),
+                self.optneg_reply.hex()]
+
+
 def build_c(name: str, workdir: Path) -> Path | None:
     """Compile benchmarks/NAME.c with ``cc -O2`` into *workdir*; None without a C
     compiler."""
