@@ -253,11 +253,12 @@ def _probes(key: str) -> tuple[bytes, ...]:
 def _may_hold(raw: bytes, probes: tuple[bytes, ...]) -> bool:
     """Whether raw MACRO data may define the name *probes* were made for (a cheap
     search of the bytes; a false positive only costs a parse)."""
+    bare, braced = probes[2], probes[3]
     return (
         probes[0] in raw
         or probes[1] in raw
-        or raw.startswith(probes[2], 1)
-        or raw.startswith(probes[3], 1)
+        or raw[1 : 1 + len(bare)] == bare  # the first name, right after the command code
+        or raw[1 : 1 + len(braced)] == braced
     )
 
 
