@@ -117,7 +117,8 @@ def reply_template_problem(template: str) -> str | None:
 
 def sanitize_reply_value(value: str, limit: int = MAX_VALUE_CHARS) -> str:
     """Return *value* made safe for an SMTP reply: printable ASCII, at most *limit* chars."""
-    safe = _UNSAFE.sub("?", value)
+    # Printable ASCII is exactly what _UNSAFE leaves alone: skip the regex then.
+    safe = value if value.isascii() and value.isprintable() else _UNSAFE.sub("?", value)
     if len(safe) > limit:
         safe = safe[: max(limit - len(_ELLIPSIS), 0)] + _ELLIPSIS
     return safe
