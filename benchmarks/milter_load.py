@@ -70,6 +70,7 @@ from servers import (  # noqa: E402
     Sampler,
     Server,
     build_c,
+    cpu_seconds,
     free_port,
     process_tree,
     raise_nofile,
@@ -681,9 +682,10 @@ def _listgate_optneg_reply() -> bytes:
 
 
 def postfix_rate(lg: Listgate, pm: Server, pop: Population,
-                 args) -> list[tuple[str, list[float], float]]:
-    """(setup, messages/s of each round, median machine CPU µs per message) for each
-    Postfix setup; every round runs each setup once, one after the other."""
+                 args) -> list[tuple[str, list[float], float, float | None]]:
+    """(setup, messages/s of each round, median machine CPU µs per message, median CPU
+    µs per message of the milter or policy server's own processes (None without one))
+    for each Postfix setup; every round runs each setup once, one after the other."""
     from e2e.harness import Listener, PostfixInstance, find_binary, traversable_tmpdir
 
     smtp_source = find_binary("smtp-source")
@@ -704,12 +706,14 @@ def postfix_rate(lg: Listgate, pm: Server, pop: Population,
     # Postfix sends it exactly the packets it sends listgate; and the same milter answering
     # RCPT with ACCEPT, which makes Postfix skip it for the rest of the transaction.
     nulls: list[Server] = []
+    null_of: dict[str, Server] = {}
     binary = NullMilter.build(lg.workdir)
     if binary is not None:
         optneg = _listgate_optneg_reply()
         for name, accept in ((NULL_MILTER, False), (NULL_ACCEPT, True)):
             null = NullMilter(free_port(), lg.workdir, binary, optneg, accept_rcpt=accept)
             nulls.append(null)
+            null_of[name] = null
             listeners.append(Listener(name, free_port(), f"inet:127.0.0.1:{null.port}"))
     # The Python floor: a uvloop milter that answers with fixed bytes (what Python costs).
     floor = PyFloor(free_port(), lg.workdir, _listgate_optneg_reply())
@@ -735,6 +739,10 @@ def postfix_rate(lg: Listgate, pm: Server, pop: Population,
             prioritize(pid, args.nice)
     rates: dict[str, list[float]] = {lst.name: [] for lst in listeners}
     cpu: dict[str, list[float]] = {lst.name: [] for lst in listeners}
+    own: dict[str, list[float]] = {lst.name: [] for lst in listeners}
+    server_of: dict[str, Server] = {LG_MILTER: lg, LG_POLICY: lg, "pymilter": pm,
+                                    PY_FLOOR: floor}
+    server_of.update(null_of)
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     try:
         for _ in range(args.postfix_rounds):
@@ -742,6 +750,9 @@ def postfix_rate(lg: Listgate, pm: Server, pop: Population,
                 pf.wait_queue_empty(60)  # no delivery left over from the previous setup
                 cmd = [smtp_source, "-m", str(args.postfix_messages), "-s", "20",
                        "-f", pop.members[0], "-t", pop.list_address, f"127.0.0.1:{lst.port}"]
+                server = server_of.get(lst.name)
+                tree = process_tree(server.pid) if server is not None else []
+                own0 = cpu_seconds(tree)
                 ticks = _machine_busy()[0]
                 began = time.monotonic()
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -751,6 +762,9 @@ def postfix_rate(lg: Listgate, pm: Server, pop: Population,
                     raise RuntimeError(f"smtp-source via {lst.name}: {proc.stderr[-500:]}")
                 rates[lst.name].append(args.postfix_messages / elapsed)
                 cpu[lst.name].append(ticks * tick_us / args.postfix_messages)
+                if tree:
+                    own[lst.name].append((cpu_seconds(tree) - own0) * 1e6
+                                         / args.postfix_messages)
         pf.wait_queue_empty(60)
         rejected = pf.maillog_text().count("reject: ")  # milter-reject: too
     finally:
@@ -761,7 +775,8 @@ def postfix_rate(lg: Listgate, pm: Server, pop: Population,
     if rejected:
         print(f"  ! Postfix logged {rejected} rejections (expected none: every sender is "
               "a member)")
-    return [(name, rates[name], statistics.median(cpu[name])) for name in rates]
+    return [(name, rates[name], statistics.median(cpu[name]),
+             statistics.median(own[name]) if own[name] else None) for name in rates]
 
 
 # ----------------------------------------------------------------------------- main
@@ -933,8 +948,9 @@ def main(argv: list[str] | None = None) -> int:
             if "postfix" not in args.skip:
                 rows = postfix_rate(lg, pm, pop, args)
                 report["postfix"] = {name: {"messages_per_s": statistics.median(rates),
-                                            "rounds": rates, "cpu_us_per_message": us}
-                                     for name, rates, us in rows}
+                                            "rounds": rates, "cpu_us_per_message": us,
+                                            "own_cpu_us_per_message": mine}
+                                     for name, rates, us, mine in rows}
                 failures += _print_postfix(rows, args)
         finally:
             lg.stop()
@@ -1065,23 +1081,24 @@ def _paired(rates: list[float], base: list[float]) -> tuple[float, float, float]
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
-def _print_postfix(rows: list[tuple[str, list[float], float]], args) -> list[str]:
+def _print_postfix(rows: list[tuple[str, list[float], float, float | None]],
+                   args) -> list[str]:
     """The through-Postfix table and its targets; the misses."""
-    rates = {name: r for name, r, _ in rows}
+    rates = {name: r for name, r, _, _ in rows}
     none, floor = rates["none"], rates.get(NULL_MILTER)
     print(f"\n## through Postfix (smtp-source -m {args.postfix_messages} -s 20, "
           f"{args.postfix_rounds} rounds; medians, and the median of the per-round ratios "
           "with their range)\n")
-    print("| setup | messages/s | vs no milter | vs the null milter | machine CPU µs/msg |\n"
-          "|---|---:|---:|---:|---:|")
+    print("| setup | messages/s | vs no milter | vs the null milter | machine CPU µs/msg "
+          "| milter's own CPU µs/msg |\n|---|---:|---:|---:|---:|---:|")
 
     def shown(ratio: tuple[float, float, float]) -> str:
         return f"{ratio[0]:.0%} ({ratio[1]:.0%}-{ratio[2]:.0%})"
 
-    for name, r, us in rows:
+    for name, r, us, mine in rows:
         vs_floor = shown(_paired(r, floor)) if floor else "-"
         print(f"| {name} | {statistics.median(r):,.0f} | {shown(_paired(r, none))} | "
-              f"{vs_floor} | {us:,.0f} |")
+              f"{vs_floor} | {us:,.0f} | {'-' if mine is None else f'{mine:,.0f}'} |")
     out = []
     print()
     if (policy := rates.get(LG_POLICY)) is not None:
