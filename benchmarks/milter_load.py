@@ -745,8 +745,10 @@ def postfix_rate(lg: Listgate, pm: Server, pop: Population,
     server_of.update(null_of)
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     try:
-        for _ in range(args.postfix_rounds):
-            for lst in listeners:
+        for rnd in range(args.postfix_rounds):
+            # The order rotates each round: no setup always runs first, or right after
+            # the same one (Postfix's queue and the VM drift within a round too).
+            for lst in listeners[rnd % len(listeners):] + listeners[:rnd % len(listeners)]:
                 pf.wait_queue_empty(60)  # no delivery left over from the previous setup
                 cmd = [smtp_source, "-m", str(args.postfix_messages), "-s", "20",
                        "-f", pop.members[0], "-t", pop.list_address, f"127.0.0.1:{lst.port}"]
@@ -842,7 +844,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--idle", type=int, default=10000, help="idle connections to hold")
     ap.add_argument("--cold-seconds", type=float, default=4.0)
     ap.add_argument("--postfix-messages", type=int, default=3000)
-    ap.add_argument("--postfix-rounds", type=int, default=5)
+    ap.add_argument("--postfix-rounds", type=int, default=7)
     ap.add_argument("--skip", default="", help="comma list of: headline,policy,pure,log,"
                     "crosscheck,static,mailman,idle,cold,postfix")
     ap.add_argument("--json", type=Path, help="also write every figure to this file")
