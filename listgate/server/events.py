@@ -318,7 +318,8 @@ class FeedFollower:
         except Exception as exc:  # whatever broke, the cache must not trust the feed now
             why = f"applying a relayed message failed: {exc!r}"
         log.error("change feed: %s; this worker drops every cached fact and no longer "
-                  "relies on the feed (restart listgate to follow it again)", why)
+                  "relies on the feed (when the supervisor closed the link it replaces this "
+                  "worker; otherwise restart listgate to follow the feed again)", why)
         self.state.lose()
 
     async def _read_all(self, reader: asyncio.StreamReader) -> str:

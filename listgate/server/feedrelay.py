@@ -17,6 +17,7 @@ Invariants:
   take a message within ``SEND_TIMEOUT`` seconds loses its link: it then drops every
   fact it cached and no longer relies on the feed (its follower logs why), so a missed
   message can never leave a worker rejecting on facts the feed should have dropped.
+  ``lost_links()`` tells the supervisor, which replaces that worker (it drains first).
 - A worker started later (a replacement) gets a new link and an empty cache; it follows
   the feed from the next message on, like a listener started then.
 - The feed's state lines ("healthy", "silent") and its metrics come from here, once
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import socket
 import threading
 from collections.abc import Iterable
@@ -90,6 +92,7 @@ class FeedRelay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        self._lost: queue.SimpleQueue[int] = queue.SimpleQueue()
 
     @property
     def port(self) -> int:
@@ -166,6 +169,15 @@ class FeedRelay:
                     log.error("change feed: worker %d did not take a message (%s): its "
                               "relay link is closed", index, exc)
                     self._links.drop(index)
+                    self._lost.put(index)
+
+    def lost_links(self) -> list[int]:
+        """The workers whose link was closed since the last call (any thread)."""
+        lost = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                lost.append(self._lost.get_nowait())
+        return lost
 
     def close_in_worker(self) -> None:
         """In a newly forked worker: close the listening socket and the supervisor's ends

@@ -14,7 +14,9 @@ Invariants:
   worker reloads the file itself): RELOADING=1 at once, READY=1 once every worker has
   reported its reload over the ready pipe (or after ``RELOAD_WAIT``).
 - A worker that dies later than ``RESTART_AFTER`` after its start is replaced; one that
-  dies sooner stops them all, and the supervisor exits 1.
+  dies sooner stops them all, and the supervisor exits 1. A worker whose change-feed
+  link failed (it no longer follows the feed) is told to drain and exit (SIGTERM), and
+  is replaced once it has.
 - A worker does not outlive its supervisor: on Linux the kernel sends it SIGTERM when
   the supervisor dies, even by SIGKILL (``PR_SET_PDEATHSIG``), and it drains and exits;
   a worker whose supervisor was already gone when it started exits at once. Orphaned
@@ -118,6 +120,8 @@ class Supervisor:
         """A worker exited with a failure while stopping (a second signal)."""
         self.reloading: set[int] = set()
         """Workers whose reload has not been reported yet."""
+        self.retiring: set[int] = set()
+        """Pids of workers told to drain and exit, to be replaced (a lost feed link)."""
         self.reload_deadline = 0.0
         self.ready_r, self.ready_w = os.pipe()
         self.counts = {name: SharedCount(self.count) for name in ("milter", "policy")}
@@ -305,11 +309,27 @@ class Supervisor:
                 self.reload_deadline = 0.0
                 self.reloading.clear()
                 notify("READY=1")
+            if self.feed_relay is not None:
+                for index in self.feed_relay.lost_links():
+                    self._retire(index)
             while self.children:
                 before = len(self.children)
                 self._collect(block=False)
                 if len(self.children) >= before:
                     break
+
+    def _retire(self, index: int) -> None:
+        """Have worker *index*, which lost its change-feed link, drain and exit; it is
+        replaced when it has (``_collect``)."""
+        if self.stopping:
+            return
+        for pid, (child, _started) in self.children.items():
+            if child == index and pid not in self.retiring:
+                log.warning("worker %d lost its change-feed link: it drains and a new "
+                            "worker replaces it", index)
+                self.retiring.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
 
     def _collect(self, block: bool) -> None:
         try:
@@ -322,9 +342,15 @@ class Supervisor:
         index, started = self.children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         self.reloading.discard(index)
+        retired = pid in self.retiring
+        self.retiring.discard(pid)
         if self.stopping:
             if code != 0:
                 self.stop_failed = True
+            return
+        if retired and code == 0:
+            log.info("worker %d drained; starting its replacement", index)
+            self._spawn(index)
             return
         if time.monotonic() - started < self.RESTART_AFTER or self.failed:
             log.error("worker %d exited (status %d) right after it started; stopping", index, code)

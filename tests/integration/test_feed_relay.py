@@ -94,8 +94,10 @@ def test_every_linked_worker_gets_each_accepted_message_before_the_204(
 def test_a_worker_that_cannot_take_a_message_loses_its_link_and_the_rest_go_on(
         relay: FeedRelay, caplog: pytest.LogCaptureFixture) -> None:
     """Worker 0's end is closed: the next POST is still 204, worker 1 gets it, the relay
-    logs worker 0 at ERROR and drops its link (later messages skip it)."""
+    logs worker 0 at ERROR, drops its link (later messages skip it) and reports it once
+    in ``lost_links`` (the supervisor then replaces that worker)."""
     gone, kept = relay.link(0), relay.link(1)
+    assert relay.lost_links() == []
     gone.close()
     msg = message(1)
     with caplog.at_level(logging.ERROR, "listgate.events"):
@@ -104,6 +106,8 @@ def test_a_worker_that_cannot_take_a_message_loses_its_link_and_the_rest_go_on(
     assert "worker 0 did not take a message" in caplog.text
     with relay._links.using() as links:
         assert [index for index, _ in links] == [1]
+    assert relay.lost_links() == [0]
+    assert relay.lost_links() == []
 
 
 def test_a_replacement_worker_gets_a_new_link() -> None:

@@ -10,7 +10,9 @@ verdict for that long."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -161,3 +163,42 @@ def test_the_feed_is_logged_and_counted_once_not_per_worker(world: World) -> Non
     assert post(world.events_port, body, sign(world.secret, body)) == 204
     assert metric(world.metrics(), "listgate_feed_changes_total") == before + 1
     assert world.proc.log().count("change feed healthy") == 1
+
+
+def test_a_worker_whose_feed_link_fails_is_replaced(world: World) -> None:
+    """(Last in this module: it replaces a worker.) A stopped worker cannot take relayed
+    messages: the relay closes its link, the supervisor has that worker drain and starts
+    a new one with a new link, and every worker follows the feed again (a ban reaches
+    all connections within FOLLOW)."""
+    before = children(world.proc.popen.pid)
+    assert len(before) == 2
+    victim = before[0]
+    addresses = frozenset(f"a{i:05d}@replaced.example" for i in range(1000))  # ~35 KB
+    stream = f"test/{secrets.token_hex(4)}"
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        for seq in range(1, 41):  # a link's socket buffer holds a few hundred KB
+            now = time.time()
+            body = encode(Message(stream, now, seq, now, ChangeSet(addresses=addresses)))
+            assert post(world.events_port, body, sign(world.secret, body)) == 204
+            if "did not take a message" in world.proc.log():
+                break
+        else:
+            raise AssertionError("the stopped worker's link never failed:\n"
+                                 + world.proc.log())
+    finally:
+        os.kill(victim, signal.SIGCONT)
+    world.proc.wait_log("lost its change-feed link", timeout=10)
+    world.proc.wait_log("starting its replacement", timeout=30)
+    after = children(world.proc.popen.pid)
+    assert len(after) == 2, (before, after)
+    assert victim not in after, (before, after)
+    core = world.core
+    ml = core.new_list({"default_nonmember_action": "reject"})
+    try:
+        core.subscribe(ml, MEMBER)
+        world.follow(MEMBER, ml, "accept")
+        core.ban(ml, MEMBER)
+        world.follow(MEMBER, ml, "reject")
+    finally:
+        core.delete_list(ml)
