@@ -33,7 +33,6 @@ from listgate.milter.errors import LocalProtocolError, RemoteProtocolError
 __all__ = [
     "COMMANDS",
     "FINAL_REPLIES",
-    "MACRO_STAGES",
     "REPLIES",
     "Abort",
     "Accept",
@@ -240,7 +239,7 @@ class Macro(Command):
         if not payload:
             raise RemoteProtocolError("MACRO: the command code is missing")
         stage = payload[:1]
-        if stage not in MACRO_STAGES:
+        if stage not in _MACRO_STAGES:
             raise RemoteProtocolError(f"MACRO: for unknown command {stage!r}")
         if len(payload) > 1:
             if payload[-1] != 0:
@@ -770,9 +769,15 @@ _WIRE: tuple[tuple[type[Message], bytes, str], ...] = (
 set here, after the classes, not in their bodies: mypyc, which compiles this module, would
 make a class variable of a dataclass one of its fields (mypyc/mypyc#1122)."""
 
-for _cls, _ident, _name in _WIRE:
-    _cls.ident = _ident
-    _cls.name = _name
+
+def _name_the_classes() -> None:
+    """Give each class of ``_WIRE`` its ``ident`` and ``name`` (once, at import)."""
+    for cls, ident, name in _WIRE:
+        cls.ident = ident
+        cls.name = name
+
+
+_name_the_classes()
 
 COMMANDS: dict[bytes, type[Command]] = {
     cls.ident: cls
@@ -796,7 +801,7 @@ COMMANDS: dict[bytes, type[Command]] = {
 }
 """Wire identifier → command class, for every SMFIC_* the MTA may send."""
 
-MACRO_STAGES: frozenset[bytes] = frozenset(COMMANDS) - {b"D", b"O", b"A", b"Q", b"K"}
+_MACRO_STAGES: frozenset[bytes] = frozenset(COMMANDS) - {b"D", b"O", b"A", b"Q", b"K"}
 """Command codes a MACRO packet may be for: every command but MACRO, OPTNEG, ABORT, QUIT
 and QUIT_NC (Postfix sends macros for L, B and U too, which libmilter, and listgate,
 drop)."""
