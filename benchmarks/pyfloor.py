@@ -10,7 +10,10 @@ no timeout. One process per core, sharing one listening socket, as listgate's de
 What listgate costs above this row is listgate; what this row costs above the C null
 milter is Python and uvloop.
 
-Run: python benchmarks/pyfloor.py PORT OPTNEG_REPLY_HEX [WORKERS]
+With ``policy`` in place of the negotiation it is the Python floor of a Postfix policy
+server instead: "action=DUNNO" to every request (a blank line ends one), nothing parsed.
+
+Run: python benchmarks/pyfloor.py PORT (OPTNEG_REPLY_HEX | policy) [WORKERS]
 """
 
 from __future__ import annotations
@@ -70,9 +73,34 @@ class FloorProtocol(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
 
 
+class PolicyFloorProtocol(asyncio.Protocol):
+    """One policy connection: answer each request (up to a blank line) with DUNNO."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        buf = self.buffer + data if self.buffer else data
+        requests = buf.count(b"\n\n")
+        if requests:
+            transport.write(_DUNNO * requests)
+            buf = buf[buf.rindex(b"\n\n") + 2:]
+        self.buffer = buf
+
+
+_DUNNO = b"action=DUNNO\n\n"
+
+
 def main() -> None:
     port = int(sys.argv[1])
-    optneg_reply = bytes.fromhex(sys.argv[2])
+    policy = sys.argv[2] == "policy"
+    optneg_reply = b"" if policy else bytes.fromhex(sys.argv[2])
     workers = int(sys.argv[3]) if len(sys.argv) > 3 else (os.cpu_count() or 1)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -87,8 +115,8 @@ def main() -> None:
             break
         children.append(pid)
     loop = uvloop.new_event_loop()
-    loop.run_until_complete(loop.create_server(lambda: FloorProtocol(optneg_reply),
-                                               sock=listener, backlog=4096))
+    factory = PolicyFloorProtocol if policy else (lambda: FloorProtocol(optneg_reply))
+    loop.run_until_complete(loop.create_server(factory, sock=listener, backlog=4096))
 
     def stop() -> None:  # the benchmark stops the first process: it stops the others
         for pid in children:

@@ -63,11 +63,11 @@ def normalize_address(raw: str) -> str:
     return f"{local}@{domain}".lower()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Evidence:
     """What the MTA showed listgate that may prove who sent the message (raw material
     for ``require_authenticated`` lists; turned into an ``Authentication`` by the
-    authenticator in ``listgate.auth``)."""
+    authenticator in ``listgate.auth``). ``__init__`` written out, as ``PostingRequest``'s."""
 
     helo: str = ""
     """The client's HELO/EHLO name (SPF's HELO identity and %{h})."""
@@ -80,6 +80,20 @@ class Evidence:
     more: bool = False
     """The front end will ask again in this transaction with more evidence (the headers,
     or the whole message): a verdict that needs proof may wait for it."""
+
+    def __init__(
+        self,
+        helo: str = "",
+        header_from: tuple[str, ...] = (),
+        auth_results: tuple[str, ...] = (),
+        message: bytes | None = None,
+        more: bool = False,
+    ) -> None:
+        object.__setattr__(self, "helo", helo)
+        object.__setattr__(self, "header_from", header_from)
+        object.__setattr__(self, "auth_results", auth_results)
+        object.__setattr__(self, "message", message)
+        object.__setattr__(self, "more", more)
 
 
 @dataclass(frozen=True, slots=True, init=False)

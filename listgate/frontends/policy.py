@@ -79,12 +79,17 @@ _DEFAULTS: dict[Verdict, tuple[int, str]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class PolicyAnswer:
-    """The action for one decision, and why it differs from the verdict (if it does)."""
+    """The action for one decision, and why it differs from the verdict (if it does).
+    (``__init__`` written out: mypyc compiles it, not the one ``dataclasses`` makes.)"""
 
     action: str
     note: str = ""
+
+    def __init__(self, action: str, note: str = "") -> None:
+        object.__setattr__(self, "action", action)
+        object.__setattr__(self, "note", note)
 
 
 _ACCEPT = PolicyAnswer(DUNNO)

@@ -50,7 +50,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final
+from typing import Final, cast
 
 from listgate.policyd.errors import PolicyError, PolicyProtocolError, PolicyStateError
 from listgate.sansio import NEED_DATA, Outbox, Signal
@@ -107,10 +107,11 @@ class PolicyLimits:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class PolicyRequest:
     """One policy request. The attributes listgate uses are typed fields ("" when absent);
-    ``attributes`` holds every attribute received, known or not (last value wins)."""
+    ``attributes`` holds every attribute received, known or not (last value wins).
+    (``__init__`` written out: mypyc compiles it, not the one ``dataclasses`` makes.)"""
 
     request: str = ""
     """"smtpd_access_policy" for the Postfix SMTP server."""
@@ -130,6 +131,29 @@ class PolicyRequest:
     attributes: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
+
+    def __init__(
+        self,
+        request: str = "",
+        protocol_state: str = "",
+        sender: str = "",
+        recipient: str = "",
+        client_address: str = "",
+        queue_id: str = "",
+        sasl_username: str = "",
+        instance: str = "",
+        attributes: Mapping[str, str] | None = None,
+    ) -> None:
+        object.__setattr__(self, "request", request)
+        object.__setattr__(self, "protocol_state", protocol_state)
+        object.__setattr__(self, "sender", sender)
+        object.__setattr__(self, "recipient", recipient)
+        object.__setattr__(self, "client_address", client_address)
+        object.__setattr__(self, "queue_id", queue_id)
+        object.__setattr__(self, "sasl_username", sasl_username)
+        object.__setattr__(self, "instance", instance)
+        object.__setattr__(self, "attributes",
+                           MappingProxyType({}) if attributes is None else attributes)
 
     @classmethod
     def from_attributes(cls, attributes: Mapping[str, str]) -> PolicyRequest:
@@ -296,12 +320,15 @@ class PolicyConnection(Outbox):
             return None
         # One decode for the whole request: "=" and LF are ASCII, never part of a UTF-8
         # sequence, so this is what decoding each name and value on its own gives.
-        attrs: dict[str, str] = {}
-        for line in block.decode("utf-8", "surrogateescape").split("\n"):
-            name, eq, value = line.partition("=")
-            if not (eq and name):
-                return None
-            attrs[name] = value
+        # dict() takes each [name, value] pair (the last of a repeated name wins) and
+        # refuses a line without "=" (a one-item split); an empty name stays as "".
+        lines = block.decode("utf-8", "surrogateescape").split("\n")
+        try:
+            attrs = dict(cast("list[tuple[str, str]]", [line.split("=", 1) for line in lines]))
+        except ValueError:
+            return None
+        if "" in attrs:
+            return None
         del buf[: end + 2]
         self._owed += 1
         return PolicyRequest.from_attributes(attrs)

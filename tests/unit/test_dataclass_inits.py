@@ -16,7 +16,9 @@ from listgate.decision.model import Decision, Evidence, PostingRequest, Verdict
 from listgate.decision.recipients import Resolution, Target
 from listgate.decision.rules import Action, Membership, Outcome, SenderFacts
 from listgate.frontends.milter import AuthStage, MilterTransaction
+from listgate.frontends.policy import PolicyAnswer
 from listgate.milter.messages import EnvelopeFrom, EnvelopeRecipient, Negotiate, ReplyCode
+from listgate.policyd.codec import PolicyRequest
 
 SAMPLES: dict[type[Any], dict[str, Any]] = {
     PostingRequest: {
@@ -25,6 +27,11 @@ SAMPLES: dict[type[Any], dict[str, Any]] = {
         "header_senders": ("h@example.com",), "list_posts": ("<list@example.org>",),
         "evidence": Evidence(helo="mx.example.com"),
     },
+    Evidence: {
+        "helo": "mx.example.com", "header_from": ("h@example.com",),
+        "auth_results": ("mx.example.org; spf=pass",), "message": b"x", "more": True,
+    },
+    PolicyAnswer: {"action": "DUNNO", "note": "why"},
     Decision: {
         "verdict": Verdict.REJECT, "smtp_code": 550, "dsn": "5.7.1", "text": "no",
         "reasons": ("why",), "list_address": "list@example.org", "provisional": True,
@@ -43,6 +50,12 @@ SAMPLES: dict[type[Any], dict[str, Any]] = {
     EnvelopeRecipient: {"recipient": "<list@example.org>", "args": ("NOTIFY=NEVER",)},
     Negotiate: {"version": 6, "actions": 0x1FF, "protocol": 0x1FFFFF},
     ReplyCode: {"code": 451, "dsn": "4.7.1", "text": "try later"},
+    PolicyRequest: {
+        "request": "smtpd_access_policy", "protocol_state": "RCPT",
+        "sender": "a@example.com", "recipient": "list@example.org",
+        "client_address": "192.0.2.1", "queue_id": "4Q1", "sasl_username": "alice",
+        "instance": "1.2.3", "attributes": {"size": "10"},
+    },
     MilterTransaction: {
         "sender": "a@example.com", "auth_user": "alice", "client_address": "192.0.2.1",
         "accepted": 2, "pending": PostingRequest("a@example.com", "list@example.org"),
@@ -108,12 +121,17 @@ def test_frozen_ones_stay_frozen(cls: type[Any]) -> None:
 
 
 def test_default_factory_gives_each_transaction_its_own_list() -> None:
-    """Two transactions made without ``headers`` do not share one list, and a sender's
-    ``member_of`` defaults to the empty set."""
+    """Two transactions made without ``headers`` do not share one list, a sender's
+    ``member_of`` defaults to the empty set and a policy request's ``attributes`` to an
+    empty read-only mapping."""
     one, two = MilterTransaction(), MilterTransaction()
     one.headers.append(("From", "a@example.com"))
     assert two.headers == []
     assert SenderFacts("a@example.com").member_of == frozenset()
+    attributes = PolicyRequest().attributes
+    assert dict(attributes) == {}
+    with pytest.raises(TypeError):
+        attributes["x"] = "y"  # type: ignore[index]
 
 
 @pytest.mark.parametrize(("code", "dsn"), [(250, None), (550, "4.7.1"), (451, "4.7"), (550, "x")])
