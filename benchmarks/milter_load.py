@@ -29,7 +29,10 @@ One command runs everything and prints the tables (see docs/performance.md):
    listgate's own negotiation and decides nothing, so its rate is the most any milter
    negotiating like listgate can reach on this machine; and the same C milter answering
    RCPT with ACCEPT (Postfix then skips it for the rest of the transaction), which shows
-   what the stages after the first RCPT cost Postfix. Every round runs each setup once;
+   what the stages after the first RCPT cost Postfix. The same C program as a policy
+   service (DUNNO to everything) is the floor of any policy server; benchmarks/pyfloor.py
+   is the Python floor of both (a uvloop server that answers with fixed bytes). Every
+   round runs each setup once, in an order that rotates from round to round;
    ratios are the median of the per-round ratios (with their range), which cancels the
    machine's drift between rounds. Targets (#15): the policy front end at >= 95 % of no
    milter (must: 90 %), the milter at >= 95 % of the C null milter.
@@ -99,6 +102,11 @@ compiling it."""
 NULL_ACCEPT = "null-milter-C-accept-rcpt"
 PY_FLOOR = "python-floor"
 """benchmarks/pyfloor.py: the least a Python milter on uvloop costs."""
+NULL_POLICY = "null-policy-C"
+"""benchmarks/nullmilter.c as a policy server (DUNNO to everything): the floor of any
+policy server."""
+PY_FLOOR_POLICY = "python-floor-policy"
+"""benchmarks/pyfloor.py as a policy server: the least a Python policy server costs."""
 
 
 # ----------------------------------------------------------------------------- figures
@@ -681,6 +689,16 @@ def _listgate_optneg_reply() -> bytes:
     return conn.data_to_send()
 
 
+def _policy_listener(name: str, port: int):  # -> e2e.harness.Listener
+    """An smtpd listener that asks the policy service on *port* at RCPT: smtpd keeps one
+    connection per process open across SMTP sessions and asks once per RCPT (master.cf
+    -o values cannot hold spaces; a comma separates the restriction from its argument)."""
+    from e2e.harness import Listener
+
+    return Listener(name, free_port(), "", overrides=(
+        ("smtpd_recipient_restrictions", f"check_policy_service,inet:127.0.0.1:{port}"),))
+
+
 def postfix_rate(lg: Listgate, pm: Server, pop: Population,
                  args) -> list[tuple[str, list[float], float, float | None]]:
     """(setup, messages/s of each round, median machine CPU µs per message, median CPU
@@ -699,9 +717,7 @@ def postfix_rate(lg: Listgate, pm: Server, pop: Population,
         # The same gate as a Postfix policy service: smtpd keeps one connection per
         # process open across SMTP sessions and asks once per RCPT (master.cf -o values
         # cannot hold spaces; a comma separates the restriction from its argument).
-        listeners.append(Listener(LG_POLICY, free_port(), "", overrides=(
-            ("smtpd_recipient_restrictions",
-             f"check_policy_service,inet:127.0.0.1:{lg.policy_port}"),)))
+        listeners.append(_policy_listener(LG_POLICY, lg.policy_port))
     # The floor: a C milter that does nothing but answer with listgate's negotiation, so
     # Postfix sends it exactly the packets it sends listgate; and the same milter answering
     # RCPT with ACCEPT, which makes Postfix skip it for the rest of the transaction.
@@ -715,10 +731,19 @@ def postfix_rate(lg: Listgate, pm: Server, pop: Population,
             nulls.append(null)
             null_of[name] = null
             listeners.append(Listener(name, free_port(), f"inet:127.0.0.1:{null.port}"))
-    # The Python floor: a uvloop milter that answers with fixed bytes (what Python costs).
+        # The same C server as a policy service: what any policy server costs Postfix.
+        null = NullMilter(free_port(), lg.workdir, binary, b"")
+        nulls.append(null)
+        null_of[NULL_POLICY] = null
+        listeners.append(_policy_listener(NULL_POLICY, null.port))
+    # The Python floors: a uvloop milter that answers with fixed bytes, and a uvloop
+    # policy server that answers DUNNO (what Python costs).
     floor = PyFloor(free_port(), lg.workdir, _listgate_optneg_reply())
     nulls.append(floor)
     listeners.append(Listener(PY_FLOOR, free_port(), f"inet:127.0.0.1:{floor.port}"))
+    policy_floor = PyFloor(free_port(), lg.workdir, b"")
+    nulls.append(policy_floor)
+    listeners.append(_policy_listener(PY_FLOOR_POLICY, policy_floor.port))
     pf = PostfixInstance(base, listeners, sink_port=9)
     try:
         for null in nulls:
@@ -741,7 +766,7 @@ def postfix_rate(lg: Listgate, pm: Server, pop: Population,
     cpu: dict[str, list[float]] = {lst.name: [] for lst in listeners}
     own: dict[str, list[float]] = {lst.name: [] for lst in listeners}
     server_of: dict[str, Server] = {LG_MILTER: lg, LG_POLICY: lg, "pymilter": pm,
-                                    PY_FLOOR: floor}
+                                    PY_FLOOR: floor, PY_FLOOR_POLICY: policy_floor}
     server_of.update(null_of)
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     try:
@@ -1109,6 +1134,14 @@ def _print_postfix(rows: list[tuple[str, list[float], float, float | None]],
               f"(target >= 95 %: {'OK' if ratio[0] >= 0.95 else 'MISSED'}; must >= 90 %)")
         if ratio[0] < 0.9:
             out.append("postfix: listgate's policy front end below 90 % of no milter")
+        floors = [(label, rates[name]) for label, name in (
+            ("the C null policy server", NULL_POLICY),
+            ("the Python floor policy server", PY_FLOOR_POLICY)) if name in rates]
+        if floors:
+            print("policy servers that decide nothing, through Postfix: " + "; ".join(
+                f"{label} {shown(_paired(r, none))} of no milter" for label, r in floors)
+                + "; listgate's policy front end " + "; ".join(
+                f"{shown(_paired(policy, r))} of {label}'s rate" for label, r in floors))
     milter = rates[LG_MILTER]
     line = ("listgate through Postfix, milter front end: "
             f"{shown(_paired(milter, none))} of no milter")

@@ -276,7 +276,8 @@ class NullMilter(Server):
 class PyFloor(Server):
     """benchmarks/pyfloor.py: a uvloop Protocol in Python that answers with fixed bytes
     (listgate's negotiation, CONTINUE to RCPT and EOM), one process per core: the floor
-    of what any Python milter costs."""
+    of what any Python milter costs; with an empty negotiation, the floor of a Python
+    policy server (DUNNO to every request)."""
 
     name = "pyfloor"
 
@@ -286,7 +287,7 @@ class PyFloor(Server):
 
     def command(self) -> Sequence[str]:
         return [sys.executable, str(BENCH / "pyfloor.py"), str(self.port),
-                self.optneg_reply.hex()]
+                self.optneg_reply.hex() if self.optneg_reply else "policy"]
 
 
 def build_c(name: str, workdir: Path) -> Path | None:
