@@ -158,19 +158,23 @@ class PolicyRequest:
     @classmethod
     def from_attributes(cls, attributes: Mapping[str, str]) -> PolicyRequest:
         """The request carrying *attributes* (copied)."""
-        attrs = dict(attributes)
-        get = attrs.get
-        return cls(
-            request=get("request", ""),
-            protocol_state=get("protocol_state", ""),
-            sender=get("sender", ""),
-            recipient=get("recipient", ""),
-            client_address=get("client_address", ""),
-            queue_id=get("queue_id", ""),
-            sasl_username=get("sasl_username", ""),
-            instance=get("instance", ""),
-            attributes=MappingProxyType(attrs),
-        )
+        return _request_of(dict(attributes))
+
+
+def _request_of(attrs: dict[str, str]) -> PolicyRequest:
+    """The request carrying *attrs*, which it then owns (read-only from then on)."""
+    get = attrs.get
+    return PolicyRequest(
+        get("request", ""),
+        get("protocol_state", ""),
+        get("sender", ""),
+        get("recipient", ""),
+        get("client_address", ""),
+        get("queue_id", ""),
+        get("sasl_username", ""),
+        get("instance", ""),
+        MappingProxyType(attrs),
+    )
 
 
 def _decode(raw: bytes | bytearray) -> str:
@@ -312,9 +316,9 @@ class PolicyConnection(Outbox):
             limits.max_attributes
         ):
             return None
-        block = bytes(buf[:end])
-        if b"\r" in block:
+        if buf.find(b"\r", 0, end) >= 0:
             return None
+        block = buf[:end]
         longest = limits.max_line_length
         if end > longest and max(map(len, block.split(b"\n"))) > longest:
             return None
@@ -331,7 +335,7 @@ class PolicyConnection(Outbox):
             return None
         del buf[: end + 2]
         self._owed += 1
-        return PolicyRequest.from_attributes(attrs)
+        return _request_of(attrs)
 
     def _next_by_line(self) -> PolicyRequest | Signal:
         limits = self.limits
@@ -363,8 +367,8 @@ class PolicyConnection(Outbox):
                 del buf[: end + 1]
                 if self._lines == 0:
                     raise PolicyProtocolError("empty request (an empty line with no attributes)")
-                request = PolicyRequest.from_attributes(self._attrs)
-                self._attrs.clear()
+                request = _request_of(self._attrs)
+                self._attrs = {}
                 self._lines = 0
                 self._request_bytes = 0
                 self._owed += 1
