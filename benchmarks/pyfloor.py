@@ -32,11 +32,10 @@ _CONTINUE = _LENGTH.pack(1) + b"c"
 _QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)
 
 
-class FloorProtocol(asyncio.Protocol):
-    """One milter connection: frame, answer with fixed bytes."""
+class _Floor(asyncio.Protocol):
+    """One connection: the bytes not yet answered, and the transport."""
 
-    def __init__(self, optneg_reply: bytes) -> None:
-        self.optneg_reply = optneg_reply
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
 
@@ -46,7 +45,21 @@ class FloorProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         transport = self.transport
         assert transport is not None
-        buf = self.buffer + data if self.buffer else data
+        self.buffer = self.answer(self.buffer + data if self.buffer else data, transport)
+
+    def answer(self, buf: bytes, transport: asyncio.Transport) -> bytes:
+        """Answer what is complete in *buf*; what is left of it."""
+        raise NotImplementedError
+
+
+class FloorProtocol(_Floor):
+    """One milter connection: frame, answer with fixed bytes."""
+
+    def __init__(self, optneg_reply: bytes) -> None:
+        super().__init__()
+        self.optneg_reply = optneg_reply
+
+    def answer(self, buf: bytes, transport: asyncio.Transport) -> bytes:
         out: list[bytes] = []
         pos = 0
         while len(buf) - pos >= 5:
@@ -63,35 +76,25 @@ class FloorProtocol(asyncio.Protocol):
                 if out:
                     transport.write(b"".join(out))
                 transport.close()
-                return
-        self.buffer = buf[pos:]
+                return b""
         if out:
             transport.write(b"".join(out))
         elif _QUICKACK:
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        return buf[pos:]
 
 
-class PolicyFloorProtocol(asyncio.Protocol):
+class PolicyFloorProtocol(_Floor):
     """One policy connection: answer each request (up to a blank line) with DUNNO."""
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        transport = self.transport
-        assert transport is not None
-        buf = self.buffer + data if self.buffer else data
+    def answer(self, buf: bytes, transport: asyncio.Transport) -> bytes:
         requests = buf.count(b"\n\n")
-        if requests:
-            transport.write(_DUNNO * requests)
-            buf = buf[buf.rindex(b"\n\n") + 2:]
-        self.buffer = buf
+        if not requests:
+            return buf
+        transport.write(_DUNNO * requests)
+        return buf[buf.rindex(b"\n\n") + 2:]
 
 
 _DUNNO = b"action=DUNNO\n\n"
